@@ -1,0 +1,102 @@
+"""`/v1/chat/completions`, `/v1/completions`, `/v1/models`."""
+
+from __future__ import annotations
+
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from fastapi import APIRouter, Request, Response
+from fastapi.responses import JSONResponse, StreamingResponse
+
+from server.api.deps import ServiceDep, parse_body, peek_model
+from server.errors import ModelNotFoundError, SlmError
+from server.protocol import (
+    UNSUPPORTED_CHAT,
+    UNSUPPORTED_COMPLETION,
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+)
+from server.registry import HostedModel
+from server.serving.service import Answer, ClientGone
+
+router = APIRouter(prefix="/v1")
+
+STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+
+
+def _respond(answer: Answer) -> Response:
+    if answer.stream is not None:
+        return StreamingResponse(answer.stream, media_type="text/event-stream",
+                                 headers={**STREAM_HEADERS, **answer.headers})
+    return JSONResponse(answer.body, headers=answer.headers)
+
+
+async def _counted(request: Request, service: ServiceDep, endpoint: str, model: type[Any],
+                  unsupported: dict[str, Any], serve: Callable[[Any], Awaitable[Answer]]) -> Response:
+    """Serve and count the request by final status; refusals (400s included) are counted too."""
+    code = 500
+    stream = False
+    label: tuple[str, str] | None = None
+    try:
+        hint = await peek_model(request)
+        found = service.registry.resolve(hint) if hint else None
+        if found is not None:  # only registry names become label values, never arbitrary strings
+            label = (found[0], found[1].backend)
+        req = await parse_body(request, model)
+        stream = bool(getattr(req, "stream", False))
+        if unsupported:
+            req.refuse_unsupported(unsupported)
+        response = _respond(await serve(req))
+        code = response.status_code
+        return response
+    except SlmError as exc:
+        code = exc.status
+        raise
+    except ClientGone:
+        code = 499
+        return Response(status_code=499)
+    finally:
+        if label is not None:
+            service.metrics.requests.labels(*label, endpoint, str(stream).lower(), str(code)).inc()
+
+
+@router.post("/chat/completions")
+async def chat_completions(request: Request, service: ServiceDep) -> Response:
+    return await _counted(request, service, "chat", ChatCompletionRequest, UNSUPPORTED_CHAT,
+                          lambda req: service.chat(req, request.is_disconnected))
+
+
+@router.post("/completions")
+async def completions(request: Request, service: ServiceDep) -> Response:
+    return await _counted(request, service, "completions", CompletionRequest, UNSUPPORTED_COMPLETION,
+                          lambda req: service.completion(req, request.is_disconnected))
+
+
+@router.post("/embeddings")
+async def embeddings(request: Request, service: ServiceDep) -> Response:
+    return await _counted(request, service, "embeddings", EmbeddingRequest, {},
+                          lambda req: service.embeddings(req))
+
+
+def _model_card(name: str, created: int, entry: Any) -> dict[str, Any]:
+    owner = "slm-server" if not isinstance(entry, HostedModel) else entry.litellm_model.split("/")[0]
+    return {"id": name, "object": "model", "created": created, "owned_by": owner}
+
+
+@router.get("/models")
+async def list_models(service: ServiceDep) -> dict[str, Any]:
+    created = service.created
+    data = []
+    for name, entry in service.registry.models.items():
+        data.append(_model_card(name, created, entry))
+        data.extend(_model_card(alias, created, entry) for alias in entry.aliases)
+    return {"object": "list", "data": data}
+
+
+@router.get("/models/{model_id:path}")
+async def get_model(model_id: str, service: ServiceDep) -> dict[str, Any]:
+    found = service.registry.resolve(model_id)
+    if found is None:
+        raise ModelNotFoundError(model_id)
+    return _model_card(model_id, service.created, found[1])

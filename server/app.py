@@ -1,0 +1,133 @@
+"""`create_app(settings, registry)`: the gateway as a FastAPI app.
+
+The lifespan owns the Redis clients, the metrics registry and the background refresh of worker
+presence; nothing is created at import time.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+import uuid
+from collections.abc import AsyncIterator
+
+from fastapi import FastAPI
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server import logs
+from server.api import health, openai_routes, web
+from server.api.errors import install_error_handlers
+from server.metrics import Metrics
+from server.queue.client import QueueClient
+from server.registry import HostedModel, Registry
+from server.reload import OnReload, RegistryWatcher, diff
+from server.security import SecurityConfig, SecurityMiddleware
+from server.serving.service import Service
+from server.settings import Settings
+
+log = logging.getLogger("slm.gateway")
+access_log = logging.getLogger("slm.access")
+
+PRESENCE_INTERVAL_S = 0.5
+
+
+def _declare_models(metrics: Metrics, registry: Registry) -> None:
+    for name, entry in registry.models.items():
+        if isinstance(entry, HostedModel):
+            metrics.declare_model(name, "hosted", file=entry.litellm_model, quant="", n_ctx=None)
+        else:
+            file = entry.gguf.rsplit("/", 1)[-1]
+            quant = file.rsplit(".", 2)[-2] if file.count(".") >= 2 else ""
+            metrics.declare_model(name, "local", file=file, quant=quant, n_ctx=entry.n_ctx)
+
+
+class RequestIdMiddleware:
+    """Give every request an id (`x-request-id`), visible to handlers as `request.state.request_id`."""
+
+    def __init__(self, app: ASGIApp) -> None:
+        self.app = app
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+        rid = "req_" + uuid.uuid4().hex
+        scope.setdefault("state", {})["request_id"] = rid
+        token = logs.request_id.set(rid)
+        started = time.perf_counter()
+        status = [500]
+
+        async def send_with_id(message: Message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = int(message["status"])
+                message["headers"] = [*message.get("headers", []), (b"x-request-id", rid.encode())]
+            await send(message)
+
+        try:
+            await self.app(scope, receive, send_with_id)
+        finally:
+            path = scope.get("path", "")
+            if path.startswith("/v1/"):
+                access_log.info("%s %s %d", scope.get("method"), path, status[0], extra={
+                    "method": scope.get("method"), "path": path, "status": status[0],
+                    "duration_ms": round((time.perf_counter() - started) * 1000, 1)})
+            logs.request_id.reset(token)
+
+
+def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnReload] | None = None) -> FastAPI:
+    """The gateway app. `on_reload` listeners hear of every applied registry edit (the supervisor
+    of `serve` starts and drains workers with it)."""
+    if not settings.redis_url:
+        raise ValueError("the gateway needs SLM_REDIS_URL")
+    redis_url = settings.redis_url
+
+    @contextlib.asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        metrics = Metrics()
+        _declare_models(metrics, registry)
+        queue = QueueClient(redis_url, timeout_s=settings.redis_timeout_s)
+        service = Service(settings, registry, queue, metrics)
+        app.state.service = service
+        await service.refresh_presence()
+
+        async def refresh_forever() -> None:
+            while True:
+                await asyncio.sleep(PRESENCE_INTERVAL_S)
+                await service.refresh_presence()
+
+        def apply(old: Registry, new: Registry) -> None:
+            _added, removed, changed = diff(old, new)
+            for name in removed | changed:
+                metrics.forget_model(name)
+            _declare_models(metrics, new)
+            service.registry = new
+
+        tasks = [asyncio.create_task(refresh_forever())]
+        if settings.reload_interval_s > 0:
+            watcher = RegistryWatcher(settings.registry, registry, model_dirs=settings.model_dir_list(),
+                                      metrics=metrics, interval_s=settings.reload_interval_s)
+            watcher.listeners = [apply, *(on_reload or [])]
+            watcher.install_sighup()
+            app.state.watcher = watcher
+            tasks.append(asyncio.create_task(watcher.run()))
+        try:
+            yield
+        finally:
+            service.draining = True
+            for task in tasks:
+                task.cancel()
+                with contextlib.suppress(asyncio.CancelledError):
+                    await task
+            await queue.close()
+
+    app = FastAPI(title="slm-server", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    install_error_handlers(app)
+
+    app.add_middleware(SecurityMiddleware, config=SecurityConfig.from_settings(settings))
+    app.add_middleware(RequestIdMiddleware)
+    app.include_router(health.router)
+    app.include_router(openai_routes.router)
+    app.include_router(web.router)
+    return app

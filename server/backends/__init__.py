@@ -1,0 +1,1 @@
+"""Backends the gateway dispatches to: `hosted` (litellm, in the gateway process)."""

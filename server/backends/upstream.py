@@ -1,0 +1,157 @@
+"""litellm at the boundary: loaded offline and quiet, its failures translated into our errors.
+
+`map_upstream_error` is the one translation, most specific first:
+
+    litellm ContextWindowExceededError, 400 code=context_length_exceeded -> ContextLengthError 400
+    litellm RateLimitError (429)                    -> RateLimitError 429 + the upstream Retry-After
+    litellm Timeout, 408/504, our own deadline      -> UpstreamTimeoutError 504, not retried
+    connection failures (incl. litellm's 500 with no HTTP answer behind it) -> UpstreamError 502, retryable
+    401 / 403 (our key), 402, 404 (our config)      -> UpstreamError 502, not retried
+    other 4xx (incl. litellm UnsupportedParamsError) -> InvalidRequestError 400, upstream message
+    other 5xx                                       -> UpstreamError 502, retryable
+    anything else                                   -> UpstreamError 502, its text not shown
+
+Every message is scrubbed of the provider key (and of anything shaped like a bearer token)
+before it becomes an error, a log line or a metric label.
+"""
+
+from __future__ import annotations
+
+import email.utils
+import functools
+import logging
+import os
+import re
+import time
+import warnings
+from types import ModuleType
+from typing import NamedTuple
+
+from server.errors import (
+    ContextLengthError,
+    InvalidRequestError,
+    RateLimitError,
+    SlmError,
+    UpstreamError,
+    UpstreamTimeoutError,
+)
+
+log = logging.getLogger("slm.hosted")
+
+_OFFLINE_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS": "True"}
+_TOKEN = re.compile(r"(?i)\b(bearer\s+)[^\s,;\"']+|\b(?:sk|pk|rk)-[A-Za-z0-9_\-]{8,}")
+_PREFIX = re.compile(r"^(?:\s*(?:litellm\.)?[A-Za-z]+(?:Error|Exception)\s*(?::|-)\s*)+")
+
+
+@functools.cache
+def load_litellm() -> ModuleType:
+    """Import litellm offline and quiet (its import otherwise fetches a cost map from GitHub)."""
+    for name, value in _OFFLINE_ENV.items():
+        os.environ.setdefault(name, value)
+    import litellm
+    from litellm.types.utils import Delta, Message, ModelResponse, ModelResponseStream, TextCompletionResponse
+
+    litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" prints on errors
+    # litellm's response types finish building their pydantic schemas on first use, with a UserWarning
+    # (a `ReadOnly` TypedDict item); where warnings are errors that warning would fail the first request.
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", UserWarning)
+        for response_type in (Message, Delta, ModelResponse, ModelResponseStream, TextCompletionResponse):
+            response_type()
+    return litellm
+
+
+def provider_of(litellm_model: str) -> str:
+    return litellm_model.split("/", 1)[0] if "/" in litellm_model else "default"
+
+
+def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
+    for secret in secrets:
+        if secret:
+            text = text.replace(secret, "[redacted]")
+    return _TOKEN.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+
+
+class UpstreamFailure(NamedTuple):
+    error: SlmError
+    label: str  # the metric's `code`: an upstream HTTP status, "timeout", "connection", "truncated", "unknown"
+    retryable: bool
+
+
+def _retry_after(exc: BaseException) -> float:
+    for source in (getattr(exc, "litellm_response_headers", None), getattr(exc, "headers", None),
+                   getattr(getattr(exc, "response", None), "headers", None)):
+        if not source:
+            continue
+        headers = {str(k).lower(): str(v) for k, v in dict(source).items()}
+        try:
+            if "retry-after-ms" in headers:
+                return max(0.0, float(headers["retry-after-ms"]) / 1000.0)
+            if "retry-after" in headers:
+                value = headers["retry-after"]
+                try:
+                    return max(0.0, float(value))
+                except ValueError:
+                    when = email.utils.parsedate_to_datetime(value)
+                    return max(0.0, when.timestamp() - time.time())
+        except (ValueError, TypeError, OverflowError):
+            continue
+    return 1.0
+
+
+def _upstream_message(exc: BaseException, secrets: tuple[str, ...]) -> str:
+    body = getattr(exc, "body", None)
+    text = body["message"] if isinstance(body, dict) and isinstance(body.get("message"), str) else None
+    if text is None:
+        text = _PREFIX.sub("", str(getattr(exc, "message", None) or exc))
+    text = scrub(text, secrets).strip()
+    return text[:500] + ("..." if len(text) > 500 else "")
+
+
+def map_upstream_error(exc: BaseException, *, model: str, timeout: float, param: str,
+                       secrets: tuple[str, ...] = ()) -> UpstreamFailure:
+    """The one translation of a litellm (or transport) failure into our errors; most specific first."""
+    if isinstance(exc, SlmError):
+        return UpstreamFailure(exc, (exc.code or str(exc.status)).removeprefix("upstream_"), False)
+    litellm = load_litellm()
+    status = getattr(exc, "status_code", None)
+    status = status if isinstance(status, int) else None
+    body = getattr(exc, "body", None)
+    code = body.get("code") if isinstance(body, dict) else None
+    if isinstance(exc, litellm.ContextWindowExceededError) or (status == 400 and code == "context_length_exceeded"):
+        return UpstreamFailure(ContextLengthError(_upstream_message(exc, secrets), param=param), "400", False)
+    if isinstance(exc, litellm.RateLimitError) or status == 429:
+        msg = f"The hosted model '{model}' is rate limited upstream: {_upstream_message(exc, secrets)}"
+        return UpstreamFailure(RateLimitError(msg, retry_after=_retry_after(exc)), "429", False)
+    if isinstance(exc, TimeoutError | litellm.Timeout) or status == 408:
+        msg = f"The hosted model '{model}' did not answer within {timeout:g}s."
+        return UpstreamFailure(UpstreamTimeoutError(msg, code="upstream_timeout"), "timeout", False)
+    # litellm reports a refused connection as a 500 with no response headers: no HTTP answer came back
+    no_answer = status is not None and status >= 500 and not getattr(exc, "litellm_response_headers", None)
+    if isinstance(exc, litellm.APIConnectionError | OSError) or no_answer:
+        msg = f"The hosted model '{model}' could not be reached."
+        return UpstreamFailure(UpstreamError(msg, code="upstream_unreachable"), "connection", True)
+    if status is None:
+        log.warning("hosted model %s: unexpected %s from litellm", model, type(exc).__name__)
+        msg = f"The hosted model '{model}' failed upstream."
+        return UpstreamFailure(UpstreamError(msg, code="upstream_failed"), "unknown", False)
+    if status in (401, 403):
+        msg = f"The hosted model '{model}' refused this server's credentials (upstream {status})."
+        return UpstreamFailure(UpstreamError(msg, code="upstream_auth_failed"), str(status), False)
+    if status in (402, 404):
+        msg = f"The hosted model '{model}' is misconfigured upstream (upstream {status})."
+        return UpstreamFailure(UpstreamError(msg, code="upstream_misconfigured"), str(status), False)
+    if 400 <= status < 500:
+        upstream_param = body.get("param") if isinstance(body, dict) else None
+        error = InvalidRequestError(_upstream_message(exc, secrets),
+                                    param=upstream_param if isinstance(upstream_param, str) else None,
+                                    code=code if isinstance(code, str) else None)
+        return UpstreamFailure(error, str(status), False)
+    msg = f"The hosted model '{model}' failed upstream (upstream {status})."
+    return UpstreamFailure(UpstreamError(msg, code="upstream_failed"), str(status), status >= 500)
+
+
+async def close_hosted_clients() -> None:
+    """Close the HTTP clients litellm caches process-wide (call once at shutdown, after the last request)."""
+    if load_litellm.cache_info().currsize:
+        await load_litellm().close_litellm_async_clients()

@@ -1,0 +1,131 @@
+"""The `slm-server` command line: serve | gateway | worker | registry check | bench | compare."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from server.errors import RegistryError
+from server.logs import setup_logging
+from server.registry import Registry, check_files, load_registry
+from server.security import ApiKeyConfigError, ApiKeys
+from server.settings import Settings
+
+log = logging.getLogger("slm")
+
+
+def _load(settings: Settings) -> Registry | None:
+    try:
+        registry = load_registry(settings.registry)
+    except RegistryError as exc:
+        log.error("invalid registry:\n%s", exc)
+        return None
+    problems = check_files(registry, registry_dir=settings.registry.resolve().parent,
+                           model_dirs=settings.model_dir_list())
+    if problems:
+        log.error("invalid registry:\n%s", "\n".join(f"{settings.registry}: {p}" for p in problems))
+        return None
+    return registry
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="slm-server", description=__doc__)
+    parser.add_argument("--registry", type=Path, help="model_registry.yaml (env SLM_REGISTRY)")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    serve = sub.add_parser("serve", help="embedded Redis + gateway + workers, all on this machine")
+    serve.add_argument("--host")
+    serve.add_argument("--port", type=int)
+
+    gateway = sub.add_parser("gateway", help="the HTTP gateway alone (needs SLM_REDIS_URL)")
+    gateway.add_argument("--host")
+    gateway.add_argument("--port", type=int)
+
+    worker = sub.add_parser("worker", help="one worker process for one local model (needs SLM_REDIS_URL)")
+    worker.add_argument("--model", required=True)
+
+    registry = sub.add_parser("registry", help="registry tools")
+    registry_sub = registry.add_subparsers(dest="registry_command", required=True)
+    check = registry_sub.add_parser("check", help="validate a registry file and say what is wrong")
+    check.add_argument("path", nargs="?", type=Path)
+    registry_sub.add_parser("schema", help="print the registry's JSON schema (for editors)")
+
+    from server.bench import add_arguments as add_bench_arguments
+    from server.compare.command import add_arguments as add_compare_arguments
+
+    bench = sub.add_parser("bench", help="closed-loop load against any OpenAI-compatible server; one JSON line")
+    add_bench_arguments(bench)
+
+    compare = sub.add_parser("compare", help="chart speed against quality for each model")
+    add_compare_arguments(compare)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    overrides: dict[str, object] = {}
+    for name in ("host", "port"):
+        if getattr(args, name, None) is not None:
+            overrides[name] = getattr(args, name)
+    if args.registry is not None:
+        overrides["registry"] = args.registry
+    settings = Settings(**overrides)  # type: ignore[arg-type]
+    setup_logging(settings.log_level, settings.log_format)
+
+    if args.command == "bench":
+        from server.bench import run as run_bench
+
+        return run_bench(args)
+    if args.command == "compare":
+        from server.compare.command import run as run_compare
+
+        return run_compare(args)
+    if args.command == "registry" and args.registry_command == "schema":
+        import json
+
+        from server.registry import json_schema
+
+        sys.stdout.write(json.dumps(json_schema(), indent=2) + "\n")
+        return 0
+    if args.command == "registry":
+        path = args.path or settings.registry
+        checked = _load(settings.model_copy(update={"registry": path}))
+        if checked is None:
+            return 1
+        sys.stdout.write(f"{path}: OK ({len(checked.models)} models: {', '.join(checked.models)})\n")
+        return 0
+    if args.command == "worker":
+        if not settings.redis_url:
+            log.error("the worker needs SLM_REDIS_URL")
+            return 2
+        from server.worker_process import run_worker
+
+        return run_worker(settings, args.model)
+    loaded = _load(settings)
+    if loaded is None:
+        return 1
+    try:
+        ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file)
+    except ApiKeyConfigError as exc:
+        log.error("invalid API keys: %s", exc)
+        return 1
+    if args.command == "serve":
+        from server.supervisor import serve
+
+        return serve(settings, loaded)
+    if args.command == "gateway":
+        if not settings.redis_url:
+            log.error("the gateway needs SLM_REDIS_URL")
+            return 2
+        import uvicorn
+
+        from server.app import create_app
+        from server.supervisor import absorb_reraised_signals
+
+        absorb_reraised_signals()
+        uvicorn.run(create_app(settings, loaded), host=settings.host, port=settings.port, log_level="warning",
+                    access_log=False, timeout_graceful_shutdown=30)
+        return 0
+    return 2

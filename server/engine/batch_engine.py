@@ -1,0 +1,312 @@
+"""Continuous batching: up to `parallel` sequences decoded together, one `llama_decode` a step.
+
+Each step puts the next token of every generating sequence into one batch and fills what room is
+left with prompt tokens of newcomers (in chunks, so a long prompt never stalls running streams
+for long). New sequences join between steps; a finished or cancelled one frees its slot at once.
+A freed slot keeps its KV cache: a later prompt that shares a prefix with it (the same system
+prompt, say) only evaluates the tokens that differ.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import llama_cpp
+import numpy as np
+
+from server.engine.chat_template import ChatTemplate, default_template
+from server.engine.llama_model import LlamaModel
+from server.engine.sampling import GrammarError, SamplerChain
+from server.engine.text_stream import TextStream
+from server.errors import ContextLengthError, InvalidRequestError
+from server.queue.messages import SamplingParams
+
+# While other sequences are generating, a newcomer's prompt goes in at most this many tokens a step.
+PREFILL_CHUNK_WHILE_DECODING = 128
+
+
+@dataclass
+class Finish:
+    reason: str  # stop | length | cancelled | error
+    prompt_tokens: int
+    completion_tokens: int
+    cached_tokens: int
+    prompt_ms: float
+    generation_ms: float
+    error: str | None = None
+
+
+@dataclass
+class Output:
+    request_id: str
+    text: str = ""
+    tokens: int = 0
+    first_token: bool = False
+    finish: Finish | None = None
+    logprobs: list[dict[str, Any]] | None = None
+
+
+@dataclass
+class _Sequence:
+    request_id: str
+    prompt: list[int]
+    sampler: SamplerChain
+    text: TextStream
+    max_tokens: int
+    cached: int
+    t_admit: float
+    pending: list[int] = field(default_factory=list)
+    next_token: int | None = None
+    n_generated: int = 0
+    t_first: float | None = None
+    logit_index: int = -1
+    cancelled: bool = False
+    top_logprobs: int | None = None  # None: no logprobs asked
+
+
+class _Slot:
+    def __init__(self, seq_id: int) -> None:
+        self.seq_id = seq_id
+        self.kv_tokens: list[int] = []  # tokens whose KV entries are in this sequence's cache
+        self.seq: _Sequence | None = None
+
+
+def _common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+class BatchEngine:
+    def __init__(self, model: LlamaModel) -> None:
+        self.model = model
+        source = model.chat_template() or default_template(model.meta("general.architecture"))
+        self.template = ChatTemplate(source, bos_token=model.bos_text, eos_token=model.eos_text)
+        self.parallel = model.options.parallel
+        self.n_ctx = model.n_ctx_seq
+        self._slots = [_Slot(i) for i in range(self.parallel)]
+        self._batch: Any = llama_cpp.llama_batch_init(model.n_batch, 0, self.parallel)
+        self._by_id: dict[str, _Slot] = {}
+
+    # -- capacity -------------------------------------------------------------------------------
+    def free_slots(self) -> int:
+        return sum(1 for s in self._slots if s.seq is None)
+
+    def active(self) -> int:
+        return self.parallel - self.free_slots()
+
+    def request_ids(self) -> list[str]:
+        return list(self._by_id)
+
+    # -- prompts --------------------------------------------------------------------------------
+    def chat_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
+        text = self.template.render(messages)
+        has_bos = bool(self.model.bos_text) and text.startswith(self.model.bos_text)
+        return self.model.tokenize(text, add_special=not has_bos, parse_special=True)
+
+    def completion_tokens(self, prompt: str) -> list[int]:
+        return self.model.tokenize(prompt, add_special=True, parse_special=False)
+
+    # -- admission ------------------------------------------------------------------------------
+    def add(self, request_id: str, tokens: list[int], params: SamplingParams) -> None:
+        """Start a sequence; raises ContextLengthError before taking a slot if it cannot fit."""
+        if not tokens:
+            raise InvalidRequestError("The prompt is empty.", param="prompt")
+        room = self.n_ctx - len(tokens)
+        if room < 1:
+            raise ContextLengthError(
+                f"This model's maximum context length is {self.n_ctx} tokens. However, your messages "
+                f"resulted in {len(tokens)} tokens.",
+                param="messages",
+            )
+        if params.max_tokens is not None and params.max_tokens > room:
+            raise ContextLengthError(
+                f"This model's maximum context length is {self.n_ctx} tokens. However, you requested "
+                f"{len(tokens) + params.max_tokens} tokens ({len(tokens)} in the messages, "
+                f"{params.max_tokens} in the completion). Please reduce the length of the messages "
+                "or completion.",
+                param="max_tokens",
+            )
+        free = [s for s in self._slots if s.seq is None]
+        if not free:
+            raise RuntimeError("no free slot")  # the worker only takes work for free slots
+        try:
+            sampler = SamplerChain(params, self.model.n_vocab, self.model.vocab)
+        except GrammarError as exc:
+            raise InvalidRequestError(f"Invalid output constraint: {exc}.", param="response_format") from None
+        slot = max(free, key=lambda s: _common_prefix(s.kv_tokens, tokens))
+        common = min(_common_prefix(slot.kv_tokens, tokens), len(tokens) - 1)
+        if common < len(slot.kv_tokens) and not self.model.seq_remove(slot.seq_id, common):
+            self.model.seq_clear(slot.seq_id)
+            common = 0
+        del slot.kv_tokens[common:]
+        slot.seq = _Sequence(
+            request_id=request_id,
+            prompt=tokens,
+            sampler=sampler,
+            text=TextStream(params.stop),
+            max_tokens=params.max_tokens if params.max_tokens is not None else room,
+            cached=common,
+            t_admit=time.perf_counter(),
+            pending=tokens[common:],
+            top_logprobs=params.top_logprobs if params.logprobs else None,
+        )
+        self._by_id[request_id] = slot
+
+    def cancel(self, request_id: str) -> None:
+        slot = self._by_id.get(request_id)
+        if slot is not None and slot.seq is not None:
+            slot.seq.cancelled = True
+
+    # -- decoding -------------------------------------------------------------------------------
+    def _fill_batch(self) -> list[_Slot]:
+        batch = self._batch
+        n = 0
+        involved: list[_Slot] = []
+
+        def put(slot: _Slot, token: int, want_logits: bool) -> None:
+            nonlocal n
+            batch.token[n] = token
+            batch.pos[n] = len(slot.kv_tokens)
+            batch.n_seq_id[n] = 1
+            batch.seq_id[n][0] = slot.seq_id
+            batch.logits[n] = 1 if want_logits else 0
+            slot.kv_tokens.append(token)
+            n += 1
+
+        decoding = [s for s in self._slots if s.seq is not None and s.seq.next_token is not None]
+        for slot in decoding:
+            seq = slot.seq
+            assert seq is not None and seq.next_token is not None
+            seq.logit_index = n
+            put(slot, seq.next_token, True)
+            seq.next_token = None
+            involved.append(slot)
+        budget = self.model.n_batch - n
+        if decoding:
+            budget = min(budget, PREFILL_CHUNK_WHILE_DECODING)
+        prefilling = [s for s in self._slots if s.seq is not None and s.seq.pending and not s.seq.cancelled]
+        for slot in sorted(prefilling, key=lambda s: s.seq.t_admit if s.seq else 0.0):
+            seq = slot.seq
+            assert seq is not None
+            if budget <= 0:
+                break
+            take = seq.pending[:budget]
+            del seq.pending[:budget]
+            budget -= len(take)
+            for i, token in enumerate(take):
+                last = not seq.pending and i == len(take) - 1
+                if last:
+                    seq.logit_index = n
+                put(slot, token, last)
+            if not seq.pending:
+                involved.append(slot)
+        batch.n_tokens = n
+        return involved
+
+    def step(self) -> list[Output]:
+        """Run one decode step; return what each sequence produced."""
+        outputs: list[Output] = []
+        for slot in self._slots:
+            if slot.seq is not None and slot.seq.cancelled:
+                outputs.append(self._finish(slot, "cancelled"))
+        involved = self._fill_batch()
+        if self._batch.n_tokens == 0:
+            return outputs
+        rc = llama_cpp.llama_decode(self.model.ctx, self._batch)
+        if rc != 0:
+            for slot in [s for s in self._slots if s.seq is not None]:
+                self.model.seq_clear(slot.seq_id)
+                slot.kv_tokens.clear()
+                outputs.append(self._finish(slot, "error", error=f"llama_decode failed ({rc})"))
+            return outputs
+        now = time.perf_counter()
+        for slot in involved:
+            seq = slot.seq
+            if seq is None:
+                continue
+            token = seq.sampler.sample(self.model.ctx, seq.logit_index)
+            out = Output(seq.request_id)
+            if seq.t_first is None:
+                seq.t_first = now
+                out.first_token = True
+            if self.model.is_eog(token):
+                outputs.append(self._merge(out, self._finish(slot, "stop")))
+                continue
+            seq.n_generated += 1
+            out.tokens = 1
+            if seq.top_logprobs is not None:
+                out.logprobs = [self._logprobs(seq.logit_index, token, seq.top_logprobs)]
+            out.text = seq.text.push(self.model.piece(token))
+            if seq.text.stopped:
+                outputs.append(self._merge(out, self._finish(slot, "stop")))
+            elif seq.n_generated >= seq.max_tokens or len(slot.kv_tokens) + 1 > self.n_ctx:
+                out.text += seq.text.finish()
+                outputs.append(self._merge(out, self._finish(slot, "length")))
+            else:
+                seq.next_token = token
+                outputs.append(out)
+        return outputs
+
+    def _logprobs(self, index: int, token: int, top: int) -> dict[str, Any]:
+        """OpenAI's logprob entry for the sampled token, from the raw logits of that position."""
+        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.model.ctx, index),
+                                       shape=(self.model.n_vocab,))
+        peak = float(logits.max())
+        log_norm = peak + float(np.log(np.exp(logits - peak).sum()))
+
+        def entry(tok: int) -> dict[str, Any]:
+            data = self.model.piece(tok)
+            return {"token": data.decode("utf-8", errors="replace"), "logprob": float(logits[tok]) - log_norm,
+                    "bytes": list(data)}
+
+        result = entry(token)
+        if top > 0:
+            best = np.argpartition(logits, -top)[-top:]
+            best = best[np.argsort(logits[best])[::-1]]
+            result["top_logprobs"] = [entry(int(t)) for t in best]
+        else:
+            result["top_logprobs"] = []
+        return result
+
+    @staticmethod
+    def _merge(out: Output, fin: Output) -> Output:
+        out.text += fin.text
+        out.finish = fin.finish
+        return out
+
+    def _finish(self, slot: _Slot, reason: str, *, error: str | None = None) -> Output:
+        seq = slot.seq
+        assert seq is not None
+        end = time.perf_counter()
+        first = seq.t_first if seq.t_first is not None else end
+        tail = seq.text.finish() if reason == "stop" else ""
+        fin = Finish(
+            reason=reason,
+            prompt_tokens=len(seq.prompt),
+            completion_tokens=seq.n_generated,
+            cached_tokens=seq.cached,
+            prompt_ms=(first - seq.t_admit) * 1000.0,
+            generation_ms=(end - first) * 1000.0,
+            error=error,
+        )
+        seq.sampler.close()
+        if seq.pending:  # cancelled during prefill: the cache holds a partial prompt, keep it consistent
+            seq.pending.clear()
+        slot.seq = None
+        self._by_id.pop(seq.request_id, None)
+        return Output(seq.request_id, text=tail, finish=fin)
+
+    def close(self) -> None:
+        for slot in self._slots:
+            if slot.seq is not None:
+                slot.seq.sampler.close()
+                slot.seq = None
+        if self._batch is not None:
+            llama_cpp.llama_batch_free(self._batch)
+            self._batch = None
+        self.model.close()

@@ -1,0 +1,89 @@
+"""Every Prometheus metric of the gateway, on a registry the app owns (no global state).
+
+Labels are `model` and `backend` (plus a bounded enum here and there); never users, keys or
+request ids. Buckets put edges exactly on 0.1 / 0.5 / 1 / 2 s so objectives read exactly.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+LATENCY_BUCKETS = (
+    0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0,
+    3.0, 5.0, 7.5, 10.0, 15.0, 20.0, 30.0, 60.0, 120.0,
+)
+ITL_BUCKETS = (
+    0.0025, 0.005, 0.0075, 0.01, 0.015, 0.02, 0.025, 0.03, 0.04, 0.05, 0.075, 0.1, 0.15, 0.2,
+    0.3, 0.5, 0.75, 1.0, 2.0, 5.0,
+)
+ERROR_TYPES = (
+    "overloaded", "validation", "timeout", "worker_lost", "upstream", "cancelled", "unavailable", "internal",
+)
+FINISH_REASONS = ("stop", "length")
+REDELIVERY_PHASES = ("before_first_token", "mid_stream")
+ML = ("model", "backend")
+
+
+class Metrics:
+    def __init__(self, registry: CollectorRegistry | None = None) -> None:
+        self.registry = registry or CollectorRegistry()
+        r = self.registry
+        self.requests = Counter("slm_requests", "Requests by final HTTP status.",
+                                [*ML, "endpoint", "stream", "code"], registry=r)
+        self.errors = Counter("slm_request_errors", "Failed requests by cause.", [*ML, "error_type"], registry=r)
+        self.ttft = Histogram("slm_time_to_first_token_seconds", "Arrival at the gateway to first token.",
+                              ML, buckets=LATENCY_BUCKETS, registry=r)
+        self.itl = Histogram("slm_inter_token_latency_seconds", "Time between tokens reaching the gateway.",
+                             ML, buckets=ITL_BUCKETS, registry=r)
+        self.e2e = Histogram("slm_e2e_request_latency_seconds", "Arrival to last byte.",
+                             ML, buckets=LATENCY_BUCKETS, registry=r)
+        self.queue_time = Histogram("slm_request_queue_time_seconds", "Enqueue to a worker starting it.",
+                                    ML, buckets=LATENCY_BUCKETS, registry=r)
+        self.prompt_eval = Histogram("slm_prompt_eval_seconds", "Prompt evaluation time, from the worker.",
+                                     ML, buckets=LATENCY_BUCKETS, registry=r)
+        self.generation = Histogram("slm_generation_seconds", "Generation time, from the worker.",
+                                    ML, buckets=LATENCY_BUCKETS, registry=r)
+        self.prompt_tokens = Counter("slm_prompt_tokens", "Prompt tokens processed.", ML, registry=r)
+        self.generation_tokens = Counter("slm_generation_tokens", "Tokens generated.", ML, registry=r)
+        self.finish_reasons = Counter("slm_finish_reasons", "Completions by finish reason.",
+                                      [*ML, "reason"], registry=r)
+        self.in_flight = Gauge("slm_requests_in_flight", "Requests being served.", ML, registry=r)
+        self.queue_depth = Gauge("slm_queue_depth", "Requests queued or running per local model.",
+                                 ["model"], registry=r)
+        self.workers_ready = Gauge("slm_workers_ready", "Workers with a fresh heartbeat.", ["model"], registry=r)
+        self.disconnects = Counter("slm_client_disconnects", "Clients that left before the end.", ML, registry=r)
+        self.redeliveries = Counter("slm_redeliveries", "Requests taken over by another worker.",
+                                    ["model", "phase"], registry=r)
+        self.registry_reloads = Counter("slm_registry_reloads", "Registry reloads by result.", ["result"],
+                                        registry=r)
+        self.model_info = Gauge("slm_model_info", "Served models (value 1).",
+                                ["model", "backend", "file", "quant", "n_ctx"], registry=r)
+        self.upstream_latency = Histogram("slm_upstream_latency_seconds", "Hosted provider call latency.",
+                                          ["model", "provider"], buckets=LATENCY_BUCKETS, registry=r)
+        self.upstream_errors = Counter("slm_upstream_errors", "Hosted provider errors.",
+                                       ["model", "provider", "code"], registry=r)
+        for result in ("success", "failure"):
+            self.registry_reloads.labels(result)
+
+    def declare_model(self, model: str, backend: str, *, file: str, quant: str, n_ctx: int | None) -> None:
+        """Create a model's series at zero so dashboards show it before its first request."""
+        self.model_info.labels(model, backend, file, quant, str(n_ctx or "")).set(1)
+        for error_type in ERROR_TYPES:
+            self.errors.labels(model, backend, error_type)
+        for reason in FINISH_REASONS:
+            self.finish_reasons.labels(model, backend, reason)
+        self.disconnects.labels(model, backend)
+        self.in_flight.labels(model, backend)
+        self.prompt_tokens.labels(model, backend)
+        self.generation_tokens.labels(model, backend)
+        if backend == "local":
+            for phase in REDELIVERY_PHASES:
+                self.redeliveries.labels(model, phase)
+            self.queue_depth.labels(model)
+            self.workers_ready.labels(model)
+
+    def forget_model(self, model: str) -> None:
+        for gauge in (self.model_info,):
+            for labels in list(gauge._metrics):
+                if labels[0] == model:
+                    gauge.remove(*labels)

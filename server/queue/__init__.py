@@ -1,0 +1,1 @@
+"""The gateway <-> worker protocol on Redis Streams (see DESIGN.md beside this file)."""

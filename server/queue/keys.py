@@ -1,0 +1,36 @@
+"""Every Redis key slm-server uses, in one place."""
+
+from __future__ import annotations
+
+PREFIX = "slm"
+GROUP = "workers"
+
+
+def request_stream(model: str) -> str:
+    """Requests for one model; consumer group `workers`."""
+    return f"{PREFIX}:req:{model}"
+
+
+def response_stream(request_id: str) -> str:
+    """Events of one request (started, delta, done, error); expires."""
+    return f"{PREFIX}:resp:{request_id}"
+
+
+def cancel_flag(request_id: str) -> str:
+    """Set by the gateway when the client has gone."""
+    return f"{PREFIX}:cancel:{request_id}"
+
+
+def dead_letters(model: str) -> str:
+    """Requests that failed on every delivery."""
+    return f"{PREFIX}:dlq:{model}"
+
+
+def worker_heartbeats(model: str) -> str:
+    """Sorted set: worker id -> last heartbeat (unix seconds)."""
+    return f"{PREFIX}:workers:{model}"
+
+
+def worker_info(worker_id: str) -> str:
+    """Hash with one worker's slots, busy slots and model file; expires."""
+    return f"{PREFIX}:worker:{worker_id}"

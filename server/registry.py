@@ -1,0 +1,234 @@
+"""The model registry: `model_registry.yaml`, validated into typed entries.
+
+Every entry is discriminated by `backend` (`local` GGUF served by workers, `hosted` through
+litellm). Unknown keys are refused; a bad file raises `RegistryError` naming the file, the entry
+and the field. Secrets are never in the file: a hosted entry names the env var that holds its key.
+"""
+
+from __future__ import annotations
+
+import importlib.resources
+import importlib.util
+import os
+import re
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+
+from server.errors import RegistryError
+
+NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
+
+
+class _Entry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    aliases: list[str] = Field(default_factory=list, description="Other names clients may use.")
+    description: str = ""
+    fallbacks: list[str] = Field(
+        default_factory=list, description="Registry models to try, in order, when this one cannot serve."
+    )
+
+    @field_validator("aliases", "fallbacks")
+    @classmethod
+    def _names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not NAME_PATTERN.match(name):
+                raise ValueError(f"'{name}' is not a valid model name")
+        return value
+
+
+class LocalModel(_Entry):
+    """A GGUF file served by worker processes through llama-cpp-python."""
+
+    backend: Literal["local"] = "local"
+    gguf: str = Field(description="A path, or `package/file.gguf` inside an installed Python package.")
+    n_ctx: int = Field(default=2048, ge=64, le=1_048_576, description="Context length of one sequence.")
+    n_threads: int | None = Field(default=None, ge=1, le=512, description="CPU threads; default all cores.")
+    n_batch: int = Field(default=512, ge=8, le=65536, description="Prompt tokens evaluated per step.")
+    n_gpu_layers: int = Field(default=0, ge=-1, description="Layers offloaded to the GPU; -1 = all.")
+    parallel: int = Field(default=4, ge=1, le=256, description="Sequences one worker decodes together.")
+    replicas: int = Field(default=1, ge=0, le=64, description="Worker processes `serve` starts.")
+    max_queue: int = Field(default=64, ge=1, description="Requests queued or running before 429.")
+    embeddings: bool = Field(default=False, description="Serve /v1/embeddings with this model.")
+
+
+class HostedModel(_Entry):
+    """A hosted LLM reached through litellm from the gateway."""
+
+    backend: Literal["hosted"]
+    litellm_model: str = Field(description="litellm model string, e.g. `openai/gpt-4o-mini`.")
+    api_base: str | None = None
+    api_key_env: str | None = Field(default=None, description="Name of the env var holding the key.")
+    timeout: float = Field(default=60.0, gt=0)
+    max_concurrency: int = Field(default=16, ge=1)
+    retries: int = Field(default=1, ge=0, le=10)
+
+    @field_validator("api_key_env")
+    @classmethod
+    def _env_name(cls, value: str | None) -> str | None:
+        if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
+            raise ValueError("must be the NAME of an environment variable, not a key")
+        return value
+
+
+ModelEntry = Annotated[LocalModel | HostedModel, Field(discriminator="backend")]
+
+
+class Registry(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    models: dict[str, ModelEntry]
+
+    def resolve(self, name: str) -> tuple[str, LocalModel | HostedModel] | None:
+        """Canonical name and entry for a model name or alias."""
+        entry = self.models.get(name)
+        if entry is not None:
+            return name, entry
+        for canonical, candidate in self.models.items():
+            if name in candidate.aliases:
+                return canonical, candidate
+        return None
+
+    def local_models(self) -> dict[str, LocalModel]:
+        return {n: e for n, e in self.models.items() if isinstance(e, LocalModel)}
+
+
+def _check_names(registry: Registry) -> list[str]:
+    problems: list[str] = []
+    seen: dict[str, str] = {}
+    for name, entry in registry.models.items():
+        if not NAME_PATTERN.match(name):
+            problems.append(f"models.{name}: '{name}' is not a valid model name")
+        for label in (name, *entry.aliases):
+            if label in seen and seen[label] != name:
+                problems.append(f"models.{name}.aliases: '{label}' is already used by '{seen[label]}'")
+            seen.setdefault(label, name)
+        for fallback in entry.fallbacks:
+            if fallback not in registry.models or fallback == name:
+                problems.append(f"models.{name}.fallbacks: '{fallback}' is not another registry model")
+    return problems
+
+
+def _format_validation(path: str, exc: ValidationError) -> str:
+    lines = []
+    for err in exc.errors():
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("local", "hosted"))
+        lines.append(f"{path}: {loc}: {err['msg']}")
+    return "\n".join(lines)
+
+
+def parse_registry(data: Any, *, source: str = "<registry>") -> Registry:
+    if not isinstance(data, dict):
+        raise RegistryError(f"{source}: the top level must be a mapping with a `models:` key")
+    models = data.get("models")
+    if isinstance(models, dict):
+        for entry in models.values():
+            if isinstance(entry, dict) and "backend" not in entry:
+                entry["backend"] = "local"
+    try:
+        registry = Registry.model_validate(data)
+    except ValidationError as exc:
+        raise RegistryError(_format_validation(source, exc)) from None
+    problems = _check_names(registry)
+    if problems:
+        raise RegistryError("\n".join(f"{source}: {p}" for p in problems))
+    return registry
+
+
+def load_registry(path: Path) -> Registry:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise RegistryError(f"{path}: cannot read the registry ({exc.strerror})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise RegistryError(f"{path}: not valid YAML: {exc}") from None
+    return parse_registry(data, source=str(path))
+
+
+def _package_dir(package: str) -> Path | None:
+    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", package):
+        return None
+    if importlib.util.find_spec(package) is None:
+        return None
+    return Path(str(importlib.resources.files(package))).resolve()
+
+
+def _assemble_from_package(package: str, filename: str) -> Path | None:
+    """Some wheels ship a model in parts and an `assemble()` that joins them (once, into a cache)."""
+    module = importlib.import_module(package)
+    assemble = getattr(module, "assemble", None)
+    if assemble is None or getattr(module, "MODEL_NAME", None) != filename:
+        return None
+    target = Path(module.default_output_path())
+    if not target.exists():
+        partial = target.with_name(f"{target.name}.{os.getpid()}.part")
+        assemble(partial)
+        os.replace(partial, target)  # atomic: concurrent workers never see a half-written file
+    return target
+
+
+def resolve_gguf(spec: str, *, registry_dir: Path, model_dirs: list[Path]) -> Path:
+    """Find the GGUF file an entry names, confined to allowed places.
+
+    Allowed: files inside the registry's own directory, the configured model directories, or an
+    installed Python package (`package/file.gguf`). `..`, absolute paths elsewhere and symlinks
+    that escape are refused.
+    """
+    if "\x00" in spec or ".." in Path(spec).parts:
+        raise RegistryError(f"gguf '{spec}': '..' is not allowed in model paths")
+    candidate = Path(spec)
+    roots = [registry_dir.resolve(), *(d.resolve() for d in model_dirs)]
+    found: Path | None = None
+    if candidate.is_absolute():
+        found = candidate
+    else:
+        for root in roots:
+            if (root / candidate).exists():
+                found = root / candidate
+                break
+        if found is None and len(candidate.parts) >= 2:
+            pkg_dir = _package_dir(candidate.parts[0])
+            if pkg_dir is not None:
+                found = pkg_dir.joinpath(*candidate.parts[1:])
+                roots.append(pkg_dir)
+                if not found.exists():
+                    assembled = _assemble_from_package(candidate.parts[0], candidate.parts[-1])
+                    if assembled is not None:
+                        found = assembled
+                        roots.append(assembled.parent.resolve())
+    if found is None:
+        raise RegistryError(f"gguf '{spec}': no such file in {', '.join(map(str, roots))} or a package")
+    real = found.resolve()
+    if not any(real.is_relative_to(root) for root in roots):
+        raise RegistryError(f"gguf '{spec}': outside the allowed model directories")
+    if not real.is_file():
+        raise RegistryError(f"gguf '{spec}': no such file")
+    return real
+
+
+def check_files(registry: Registry, *, registry_dir: Path, model_dirs: list[Path]) -> list[str]:
+    """Problems with the GGUF files of local entries (empty when all resolve)."""
+    problems = []
+    for name, entry in registry.local_models().items():
+        try:
+            resolve_gguf(entry.gguf, registry_dir=registry_dir, model_dirs=model_dirs)
+        except RegistryError as exc:
+            problems.append(f"models.{name}.{exc}")
+    return problems
+
+
+def env_key(entry: HostedModel) -> str | None:
+    return os.environ.get(entry.api_key_env) if entry.api_key_env else None
+
+
+def json_schema() -> dict[str, Any]:
+    """The registry's JSON schema, committed as `model_registry.schema.json` for editors."""
+    schema = Registry.model_json_schema()
+    schema["$schema"] = "https://json-schema.org/draft/2020-12/schema"
+    schema["title"] = "slm-server model registry"
+    return schema

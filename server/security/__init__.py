@@ -1,0 +1,11 @@
+"""The gateway's security: API keys, per-key limits in Redis, request size limits.
+
+    api_keys     load keys (env or file, plain or `sha256:` digests), constant-time check, masking
+    rate_limits  per-key requests/minute and concurrent requests, kept in Redis
+    middleware   the pure ASGI middleware applying all of it before the app sees a request
+"""
+
+from server.security.api_keys import ApiKeyConfigError, ApiKeys
+from server.security.middleware import SecurityConfig, SecurityMiddleware
+
+__all__ = ["ApiKeyConfigError", "ApiKeys", "SecurityConfig", "SecurityMiddleware"]

@@ -1,0 +1,226 @@
+"""The gateway's front door, as a pure ASGI middleware: API keys, per-key limits, body size.
+
+For each HTTP request, in this order:
+
+1. **API key** — when keys are configured, every path but the open ones (`/health`, `/ready`,
+   `/metrics` unless `SLM_PROTECT_METRICS`, `/`, `/static/*`, the API docs) needs
+   `Authorization: Bearer <key>`. The scheme is case-insensitive (RFC 7235), the key is not.
+   The decision reads `scope["path"]`, never a URL rebuilt from `Host` or `X-Forwarded-*`.
+2. **Content-Length** — above `SLM_MAX_BODY_BYTES`: 413 before reading any of the body.
+3. **Per-key limits** — requests per minute and concurrent requests, in Redis (`rate_limits`).
+4. **Body** — read here, counting; 413 as soon as the count passes the limit (chunked bodies
+   included), then handed to the app in one piece.
+
+Every refusal is one of `server.errors`' classes in the OpenAI envelope. A refusal sent before
+the body was read says `Connection: close`, so the rest of a hostile upload is not drained.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+from dataclasses import dataclass, field
+
+import anyio
+from starlette.types import ASGIApp, Message, Receive, Scope, Send
+
+from server.errors import AuthenticationError, InvalidRequestError, RequestTooLargeError, SlmError
+from server.security.api_keys import ApiKeys, key_id, mask
+from server.security.rate_limits import Admission, RateLimiter
+from server.settings import Settings
+
+log = logging.getLogger("slm.security")
+
+OPEN_PATHS = frozenset({"/", "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+OPEN_PREFIXES = ("/static/",)
+_DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
+METRICS_PATH = "/metrics"
+WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="slm-server"'}
+NO_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization header "
+          "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+
+
+@dataclass
+class SecurityConfig:
+    keys: ApiKeys
+    max_body_bytes: int
+    protect_metrics: bool = False
+    limiter: RateLimiter | None = field(default=None, repr=False)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SecurityConfig:
+        """Load the keys (raising `ApiKeyConfigError`) and say loudly when the API is open."""
+        keys = ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file)
+        limiter = None
+        if keys and settings.redis_url and (settings.rate_limit_rpm or settings.rate_limit_concurrency):
+            limiter = RateLimiter(settings.redis_url, rpm=settings.rate_limit_rpm,
+                                  concurrency=settings.rate_limit_concurrency, timeout_s=settings.redis_timeout_s)
+        if keys:
+            log.info("API keys: %d configured; /v1/* needs one", len(keys))
+        else:
+            log.warning("NO API KEYS CONFIGURED: the API is OPEN to anyone who can reach %s:%s. "
+                        "Set SLM_API_KEYS or SLM_API_KEYS_FILE.", settings.host, settings.port)
+            if settings.rate_limit_rpm or settings.rate_limit_concurrency:
+                log.warning("per-key rate limits are set but there are no API keys: they are not applied")
+        return cls(keys, settings.max_body_bytes, settings.protect_metrics, limiter)
+
+
+class _BodyTooLarge(Exception):
+    pass
+
+
+class SecurityMiddleware:
+    def __init__(self, app: ASGIApp, config: SecurityConfig) -> None:
+        self.app = app
+        self.config = config
+
+    async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
+        if scope["type"] == "lifespan":
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                if self.config.limiter is not None:
+                    await self.config.limiter.close()
+            return
+        if scope["type"] == "websocket" and self.config.keys and self._needs_key(scope["path"]):
+            await send({"type": "websocket.close", "code": 1008})
+            return
+        if scope["type"] != "http":
+            await self.app(scope, receive, send)
+            return
+
+        headers: list[tuple[bytes, bytes]] = scope["headers"]
+        might_have_body = _may_have_body(headers)
+        try:
+            kid = self._authenticate(scope["path"], headers)
+            length = _content_length(headers)
+            if length is not None and length > self.config.max_body_bytes:
+                raise _too_large(self.config.max_body_bytes)
+        except SlmError as exc:
+            await _reply(send, exc, close=might_have_body)
+            return
+
+        admission: Admission | None = None
+        limiter = self.config.limiter
+        try:
+            if kid is not None and limiter is not None:
+                try:
+                    admission = await limiter.admit(kid)
+                except SlmError as exc:
+                    await _reply(send, exc, close=might_have_body)
+                    return
+            if might_have_body:
+                try:
+                    receive = await self._buffer_body(receive)
+                except _BodyTooLarge:
+                    await _reply(send, _too_large(self.config.max_body_bytes), close=True)
+                    return
+                except _ClientGone:
+                    return
+            extra = admission.headers() if admission is not None else []
+            await self.app(scope, receive, _with_headers(send, extra) if extra else send)
+        finally:
+            if admission is not None and limiter is not None:
+                with anyio.CancelScope(shield=True):
+                    await limiter.release(admission)
+
+    def _needs_key(self, path: str) -> bool:
+        if path in OPEN_PATHS or (path.startswith(OPEN_PREFIXES) and not _DOT_SEGMENT.search(path)):
+            return False
+        return not (path == METRICS_PATH and not self.config.protect_metrics)
+
+    def _authenticate(self, path: str, headers: list[tuple[bytes, bytes]]) -> str | None:
+        """The key id of the request's valid key; None when the path is open or no keys are set."""
+        keys = self.config.keys
+        if not keys or not self._needs_key(path):
+            return None
+        values = [v for k, v in headers if k.lower() == b"authorization"]
+        if not values:
+            raise AuthenticationError(NO_KEY, headers=WWW_AUTHENTICATE)
+        if len(values) > 1:
+            raise AuthenticationError("Send exactly one Authorization header.", headers=WWW_AUTHENTICATE)
+        scheme, _, credential = values[0].strip().partition(b" ")
+        credential = credential.strip()
+        if scheme.lower() != b"bearer":
+            raise AuthenticationError(NO_KEY, headers=WWW_AUTHENTICATE)
+        if not credential:
+            raise AuthenticationError(NO_KEY, headers=WWW_AUTHENTICATE)
+        matched = keys.identify(credential)
+        if matched is None:
+            shown = mask(credential.decode("latin-1"))
+            raise AuthenticationError(f"Incorrect API key provided: {shown}.", headers=WWW_AUTHENTICATE)
+        return key_id(matched)
+
+    async def _buffer_body(self, receive: Receive) -> Receive:
+        """Read the whole body (up to the limit) and return a `receive` that replays it."""
+        chunks: list[bytes] = []
+        total = 0
+        limit = self.config.max_body_bytes
+        while True:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                raise _ClientGone
+            body: bytes = message.get("body", b"")
+            total += len(body)
+            if total > limit:
+                raise _BodyTooLarge
+            chunks.append(body)
+            if not message.get("more_body", False):
+                break
+        replayed = False
+
+        async def replay() -> Message:
+            nonlocal replayed
+            if not replayed:
+                replayed = True
+                return {"type": "http.request", "body": b"".join(chunks), "more_body": False}
+            return await receive()
+
+        return replay
+
+
+class _ClientGone(Exception):
+    pass
+
+
+def _too_large(limit: int) -> RequestTooLargeError:
+    return RequestTooLargeError(f"The request body is larger than this server accepts ({limit} bytes).")
+
+
+def _may_have_body(headers: list[tuple[bytes, bytes]]) -> bool:
+    for name, value in headers:
+        lname = name.lower()
+        if lname == b"transfer-encoding":
+            return True
+        if lname == b"content-length" and value.strip() not in (b"0", b""):
+            return True
+    return False
+
+
+def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
+    values = {v.strip() for k, v in headers if k.lower() == b"content-length"}
+    if not values:
+        return None
+    if len(values) > 1 or not all(v.isdigit() for v in values):
+        raise InvalidRequestError("The Content-Length header is invalid.", code="invalid_content_length")
+    return int(values.pop())
+
+
+def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
+    async def sender(message: Message) -> None:
+        if message["type"] == "http.response.start":
+            message["headers"] = [*message.get("headers", []), *extra]
+        await send(message)
+
+    return sender
+
+
+async def _reply(send: Send, exc: SlmError, *, close: bool) -> None:
+    body = json.dumps(exc.to_body()).encode()
+    headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers().items()]
+    if close:
+        headers.append((b"connection", b"close"))
+    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.body", "body": body, "more_body": False})

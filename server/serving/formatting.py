@@ -1,0 +1,136 @@
+"""OpenAI response shapes for chat and legacy completions, whole and streamed."""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass
+from typing import Any, Literal
+
+from server.serving.generation import Result
+
+DONE_FRAME = b"data: [DONE]\n\n"
+
+
+def sse(payload: dict[str, Any]) -> bytes:
+    return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+
+
+def usage(result: Result) -> dict[str, Any]:
+    out: dict[str, Any] = {
+        "prompt_tokens": result.prompt_tokens,
+        "completion_tokens": result.completion_tokens,
+        "total_tokens": result.prompt_tokens + result.completion_tokens,
+    }
+    cached = result.extra.get("cached_tokens")
+    if cached is not None:
+        out["prompt_tokens_details"] = {"cached_tokens": cached}
+    return out
+
+
+def timings(result: Result, ttft_ms: float, total_ms: float) -> dict[str, Any]:
+    """llama.cpp-style timings: the two halves of total time (prompt eval + generation)."""
+    return {
+        "queue_ms": round(result.queue_ms, 3),
+        "prompt_n": result.prompt_tokens,
+        "prompt_ms": round(result.prompt_ms, 3),
+        "predicted_n": result.completion_tokens,
+        "predicted_ms": round(result.predicted_ms, 3),
+        "ttft_ms": round(ttft_ms, 3),
+        "total_ms": round(result.prompt_ms + result.predicted_ms, 3),
+        "e2e_ms": round(total_ms, 3),
+    }
+
+
+@dataclass(frozen=True)
+class Shape:
+    endpoint: Literal["chat", "completions"]
+    id: str
+    created: int
+    model: str
+
+    @property
+    def object(self) -> str:
+        return "chat.completion" if self.endpoint == "chat" else "text_completion"
+
+    @property
+    def chunk_object(self) -> str:
+        return "chat.completion.chunk" if self.endpoint == "chat" else "text_completion"
+
+    def _logprobs(self, entries: list[dict[str, Any]] | None) -> dict[str, Any] | None:
+        if entries is None:
+            return None
+        if self.endpoint == "chat":
+            return {"content": entries, "refusal": None}
+        offsets, at = [], 0
+        for entry in entries:
+            offsets.append(at)
+            at += len(entry["token"])
+        return {
+            "tokens": [e["token"] for e in entries],
+            "token_logprobs": [e["logprob"] for e in entries],
+            "top_logprobs": [{t["token"]: t["logprob"] for t in e["top_logprobs"]} for e in entries],
+            "text_offset": offsets,
+        }
+
+    def whole(self, texts: dict[int, str], result: Result, extra: dict[str, Any],
+              logprobs: dict[int, list[dict[str, Any]]] | None = None,
+              calls: dict[int, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+        choices = []
+        for index in sorted(set(texts) | set(result.finish_reasons)) or [0]:
+            reason = result.finish_reasons.get(index, result.finish_reason)
+            lp = self._logprobs(logprobs.get(index, [])) if logprobs is not None else None
+            if self.endpoint == "chat":
+                message: dict[str, Any] = {"role": "assistant", "content": texts.get(index, ""), "refusal": None}
+                if calls and index in calls:
+                    message["content"] = None
+                    message["tool_calls"] = calls[index]
+                choices.append({"index": index, "message": message, "logprobs": lp, "finish_reason": reason})
+            else:
+                choices.append({"index": index, "text": texts.get(index, ""), "logprobs": lp, "finish_reason": reason})
+        return {
+            "id": self.id,
+            "object": self.object,
+            "created": self.created,
+            "model": self.model,
+            "choices": choices,
+            "usage": usage(result),
+            **extra,
+        }
+
+    def chunk(self, *, text: str | None = None, role: bool = False, finish_reason: str | None = None,
+              extra: dict[str, Any] | None = None, index: int = 0,
+              logprobs: list[dict[str, Any]] | None = None, tool_calls: list[dict[str, Any]] | None = None) -> bytes:
+        lp = self._logprobs(logprobs) if logprobs else None
+        if self.endpoint == "chat":
+            delta: dict[str, Any] = {}
+            if role:
+                delta["role"] = "assistant"
+            if text is not None:
+                delta["content"] = text
+            if tool_calls:
+                delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(tool_calls)]
+            choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}
+        else:
+            choice = {"index": index, "text": text or "", "logprobs": lp, "finish_reason": finish_reason}
+        body: dict[str, Any] = {
+            "id": self.id,
+            "object": self.chunk_object,
+            "created": self.created,
+            "model": self.model,
+            "choices": [choice],
+        }
+        if self.endpoint == "chat":
+            body["usage"] = None
+        if extra:
+            body.update(extra)
+        return sse(body)
+
+    def usage_chunk(self, result: Result) -> bytes:
+        return sse({
+            "id": self.id,
+            "object": self.chunk_object,
+            "created": self.created,
+            "model": self.model,
+            "choices": [],
+            "usage": usage(result),
+        })

@@ -1,0 +1,178 @@
+"""One generation as the gateway sees it: a backend-neutral stream of text deltas and a result.
+
+`LocalGeneration` follows a queued job's events: it waits for a worker to start it (queue timeout
+-> 503), hides a redelivery that happens before any text was handed out, and turns a redelivery
+or silence after that into a clear error rather than splicing two generations together.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import time
+from collections.abc import AsyncIterator
+from dataclasses import dataclass, field
+from typing import Any, Protocol
+
+from redis.exceptions import RedisError
+
+from server.errors import (
+    ContextLengthError,
+    GenerationError,
+    InvalidRequestError,
+    QueueTimeoutError,
+    ServiceUnavailableError,
+    SlmError,
+)
+from server.queue.client import QueueClient
+from server.queue.messages import Job
+
+
+@dataclass
+class Result:
+    finish_reason: str = "stop"
+    finish_reasons: dict[int, str] = field(default_factory=dict)  # per choice when n > 1
+    prompt_tokens: int = 0
+    completion_tokens: int = 0
+    prompt_ms: float = 0.0
+    predicted_ms: float = 0.0
+    queue_ms: float = 0.0
+    extra: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class Delta:
+    """Text (and its tokens' logprobs) for one choice; a `finish_reason` closes that choice."""
+
+    index: int = 0
+    text: str = ""
+    logprobs: list[dict[str, Any]] | None = None
+    finish_reason: str | None = None
+
+
+class Generation(Protocol):
+    result: Result
+    redelivered: str | None
+
+    async def start(self) -> None: ...
+    def deltas(self) -> AsyncIterator[str | Delta]: ...
+    async def cancel(self) -> None: ...
+    async def close(self) -> None: ...
+
+
+def error_from_event(event: dict[str, Any]) -> SlmError:
+    status = int(event.get("status", 500))
+    message = str(event.get("message", "The request failed."))
+    code = event.get("code")
+    param = event.get("param")
+    if code == "context_length_exceeded":
+        return ContextLengthError(message, param=param or "messages")
+    if status == 400:
+        return InvalidRequestError(message, param=param, code=code)
+    if code == "queue_timeout":
+        return QueueTimeoutError(message, retry_after=1)
+    if status == 503:
+        return ServiceUnavailableError(message, retry_after=1, code=code)
+    return GenerationError(message, code=code)
+
+
+class LocalGeneration:
+    def __init__(self, queue: QueueClient, job: Job, *, stall_timeout_s: float, lease_s: float) -> None:
+        self.queue = queue
+        self.job = job
+        self.stall_timeout_s = stall_timeout_s
+        # before any text went out, a lost worker is survivable: allow time for the lease to lapse
+        # and another worker to take the request over
+        self.redelivery_wait_s = stall_timeout_s + 2 * lease_s
+        self.result = Result()
+        self.redelivered: str | None = None
+        self._events = queue.events(job.id)
+        self._attempt = 0
+        self._handed_out = False
+        self._finished = False
+        self._last_event = time.monotonic()
+
+    async def _next_event(self) -> dict[str, Any]:
+        while True:
+            try:
+                event = await anext(self._events)
+            except (RedisError, OSError) as exc:
+                raise ServiceUnavailableError(
+                    "Lost the connection to the queue.", retry_after=1, code="queue_unavailable"
+                ) from exc
+            now = time.monotonic()
+            if event is None:
+                if self._attempt == 0:
+                    if time.time() > self.job.deadline + 2.0:
+                        raise QueueTimeoutError("No worker started the request before its deadline.",
+                                                retry_after=1)
+                elif now - self._last_event > (self.stall_timeout_s if self._handed_out else self.redelivery_wait_s):
+                    raise GenerationError("The worker stopped responding.", code="worker_lost")
+                continue
+            attempt = int(event.get("attempt", 1))
+            if attempt < self._attempt:
+                continue
+            self._last_event = now
+            if attempt > self._attempt and self._attempt > 0:
+                if self._handed_out:
+                    self.redelivered = "mid_stream"
+                    raise GenerationError(
+                        "The worker serving this request was lost mid-generation.", code="worker_lost"
+                    )
+                self.redelivered = "before_first_token"
+                self.result = Result()
+            if event["type"] == "started":
+                self._attempt = attempt
+                self.result.queue_ms = (time.time() - self.job.enqueued_at) * 1000.0
+                self.result.prompt_tokens = int(event.get("prompt_tokens", 0))
+            return event
+
+    async def start(self) -> None:
+        """Wait until a worker has started the request; raise its refusal if it refused."""
+        event = await self._next_event()
+        if event["type"] == "error":
+            self._finished = True
+            raise error_from_event(event)
+        if event["type"] != "started":
+            raise GenerationError("The worker answered out of order.")
+
+    async def deltas(self) -> AsyncIterator[str | Delta]:
+        while True:
+            event = await self._next_event()
+            kind = event["type"]
+            if kind == "started":
+                continue
+            if kind == "delta":
+                text = str(event.get("text", ""))
+                self.result.completion_tokens += int(event.get("tokens", 0))
+                self._handed_out = self._handed_out or bool(text)
+                yield Delta(int(event.get("index", 0)), text, event.get("logprobs"))
+            elif kind == "finish":
+                reason = str(event.get("finish_reason", "stop"))
+                self.result.finish_reasons[int(event["index"])] = reason
+                yield Delta(int(event["index"]), "", None, reason)
+            elif kind == "done":
+                self._finished = True
+                usage = event.get("usage", {})
+                timings = event.get("timings", {})
+                self.result.finish_reason = str(event.get("finish_reason", "stop"))
+                self.result.prompt_tokens = int(usage.get("prompt_tokens", self.result.prompt_tokens))
+                self.result.completion_tokens = int(usage.get("completion_tokens", 0))
+                self.result.prompt_ms = float(timings.get("prompt_ms", 0.0))
+                self.result.predicted_ms = float(timings.get("predicted_ms", 0.0))
+                self.result.extra["cached_tokens"] = int(usage.get("cached_tokens", 0))
+                if "embeddings" in event:
+                    self.result.extra["embeddings"] = event["embeddings"]
+                return
+            elif kind == "error":
+                self._finished = True
+                raise error_from_event(event)
+
+    async def cancel(self) -> None:
+        if not self._finished:
+            await self.queue.cancel(self.job.id)
+
+    async def close(self) -> None:
+        await self._events.aclose()
+        if self._finished:  # else the worker still writes to it (cancelled): let it expire
+            with contextlib.suppress(RedisError, OSError):
+                await self.queue.forget(self.job.id)

@@ -1,0 +1,439 @@
+"""Serve one request: resolve the model, admit, dispatch, and answer whole or streamed.
+
+Everything that can be refused is refused before the first byte: validation, unknown model,
+a full queue, no worker, a prompt too long (the worker measures it and answers before
+generating). After the first byte a failure becomes one error frame then `[DONE]`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import logging
+import struct
+import time
+import uuid
+from collections.abc import AsyncIterator, Callable, Coroutine
+from dataclasses import dataclass
+from typing import Any, Literal
+
+import anyio
+
+from server.backends.hosted import HostedBackend, HostedParams
+from server.errors import GenerationError, InvalidRequestError, ModelNotFoundError, ServiceUnavailableError, SlmError
+from server.metrics import Metrics
+from server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from server.queue.client import QueueClient
+from server.queue.messages import Job, SamplingParams
+from server.registry import HostedModel, LocalModel, Registry
+from server.serving.formatting import DONE_FRAME, Shape, sse, timings
+from server.serving.generation import Delta, Generation, LocalGeneration, Result
+from server.serving.tool_calls import ToolCallFilter, openai_calls
+from server.settings import Settings
+from server.tool_format import parse_calls
+
+log = logging.getLogger("slm.serving")
+
+Endpoint = Literal["chat", "completions"]
+IsDisconnected = Callable[[], Coroutine[Any, Any, bool]]
+
+
+@dataclass
+class Answer:
+    """Either a whole body or a stream of SSE frames, plus headers naming who served."""
+
+    headers: dict[str, str]
+    body: dict[str, Any] | None = None
+    stream: AsyncIterator[bytes] | None = None
+
+
+class WorkerPresence:
+    """Which local models have live workers, refreshed in the background (no Redis call per request)."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+        self.redis_ok = False
+        self.checked_at = 0.0
+
+
+class Service:
+    def __init__(self, settings: Settings, registry: Registry, queue: QueueClient, metrics: Metrics) -> None:
+        self.settings = settings
+        self.registry = registry
+        self.queue = queue
+        self.metrics = metrics
+        self.presence = WorkerPresence()
+        self.draining = False
+        self.created = int(time.time())
+        self._hosted: dict[str, HostedBackend] = {}
+
+    # -- background -----------------------------------------------------------------------------
+    async def refresh_presence(self) -> None:
+        models = list(self.registry.local_models())
+        ok = await self.queue.ping()
+        self.presence.redis_ok = ok
+        if ok and models:
+            try:
+                counts = await self.queue.live_workers(models, self.settings.heartbeat_ttl_s)
+                depths = await self.queue.queue_depths(models)
+            except Exception:
+                self.presence.redis_ok = False
+                return
+            self.presence.counts = counts
+            for model, n in counts.items():
+                self.metrics.workers_ready.labels(model).set(n)
+            for model, depth in depths.items():
+                self.metrics.queue_depth.labels(model).set(depth)
+        self.presence.checked_at = time.monotonic()
+
+    def readiness(self) -> list[str]:
+        problems = []
+        if not self.presence.redis_ok:
+            problems.append("redis is unreachable")
+        for model in self.registry.local_models():
+            if self.presence.counts.get(model, 0) < 1:
+                problems.append(f"no ready worker for model '{model}'")
+        return problems
+
+    # -- requests -------------------------------------------------------------------------------
+    def resolve(self, name: str) -> tuple[str, LocalModel | HostedModel]:
+        found = self.registry.resolve(name)
+        if found is None:
+            raise ModelNotFoundError(name)
+        return found
+
+    async def chat(self, req: ChatCompletionRequest, is_disconnected: IsDisconnected) -> Answer:
+        messages = [m.for_template() for m in req.messages]
+        return await self._serve("chat", req, {"messages": messages}, req.effective_max_tokens(), is_disconnected)
+
+    async def completion(self, req: CompletionRequest, is_disconnected: IsDisconnected) -> Answer:
+        return await self._serve("completions", req, {"prompt": req.prompt_text()}, req.max_tokens, is_disconnected)
+
+    async def embeddings(self, req: EmbeddingRequest) -> Answer:
+        model, entry = self.resolve(req.model)
+        if not isinstance(entry, LocalModel) or not entry.embeddings:
+            raise InvalidRequestError(f"The model '{model}' does not serve embeddings.", param="model")
+        if req.dimensions is not None:
+            raise InvalidRequestError("The parameter 'dimensions' is not supported by this server.",
+                                      param="dimensions")
+        self._check_can_queue(model)
+        now = time.time()
+        job = Job(id=uuid.uuid4().hex, model=model, kind="embedding", inputs=req.input_list(), enqueued_at=now,
+                  deadline=now + self.settings.queue_timeout_s)
+        await self.queue.submit(job, max_queue=entry.max_queue)
+        gen = LocalGeneration(self.queue, job, stall_timeout_s=self.settings.stall_timeout_s,
+                              lease_s=self.settings.lease_s)
+        try:
+            await gen.start()
+            async for _ in gen.deltas():
+                pass
+        finally:
+            await _shielded(gen.close())
+        vectors: list[list[float]] = gen.result.extra.get("embeddings") or []
+        data = [{"object": "embedding", "index": i,
+                 "embedding": _base64_floats(v) if req.encoding_format == "base64" else v}
+                for i, v in enumerate(vectors)]
+        used = gen.result.prompt_tokens
+        body = {"object": "list", "data": data, "model": model,
+                "usage": {"prompt_tokens": used, "total_tokens": used}}
+        return Answer({"x-slm-model": model, "x-slm-backend": "local"}, body=body)
+
+    def hosted_backend(self, model: str, entry: HostedModel) -> HostedBackend:
+        """One backend (concurrency slots, client) per hosted entry, rebuilt when the entry changes."""
+        backend = self._hosted.get(model)
+        if backend is None or backend.entry != entry:
+            backend = HostedBackend(model, entry, self.metrics)
+            self._hosted[model] = backend
+        return backend
+
+    async def _serve_hosted(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest, model: str,
+                            entry: HostedModel, payload: dict[str, Any], max_tokens: int | None, arrived: float,
+                            is_disconnected: IsDisconnected) -> Answer:
+        params = HostedParams.from_request(req, max_tokens)
+        gen = self.hosted_backend(model, entry).generation(
+            endpoint, params, messages=payload.get("messages"), prompt=payload.get("prompt"))
+        track = _Tracker(self.metrics, model, "hosted", arrived)
+        await self._start_tracked(gen, track, is_disconnected)
+        shape = Shape(endpoint, ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex,
+                      int(time.time()), model)
+        headers = {"x-slm-model": model, "x-slm-backend": "hosted"}
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return Answer(headers, stream=self._stream(gen, shape, track, include_usage))
+        return Answer(headers, body=await self._whole(gen, shape, track, is_disconnected, False))
+
+    def _check_can_queue(self, model: str) -> None:
+        if self.draining:
+            raise ServiceUnavailableError("The server is shutting down.", retry_after=1, code="shutting_down")
+        if not self.presence.redis_ok:
+            raise ServiceUnavailableError("The queue is unavailable; try again shortly.", retry_after=1,
+                                          code="queue_unavailable")
+        if self.presence.counts.get(model, 0) < 1:
+            raise ServiceUnavailableError(f"No worker is ready for model '{model}'.", retry_after=2,
+                                          code="no_worker")
+
+    async def _serve(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest,
+                     payload: dict[str, Any], max_tokens: int | None, is_disconnected: IsDisconnected) -> Answer:
+        arrived = time.perf_counter()
+        model, entry = self.resolve(req.model)
+        if self.draining:
+            raise ServiceUnavailableError("The server is shutting down.", retry_after=1, code="shutting_down")
+        if isinstance(entry, HostedModel):
+            return await self._serve_hosted(endpoint, req, model, entry, payload, max_tokens, arrived,
+                                            is_disconnected)
+        if not self.presence.redis_ok:
+            raise ServiceUnavailableError("The queue is unavailable; try again shortly.", retry_after=1,
+                                          code="queue_unavailable")
+        if self.presence.counts.get(model, 0) < 1:
+            raise ServiceUnavailableError(f"No worker is ready for model '{model}'.", retry_after=2,
+                                          code="no_worker")
+        params = SamplingParams(
+            max_tokens=max_tokens,
+            temperature=1.0 if req.temperature is None else req.temperature,
+            top_p=1.0 if req.top_p is None else req.top_p,
+            top_k=req.top_k or 0,
+            min_p=req.min_p or 0.0,
+            repeat_penalty=req.repeat_penalty or 1.0,
+            presence_penalty=req.presence_penalty or 0.0,
+            frequency_penalty=req.frequency_penalty or 0.0,
+            seed=req.seed,
+            stop=req.stop_list(),
+            logit_bias=req.logit_bias_ids(),
+            logprobs=_wants_logprobs(req),
+            top_logprobs=_top_logprobs(req),
+        )
+        tool_mode = req.tool_mode() if isinstance(req, ChatCompletionRequest) else None
+        if isinstance(req, ChatCompletionRequest) and req.response_format is not None:
+            payload["response_format"] = req.response_format.for_worker()
+        if tool_mode is not None and isinstance(req, ChatCompletionRequest) and req.tools:
+            payload["tools"] = [t.model_dump(exclude_none=True) for t in req.tools]
+            payload["tool_choice"] = tool_mode
+            payload["parallel_tool_calls"] = req.parallel_tool_calls is not False
+        now = time.time()
+        job = Job(id=uuid.uuid4().hex, model=model, kind="chat" if endpoint == "chat" else "completion",
+                  enqueued_at=now, deadline=now + self.settings.queue_timeout_s, params=params, n=req.n or 1,
+                  **payload)
+        await self.queue.submit(job, max_queue=entry.max_queue)
+        gen = LocalGeneration(self.queue, job, stall_timeout_s=self.settings.stall_timeout_s,
+                              lease_s=self.settings.lease_s)
+        track = _Tracker(self.metrics, model, "local", arrived)
+        await self._start_tracked(gen, track, is_disconnected)
+        shape = Shape(endpoint, ("chatcmpl-" if endpoint == "chat" else "cmpl-") + job.id, int(now), model)
+        headers = {"x-slm-model": model, "x-slm-backend": "local"}
+        if req.stream:
+            include_usage = bool(req.stream_options and req.stream_options.include_usage)
+            return Answer(headers, stream=self._stream(gen, shape, track, include_usage, job.n, tool_mode is not None))
+        return Answer(headers, body=await self._whole(gen, shape, track, is_disconnected, params.logprobs,
+                                                      tool_mode is not None))
+
+    async def _start_tracked(self, gen: Generation, track: _Tracker, is_disconnected: IsDisconnected) -> None:
+        """Wait for the backend to accept (a worker started, or the first upstream chunk); a refusal or a
+        client that left is recorded, and the generation is cancelled and closed."""
+        try:
+            await self._start(gen, is_disconnected)
+        except BaseException as exc:
+            if isinstance(exc, SlmError):
+                track.failed(exc)
+            else:
+                track.disconnected()
+            await _shielded(gen.cancel())
+            await _shielded(gen.close())
+            raise
+        track.started(gen.result)
+
+    async def _start(self, gen: Generation, is_disconnected: IsDisconnected) -> None:
+        start = asyncio.ensure_future(gen.start())
+        while True:
+            done, _ = await asyncio.wait({start}, timeout=0.5)
+            if done:
+                start.result()
+                return
+            if await is_disconnected():
+                start.cancel()
+                raise ClientGone
+
+    async def _whole(self, gen: Generation, shape: Shape, track: _Tracker, is_disconnected: IsDisconnected,
+                     with_logprobs: bool, with_tools: bool = False) -> dict[str, Any]:
+        texts: dict[int, list[str]] = {}
+        logprobs: dict[int, list[dict[str, Any]]] = {}
+        watcher = asyncio.create_task(self._watch_disconnect(gen, track, is_disconnected))
+        try:
+            async for item in gen.deltas():
+                delta = as_delta(item)
+                if delta.text:
+                    track.token(delta.text)
+                texts.setdefault(delta.index, []).append(delta.text)
+                if delta.logprobs:
+                    logprobs.setdefault(delta.index, []).extend(delta.logprobs)
+            if track.gone:
+                raise ClientGone
+            track.finished(gen.result, gen.redelivered)
+            joined = {i: "".join(parts) for i, parts in texts.items()}
+            calls: dict[int, list[dict[str, Any]]] = {}
+            if with_tools:
+                for index, text in joined.items():
+                    found = parse_calls(text)
+                    if found:
+                        calls[index] = openai_calls(found)
+                        gen.result.finish_reasons[index] = "tool_calls"
+                        if len(joined) == 1:
+                            gen.result.finish_reason = "tool_calls"
+            return shape.whole(joined, gen.result, {"timings": track.timings(gen.result)},
+                               logprobs=logprobs if with_logprobs else None, calls=calls)
+        except SlmError as exc:
+            track.failed(exc)
+            raise
+        finally:
+            watcher.cancel()
+            await _shielded(gen.close())
+
+    @staticmethod
+    async def _watch_disconnect(gen: Generation, track: _Tracker, is_disconnected: IsDisconnected) -> None:
+        """A non-streaming client that hangs up cancels its generation on the worker."""
+        while not await is_disconnected():
+            await asyncio.sleep(0.25)
+        track.disconnected()
+        await gen.cancel()
+
+    async def _stream(
+        self, gen: Generation, shape: Shape, track: _Tracker, include_usage: bool, n: int = 1,
+        with_tools: bool = False,
+    ) -> AsyncIterator[bytes]:
+        complete = False
+        held_finishes: list[Delta] = []
+        filters = {i: ToolCallFilter() for i in range(n)} if with_tools else {}
+        try:
+            for index in range(n):
+                yield shape.chunk(role=True, text="", index=index) if shape.endpoint == "chat" else b": ok\n\n"
+            async for item in gen.deltas():
+                delta = as_delta(item)
+                if delta.finish_reason is not None:
+                    held_finishes.append(delta)
+                elif delta.text or delta.logprobs:
+                    if delta.text:
+                        track.token(delta.text)
+                    text = filters[delta.index].feed(delta.text) if filters else delta.text
+                    if text or delta.logprobs:
+                        yield shape.chunk(text=text, index=delta.index, logprobs=delta.logprobs)
+            track.finished(gen.result, gen.redelivered)
+            timings = {"timings": track.timings(gen.result)}
+            if not held_finishes:
+                held_finishes.append(Delta(0, "", None, gen.result.finish_reason))
+            for fin in held_finishes:
+                if fin.index in filters:
+                    rest, calls = filters[fin.index].finish()
+                    if rest:
+                        yield shape.chunk(text=rest, index=fin.index)
+                    if calls:
+                        yield shape.chunk(index=fin.index, tool_calls=calls)
+                        fin.finish_reason = "tool_calls"
+            for i, fin in enumerate(held_finishes):
+                last = i == len(held_finishes) - 1
+                yield shape.chunk(finish_reason=fin.finish_reason, index=fin.index, extra=timings if last else None)
+            if include_usage:
+                yield shape.usage_chunk(gen.result)
+            complete = True
+            yield DONE_FRAME
+        except SlmError as exc:
+            track.failed(exc)
+            complete = True
+            yield sse(exc.to_body())
+            yield DONE_FRAME
+        finally:
+            if not complete:
+                track.disconnected()
+                await _shielded(gen.cancel())
+            await _shielded(gen.close())
+
+
+def _base64_floats(vector: list[float]) -> str:
+    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
+
+
+def as_delta(item: str | Delta) -> Delta:
+    return item if isinstance(item, Delta) else Delta(0, item)
+
+
+def _wants_logprobs(req: ChatCompletionRequest | CompletionRequest) -> bool:
+    if isinstance(req, ChatCompletionRequest):
+        return bool(req.logprobs)
+    return req.logprobs is not None
+
+
+def _top_logprobs(req: ChatCompletionRequest | CompletionRequest) -> int:
+    if isinstance(req, ChatCompletionRequest):
+        return req.top_logprobs or 0
+    return req.logprobs or 0
+
+
+class ClientGone(Exception):
+    """The client disconnected; nothing is sent back."""
+
+
+async def _shielded(coro: Coroutine[Any, Any, None]) -> None:
+    with anyio.CancelScope(shield=True):
+        try:
+            await coro
+        except Exception:
+            log.debug("cleanup failed", exc_info=True)
+
+
+class _Tracker:
+    """Per-request latency bookkeeping, recorded into the metrics."""
+
+    def __init__(self, metrics: Metrics, model: str, backend: str, arrived: float) -> None:
+        self.m = metrics
+        self.labels = (model, backend)
+        self.arrived = arrived
+        self.first: float | None = None
+        self.last: float | None = None
+        self.gone = False
+        self.done = False
+        metrics.in_flight.labels(*self.labels).inc()
+
+    def started(self, result: Result) -> None:
+        self.m.queue_time.labels(*self.labels).observe(result.queue_ms / 1000.0)
+
+    def token(self, text: str) -> None:
+        now = time.perf_counter()
+        if self.first is None:
+            self.first = now
+            self.m.ttft.labels(*self.labels).observe(now - self.arrived)
+        elif self.last is not None:
+            self.m.itl.labels(*self.labels).observe(now - self.last)
+        self.last = now
+
+    def timings(self, result: Result) -> dict[str, Any]:
+        now = time.perf_counter()
+        first = self.first if self.first is not None else now
+        return timings(result, (first - self.arrived) * 1000.0, (now - self.arrived) * 1000.0)
+
+    def _end(self) -> None:
+        if not self.done:
+            self.done = True
+            self.m.in_flight.labels(*self.labels).dec()
+            self.m.e2e.labels(*self.labels).observe(time.perf_counter() - self.arrived)
+
+    def finished(self, result: Result, redelivered: str | None) -> None:
+        labels = self.labels
+        self.m.prompt_eval.labels(*labels).observe(result.prompt_ms / 1000.0)
+        self.m.generation.labels(*labels).observe(result.predicted_ms / 1000.0)
+        self.m.prompt_tokens.labels(*labels).inc(result.prompt_tokens)
+        self.m.generation_tokens.labels(*labels).inc(result.completion_tokens)
+        self.m.finish_reasons.labels(*labels, result.finish_reason).inc()
+        if redelivered:
+            self.m.redeliveries.labels(labels[0], redelivered).inc()
+        self._end()
+
+    def failed(self, exc: SlmError) -> None:
+        self.m.errors.labels(*self.labels, exc.metric_type).inc()
+        if isinstance(exc, GenerationError) and exc.code == "worker_lost":
+            self.m.redeliveries.labels(self.labels[0], "mid_stream").inc()
+        self._end()
+
+    def disconnected(self) -> None:
+        if not self.done and not self.gone:
+            self.gone = True
+            self.m.disconnects.labels(*self.labels).inc()
+            self.m.errors.labels(*self.labels, "cancelled").inc()
+            self._end()

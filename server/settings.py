@@ -1,0 +1,56 @@
+"""Process settings, read from `SLM_*` environment variables.
+
+Model settings live in the registry (`model_registry.yaml`); these are the knobs of one process.
+Settings are built by the command line or by tests, never at import time.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Literal
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(env_prefix="SLM_", extra="ignore")
+
+    redis_url: str | None = Field(
+        default=None, description="Redis to queue through; unset means `serve` starts an embedded one."
+    )
+    host: str = "127.0.0.1"
+    port: int = Field(default=8000, ge=0, le=65535)
+    registry: Path = Path("model_registry.yaml")
+    model_dirs: str = Field(
+        default="", description="Colon-separated directories GGUF files may live in (besides packages)."
+    )
+    worker_port: int = Field(default=0, ge=0, le=65535, description="Worker health/metrics port; 0 = off.")
+    queue_timeout_s: float = Field(default=120.0, gt=0, description="How long a request may wait queued.")
+    lease_s: float = Field(default=10.0, gt=0, description="A worker's hold on a request before redelivery.")
+    max_deliveries: int = Field(default=3, ge=1, description="Deliveries before a request is dead-lettered.")
+    stall_timeout_s: float = Field(default=30.0, gt=0, description="Silence from a worker that ends a stream.")
+    heartbeat_s: float = Field(default=1.0, gt=0, description="How often a worker says it is alive.")
+    redis_timeout_s: float = Field(default=1.0, gt=0, description="Connect/command timeout towards Redis.")
+    reload_interval_s: float = Field(default=1.0, ge=0, description="Registry file polling; 0 = no hot reload.")
+    log_level: str = "INFO"
+    log_format: Literal["text", "json"] = "text"
+    log_prompts: bool = False
+    # security (server/security): API keys, body size, per-key limits
+    api_keys: SecretStr = Field(
+        default=SecretStr(""), description="Comma-separated API keys; when set (or a keys file), /v1/* needs one."
+    )
+    api_keys_file: Path | None = Field(
+        default=None, description="A file of API keys, one a line, or their digests as `sha256:<hex>`."
+    )
+    protect_metrics: bool = Field(default=False, description="Require an API key on /metrics too.")
+    max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest request body; larger -> 413.")
+    rate_limit_rpm: int = Field(default=0, ge=0, description="Requests per minute per API key (in Redis); 0 = off.")
+    rate_limit_concurrency: int = Field(default=0, ge=0, description="Concurrent requests per API key; 0 = off.")
+
+    def model_dir_list(self) -> list[Path]:
+        return [Path(p) for p in self.model_dirs.split(":") if p]
+
+    @property
+    def heartbeat_ttl_s(self) -> float:
+        return max(3.0, self.heartbeat_s * 5)

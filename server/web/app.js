@@ -1,0 +1,280 @@
+// slm-server's page: live model status and a streaming chat playground. Plain JS, no dependencies.
+"use strict";
+
+const REFRESH_MS = 4000;
+const KEY_STORE = "slm-server.api-key";
+const $ = (id) => document.getElementById(id);
+
+const el = {
+  serverState: $("server-state"), statusError: $("status-error"), rows: document.querySelector("#models tbody"),
+  window: $("window"), form: $("chat"), model: $("model"), temperature: $("temperature"),
+  maxTokens: $("max-tokens"), apiKey: $("api-key"), keyField: $("key-field"), keyNote: $("key-note"), system: $("system"), transcript: $("transcript"),
+  prompt: $("prompt"), chatError: $("chat-error"), send: $("send"), stop: $("stop"), clear: $("clear"),
+};
+
+let history = [];        // [{role, content}] of finished turns
+let controller = null;   // AbortController of the running request
+
+function headers() {
+  const h = {"Content-Type": "application/json"};
+  const key = el.apiKey.value.trim();
+  if (key) h.Authorization = "Bearer " + key;
+  return h;
+}
+
+function cell(text, cls) {
+  const td = document.createElement("td");
+  td.textContent = text;
+  if (cls) td.className = cls;
+  return td;
+}
+
+// The key field shows once the server asks for a key (401), or when this browser holds one.
+function askForKey() {
+  el.keyField.hidden = false;
+  el.keyNote.hidden = false;
+}
+
+async function errorMessage(response) {
+  if (response.status === 401) askForKey();
+  try {
+    const body = await response.json();
+    if (body && body.error && body.error.message) return body.error.message;
+  } catch (_) { /* not JSON */ }
+  return `HTTP ${response.status} ${response.statusText}`.trim();
+}
+
+function show(node, text) {
+  node.textContent = text || "";
+  node.hidden = !text;
+}
+
+// ---- status ------------------------------------------------------------------------------------
+function renderModels(status) {
+  const chosen = el.model.value;
+  el.rows.replaceChildren();
+  const options = [];
+  for (const m of status.models) {
+    const tr = document.createElement("tr");
+    tr.dataset.model = m.name;
+    const name = cell(m.name, "name");
+    name.dataset.label = "Model";
+    tr.append(name);
+    const r = m.recent || {};
+    const values = [
+      ["Backend", m.backend],
+      ["Aliases", m.aliases.length ? m.aliases.join(", ") : "—"],
+      ["State", m.state, "state state-" + m.state],
+      ["Workers", m.workers == null ? "—" : String(m.workers)],
+      ["Queue", m.queue_depth == null ? "—" : String(m.queue_depth)],
+      ["TTFT p50", r.ttft_p50_ms == null ? "—" : formatMs(r.ttft_p50_ms)],
+      ["Tokens/s", r.tokens_per_s == null ? "—" : r.tokens_per_s.toFixed(1)],
+    ];
+    for (const [label, value, cls] of values) {
+      const td = cell(value, cls);
+      td.dataset.label = label;
+      tr.append(td);
+    }
+    el.rows.append(tr);
+    const opt = new Option(`${m.name} (${m.state})`, m.name);
+    opt.disabled = m.state === "draining";
+    options.push(opt);
+  }
+  // keep options the page did not get from the status (added by hand) and the user's choice
+  const known = new Set(status.models.map((m) => m.name));
+  const extra = [...el.model.options].filter((o) => !known.has(o.value));
+  el.model.replaceChildren(...options, ...extra);
+  const ready = status.models.find((m) => m.state === "ready");
+  el.model.value = chosen || (ready ? ready.name : (options[0] ? options[0].value : ""));
+  const win = status.models.length ? status.models[0].recent.window_s : 300;
+  el.window.textContent = String(Math.max(1, Math.round(win / 60)));
+  el.serverState.textContent = status.status === "ok" ? `${status.models.length} models · up ${formatUptime(status.uptime_s)}`
+    : status.status;
+}
+
+async function refresh() {
+  if (document.hidden) return;
+  let response;
+  try {
+    response = await fetch("v1/status", {headers: headers(), cache: "no-store"});
+  } catch (err) {
+    show(el.statusError, "The server cannot be reached: " + err.message);
+    el.serverState.textContent = "unreachable";
+    return;
+  }
+  if (!response.ok) {
+    show(el.statusError, "Status unavailable: " + await errorMessage(response));
+    el.serverState.textContent = response.status === 401 ? "API key needed" : "status unavailable";
+    return;
+  }
+  renderModels(await response.json());
+  show(el.statusError, "");
+}
+
+function formatMs(ms) {
+  return ms >= 1000 ? (ms / 1000).toFixed(2) + " s" : Math.round(ms) + " ms";
+}
+
+function formatUptime(s) {
+  if (s < 120) return Math.round(s) + " s";
+  if (s < 7200) return Math.round(s / 60) + " min";
+  return (s / 3600).toFixed(1) + " h";
+}
+
+// ---- chat --------------------------------------------------------------------------------------
+function addTurn(role, text) {
+  const li = document.createElement("li");
+  li.className = "turn " + role;
+  const who = document.createElement("span");
+  who.className = "who";
+  who.textContent = role === "user" ? "You" : "Assistant";
+  const body = document.createElement("div");
+  body.className = "text";
+  body.textContent = text;
+  li.append(who, body);
+  el.transcript.append(li);
+  return li;
+}
+
+function timingsLine(t) {
+  const parts = [
+    `prompt ${t.prompt_n ?? "?"} tok in ${formatMs(t.prompt_ms)}`,
+    `generation ${t.predicted_n ?? "?"} tok in ${formatMs(t.predicted_ms)}`,
+  ];
+  if (t.predicted_ms > 0 && t.predicted_n) parts[1] += ` (${(t.predicted_n / (t.predicted_ms / 1000)).toFixed(1)} tok/s)`;
+  if (t.ttft_ms != null) parts.push(`first token ${formatMs(t.ttft_ms)}`);
+  if (t.total_ms != null) parts.push(`total ${formatMs(t.total_ms)}`);
+  return parts.join(" · ");
+}
+
+// Yields the JSON payload of each `data:` event of an SSE body; stops at [DONE].
+async function* events(body) {
+  const reader = body.getReader();
+  const decoder = new TextDecoder();
+  let buffer = "";
+  for (;;) {
+    const {value, done} = await reader.read();
+    if (done) return;
+    buffer += decoder.decode(value, {stream: true});
+    let cut;
+    while ((cut = buffer.search(/\r?\n\r?\n/)) >= 0) {
+      const block = buffer.slice(0, cut);
+      buffer = buffer.slice(cut).replace(/^\r?\n\r?\n/, "");
+      const data = block.split(/\r?\n/).filter((l) => l.startsWith("data:")).map((l) => l.slice(5).trimStart())
+        .join("\n");
+      if (!data) continue;   // a comment or keep-alive
+      if (data === "[DONE]") return;
+      yield JSON.parse(data);
+    }
+  }
+}
+
+function busy(on) {
+  el.send.disabled = on;
+  el.stop.disabled = !on;
+  el.form.setAttribute("aria-busy", String(on));
+}
+
+async function send() {
+  const text = el.prompt.value.trim();
+  if (!text || controller) return;
+  show(el.chatError, "");
+  const messages = [];
+  if (el.system.value.trim()) messages.push({role: "system", content: el.system.value.trim()});
+  messages.push(...history, {role: "user", content: text});
+  const request = {model: el.model.value, messages, stream: true};
+  const temperature = parseFloat(el.temperature.value);
+  if (!Number.isNaN(temperature)) request.temperature = temperature;
+  const maxTokens = parseInt(el.maxTokens.value, 10);
+  if (!Number.isNaN(maxTokens)) request.max_tokens = maxTokens;
+
+  addTurn("user", text);
+  const turn = addTurn("assistant", "");
+  const answer = turn.querySelector(".text");
+  answer.id = "answer-" + el.transcript.children.length;
+  answer.setAttribute("aria-live", "polite");
+  answer.setAttribute("aria-busy", "true");
+  turn.classList.add("streaming");
+  el.prompt.value = "";
+  controller = new AbortController();
+  busy(true);
+  let reply = "";
+  let outcome = "";
+  try {
+    const response = await fetch("v1/chat/completions", {
+      method: "POST", headers: headers(), body: JSON.stringify(request), signal: controller.signal,
+    });
+    if (!response.ok) throw new Error(await errorMessage(response));
+    for await (const chunk of events(response.body)) {
+      if (chunk.error) throw new Error(chunk.error.message || "The generation failed.");
+      const choice = chunk.choices && chunk.choices[0];
+      if (choice && choice.delta && choice.delta.content) {
+        reply += choice.delta.content;
+        answer.textContent = reply;
+      }
+      if (chunk.timings) {
+        const meta = document.createElement("p");
+        meta.className = "timings";
+        meta.textContent = timingsLine(chunk.timings);
+        turn.append(meta);
+      }
+      if (choice && choice.finish_reason === "length") outcome = "stopped at max tokens";
+    }
+    history.push({role: "user", content: text}, {role: "assistant", content: reply});
+  } catch (err) {
+    if (err.name === "AbortError") {
+      outcome = "stopped";
+      history.push({role: "user", content: text}, {role: "assistant", content: reply});
+    } else {
+      outcome = "failed";
+      show(el.chatError, err.message);
+      if (!reply) el.prompt.value = text;   // let the user fix and resend
+    }
+  } finally {
+    controller = null;
+    busy(false);
+    turn.classList.remove("streaming");
+    answer.setAttribute("aria-busy", "false");
+    if (outcome) {
+      const note = document.createElement("p");
+      note.className = "note";
+      note.textContent = "(" + outcome + ")";
+      turn.append(note);
+    }
+    turn.dataset.outcome = outcome || "done";
+    el.prompt.focus();
+  }
+}
+
+function stop() {
+  if (controller) controller.abort();
+}
+
+// ---- wiring ------------------------------------------------------------------------------------
+el.apiKey.value = localStorage.getItem(KEY_STORE) || "";
+if (el.apiKey.value) askForKey();
+el.apiKey.addEventListener("change", () => {
+  const key = el.apiKey.value.trim();
+  if (key) localStorage.setItem(KEY_STORE, key); else localStorage.removeItem(KEY_STORE);
+  refresh();
+});
+el.form.addEventListener("submit", (e) => { e.preventDefault(); send(); });
+el.stop.addEventListener("click", stop);
+el.clear.addEventListener("click", () => {
+  stop();
+  history = [];
+  el.transcript.replaceChildren();
+  show(el.chatError, "");
+});
+el.prompt.addEventListener("keydown", (e) => {
+  if (e.key === "Enter" && !e.shiftKey && !e.isComposing) {
+    e.preventDefault();
+    el.form.requestSubmit();
+  }
+});
+document.addEventListener("keydown", (e) => {
+  if (e.key === "Escape" && controller) { e.preventDefault(); stop(); }
+});
+document.addEventListener("visibilitychange", refresh);
+refresh();
+setInterval(refresh, REFRESH_MS);

@@ -1,0 +1,30 @@
+"""Run the real gateway app under uvicorn in a background thread, on a free loopback port."""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
+
+import uvicorn
+
+from server.app import create_app
+from server.embedded_redis import free_port
+from server.registry import Registry
+from server.settings import Settings
+from tests.conftest import wait_until
+
+
+@contextmanager
+def running_gateway(settings: Settings, registry: Registry) -> Iterator[str]:
+    port = free_port()
+    config = uvicorn.Config(create_app(settings, registry), host="127.0.0.1", port=port, log_level="warning")
+    server = uvicorn.Server(config)
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    wait_until(lambda: server.started, timeout_s=20, what="the gateway to start")
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.should_exit = True
+        thread.join(30)

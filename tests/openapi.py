@@ -1,0 +1,56 @@
+"""Validate bodies against the official OpenAI spec (`../shared/openai-openapi/openapi.yaml`).
+
+The spec is OpenAPI 3.1 with some `nullable: true` left over; those are read as "or null".
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+from pathlib import Path
+from typing import Any
+
+import yaml
+from jsonschema import Draft202012Validator
+from referencing import Registry, Resource
+from referencing.jsonschema import DRAFT202012
+
+REPO = Path(__file__).resolve().parent.parent
+SPEC = Path(os.environ.get("SLM_OPENAPI_SPEC", REPO.parent / "shared" / "openai-openapi" / "openapi.yaml"))
+ROOT_URI = "urn:openai-openapi"
+
+
+def _denull(node: Any) -> Any:
+    if isinstance(node, dict):
+        out = {k: _denull(v) for k, v in node.items() if k != "nullable"}
+        if node.get("nullable") is True:
+            return {"anyOf": [out, {"type": "null"}]}
+        return out
+    if isinstance(node, list):
+        return [_denull(v) for v in node]
+    return node
+
+
+@functools.cache
+def _spec() -> dict[str, Any]:
+    if not SPEC.is_file():
+        raise FileNotFoundError(f"the OpenAI spec is missing at {SPEC} (set SLM_OPENAPI_SPEC)")
+    with SPEC.open() as fh:
+        data: dict[str, Any] = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
+    return _denull(data)
+
+
+@functools.cache
+def validator(component: str) -> Draft202012Validator:
+    spec = _spec()
+    resource = Resource.from_contents(spec, default_specification=DRAFT202012)
+    registry: Registry[Any] = Registry().with_resource(ROOT_URI, resource)
+    schema = {"$ref": f"{ROOT_URI}#/components/schemas/{component}"}
+    return Draft202012Validator(schema, registry=registry)
+
+
+def assert_valid(component: str, body: Any) -> None:
+    errors = sorted(validator(component).iter_errors(body), key=lambda e: list(e.path))
+    if errors:
+        details = "\n".join(f"- {'/'.join(map(str, e.path)) or '<root>'}: {e.message[:300]}" for e in errors[:5])
+        raise AssertionError(f"response does not match {component}:\n{details}")

@@ -1,0 +1,192 @@
+"""Per-key limits and request limits on a real server, driven past each one by one key."""
+
+from __future__ import annotations
+
+import json
+import socket
+import time
+from collections.abc import Iterator
+
+import httpx
+import openai
+import pytest
+
+from tests.conftest import wait_until
+from tests.security.conftest import CONCURRENCY, MAX_BODY, RPM, SecureServer, raw_exchange, read_response
+
+pytestmark = pytest.mark.integration
+
+HUNDRED_MB = 100 * 1024 * 1024
+CHUNK = 256 * 1024
+
+
+def chat(**extra: object) -> dict[str, object]:
+    return {"model": "tiny", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2, **extra}
+
+
+def assert_healthy(secure: SecureServer) -> None:
+    assert httpx.get(secure.url + "/health", timeout=10).status_code == 200
+    response = httpx.post(secure.url + "/v1/chat/completions", json=chat(), headers=secure.auth("body"), timeout=60)
+    assert response.status_code == 200, response.text
+
+
+# -- per-key limits --------------------------------------------------------------------------------
+def test_a_burst_past_the_rpm_limit_gets_429_while_another_key_is_served(secure: SecureServer) -> None:
+    refused: list[httpx.Response] = []
+    served = 0
+    with httpx.Client(timeout=10, headers=secure.auth("burst")) as client:
+        # 2 x RPM + 1 requests exceed the limit even if the burst straddles a minute boundary
+        for _ in range(2 * RPM + 1):
+            response = client.get(secure.url + "/v1/models")
+            assert response.status_code in (200, 429), response.text
+            if response.status_code == 429:
+                refused.append(response)
+            else:
+                served += 1
+                assert int(response.headers["x-ratelimit-remaining-requests"]) < RPM
+    assert refused and served >= RPM
+    first = refused[0]
+    assert first.json()["error"]["type"] == "rate_limit_exceeded"
+    assert 1 <= int(first.headers["retry-after"]) <= 60
+    assert first.headers["x-ratelimit-limit-requests"] == str(RPM)
+    assert first.headers["x-ratelimit-remaining-requests"] == "0"
+    assert first.headers["x-ratelimit-reset-requests"].endswith("s")
+
+    other = httpx.get(secure.url + "/v1/models", headers=secure.auth("other"), timeout=10)
+    assert other.status_code == 200, other.text
+    assert other.headers["x-ratelimit-limit-requests"] == str(RPM)
+
+
+@pytest.fixture
+def held_request(secure: SecureServer) -> Iterator[socket.socket]:
+    """A request of key `conc` that holds its slot: its chunked body never finishes (until closed)."""
+    sock = socket.create_connection(("127.0.0.1", int(secure.url.rsplit(":", 1)[1])), timeout=10)
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\n"
+            f"Authorization: Bearer {secure.keys['conc']}\r\nContent-Type: application/json\r\n"
+            f"Transfer-Encoding: chunked\r\n\r\n5\r\n{{\"mod\r\n").encode()
+    sock.sendall(head)
+    try:
+        yield sock
+    finally:
+        sock.close()
+
+
+def test_the_concurrency_limit_holds_per_key(secure: SecureServer, held_request: socket.socket) -> None:
+    assert CONCURRENCY == 1
+    url = secure.url + "/v1/models"
+
+    def refused() -> bool:
+        response = httpx.get(url, headers=secure.auth("conc"), timeout=10)
+        if response.status_code == 429:
+            assert response.json()["error"]["code"] == "concurrency_limit_exceeded"
+            assert response.headers["retry-after"] == "1"
+            return True
+        return False
+
+    wait_until(refused, timeout_s=10, what="a second request of the same key to be refused", interval_s=0.2)
+    assert httpx.get(url, headers=secure.auth("conc-other"), timeout=10).status_code == 200
+    held_request.close()  # the client gone, its slot is given back
+    wait_until(lambda: httpx.get(url, headers=secure.auth("conc"), timeout=10).status_code == 200,
+               timeout_s=10, what="the slot of a closed request to be released", interval_s=0.2)
+
+
+# -- body size -------------------------------------------------------------------------------------
+def test_a_100mb_chunked_body_is_refused_without_being_read(secure: SecureServer) -> None:
+    sent = [0]
+
+    def body() -> Iterator[bytes]:
+        block = b"x" * CHUNK
+        while sent[0] < HUNDRED_MB:
+            sent[0] += CHUNK
+            yield block
+
+    started = time.monotonic()
+    response = httpx.post(secure.url + "/v1/chat/completions", content=body(), headers=secure.auth("body"),
+                          timeout=30)
+    assert response.status_code == 413, response.text
+    assert response.json()["error"]["code"] == "request_too_large"
+    assert response.headers["connection"] == "close"
+    assert sent[0] < HUNDRED_MB // 2, f"the client sent {sent[0]} bytes: the server kept reading"
+    assert time.monotonic() - started < 10
+    assert_healthy(secure)
+
+
+def test_a_100mb_content_length_is_refused_before_any_byte_of_it(secure: SecureServer) -> None:
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {secure.keys['body']}"
+            f"\r\nContent-Type: application/json\r\nContent-Length: {HUNDRED_MB}\r\n\r\n").encode()
+    status, raw = raw_exchange(secure.url, head, b'{"model": "tiny", ')  # the rest never comes
+    assert status == 413, raw[:400]
+    assert b"request_too_large" in raw
+    assert b"connection: close" in raw.lower()
+    assert_healthy(secure)
+
+
+def test_a_body_over_the_limit_in_small_chunks_is_cut_off_at_the_limit(secure: SecureServer) -> None:
+    port = int(secure.url.rsplit(":", 1)[1])
+    head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {secure.keys['body']}"
+            f"\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+    with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
+        sock.sendall(head)
+        block = b"y" * 65536
+        frame = f"{len(block):x}\r\n".encode() + block + b"\r\n"
+        for _ in range(MAX_BODY // len(block) + 1):  # one block past the limit, then nothing: no end chunk
+            sock.sendall(frame)
+        status, raw = read_response(sock)
+    assert status == 413, raw[:400]
+
+
+def test_content_length_at_the_limit_is_still_served(secure: SecureServer) -> None:
+    padding = " " * (MAX_BODY - 200)
+    body = json.dumps(chat()).encode()[:-1] + b', "user": "' + padding.encode() + b'"}'
+    assert len(body) <= MAX_BODY
+    response = httpx.post(secure.url + "/v1/chat/completions", content=body, timeout=60,
+                          headers={**secure.auth("body"), "Content-Type": "application/json"})
+    assert response.status_code == 200, response.text[:300]
+
+
+# -- request shape ---------------------------------------------------------------------------------
+def test_100k_messages_are_refused_with_400(secure: SecureServer) -> None:
+    body = '{"model": "tiny", "messages": [' + ",".join(['{"role":"user","content":"hi"}'] * 100_000) + "]}"
+    assert len(body) < MAX_BODY
+    response = httpx.post(secure.url + "/v1/chat/completions", content=body, timeout=30,
+                          headers={**secure.auth("body"), "Content-Type": "application/json"})
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"]["param"] == "messages"
+
+
+@pytest.mark.parametrize("content", [
+    "z" * 1_000_001,
+    [{"type": "text", "text": "z" * 600_000}, {"type": "text", "text": "z" * 600_000}],
+], ids=["string", "parts"])
+def test_a_message_over_a_million_characters_is_refused(secure: SecureServer, content: object) -> None:
+    body = {"model": "tiny", "messages": [{"role": "user", "content": content}]}
+    response = httpx.post(secure.url + "/v1/chat/completions", json=body, headers=secure.auth("body"), timeout=30)
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"]["param"].startswith("messages.0.content")
+
+
+@pytest.mark.parametrize(("extra", "param"), [
+    ({"api_base": "http://169.254.169.254/latest"}, "api_base"),
+    ({"base_url": "http://evil.example"}, "base_url"),
+    ({"api_key": "sk-attacker"}, "api_key"),
+    ({"custom_llm_provider": "openai"}, "custom_llm_provider"),
+    ({"litellm_params": {"api_base": "http://evil.example"}}, "litellm_params"),
+    ({"extra_body": {"api_base": "http://evil.example"}}, "extra_body.api_base"),
+    ({"API_BASE": "http://evil.example"}, "API_BASE"),
+])
+def test_provider_fields_cannot_be_smuggled_in_the_body(secure: SecureServer, extra: dict[str, object],
+                                                        param: str) -> None:
+    for path, body in (("/v1/chat/completions", chat(**extra)),
+                       ("/v1/completions", {"model": "tiny", "prompt": "hi", "max_tokens": 2, **extra})):
+        response = httpx.post(secure.url + path, json=body, headers=secure.auth("smuggle"), timeout=30)
+        assert response.status_code == 400, response.text
+        assert response.json()["error"]["param"] == param
+
+
+def test_provider_fields_cannot_be_smuggled_through_the_openai_client(secure: SecureServer) -> None:
+    client = openai.OpenAI(base_url=secure.url + "/v1", api_key=secure.keys["smuggle"], max_retries=0)
+    with pytest.raises(openai.BadRequestError) as info:
+        client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": "hi"}], max_tokens=2,
+                                       extra_body={"api_base": "http://evil.example", "api_key": "sk-x"})
+    assert info.value.body is not None and "api_" in str(info.value.body)
+    client.close()

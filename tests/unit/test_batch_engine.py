@@ -1,0 +1,73 @@
+"""The batch engine on the real SmolLM2 model: batching changes nothing but speed."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+
+import pytest
+
+from server.engine.batch_engine import BatchEngine
+from server.errors import ContextLengthError
+from server.queue.messages import SamplingParams
+from tests.engine_helpers import run_all, smollm2_engine
+
+GREEDY = SamplingParams(temperature=0, max_tokens=32)
+PROMPTS = ["What is the capital of France?", "Count to five.", "Name a fruit.", "Say hello in Spanish.",
+           "What is 2 + 2?", "Describe the sea.", "List three colours.", "Who wrote Hamlet?"]
+
+
+@pytest.fixture(scope="module")
+def engine() -> Iterator[BatchEngine]:
+    eng = smollm2_engine(parallel=8)
+    yield eng
+    eng.close()
+
+
+def test_greedy_text_is_the_same_alone_and_beside_seven_others(engine: BatchEngine) -> None:
+    solo = {p: run_all(engine, {"x": (p, GREEDY)})["x"][0] for p in PROMPTS[:3]}
+    batch = run_all(engine, {f"r{i}": (p, GREEDY) for i, p in enumerate(PROMPTS)})
+    for i, prompt in enumerate(PROMPTS[:3]):
+        assert batch[f"r{i}"][0] == solo[prompt]
+    assert len({text for text, _ in batch.values()}) == len(PROMPTS), "sequences leaked into each other"
+
+
+def test_max_tokens_and_usage(engine: BatchEngine) -> None:
+    text, fin = run_all(engine, {"a": (PROMPTS[5], SamplingParams(temperature=0, max_tokens=5))})["a"]
+    assert fin.reason == "length" and fin.completion_tokens == 5
+    assert fin.prompt_ms > 0 and fin.generation_ms > 0 and text
+
+
+def test_shared_prefix_reuses_the_kv_cache(engine: BatchEngine) -> None:
+    run_all(engine, {"warm": ("Tell me about cats.", GREEDY)})
+    _, fin = run_all(engine, {"again": ("Tell me about cats.", GREEDY)})["again"]
+    assert fin.cached_tokens > 10
+    assert fin.cached_tokens == fin.prompt_tokens - 1
+
+
+def test_cancel_frees_the_slot_at_once(engine: BatchEngine) -> None:
+    engine.add("c", engine.chat_tokens([{"role": "user", "content": "Write a long story."}]),
+               SamplingParams(temperature=0, max_tokens=500))
+    produced = 0
+    while produced < 3:
+        produced += sum(o.tokens for o in engine.step())
+    engine.cancel("c")
+    outs = engine.step()
+    assert [o.finish.reason for o in outs if o.finish] == ["cancelled"]
+    assert engine.free_slots() == engine.parallel
+
+
+def test_prompt_longer_than_the_context_is_refused_before_taking_a_slot(engine: BatchEngine) -> None:
+    tokens = engine.chat_tokens([{"role": "user", "content": "word " * 1200}])
+    with pytest.raises(ContextLengthError):
+        engine.add("long", tokens, GREEDY)
+    with pytest.raises(ContextLengthError):
+        engine.add("long", engine.chat_tokens([{"role": "user", "content": "hi"}]),
+                   SamplingParams(max_tokens=5000))
+    assert engine.free_slots() == engine.parallel
+
+
+def test_seeded_sampling_repeats(engine: BatchEngine) -> None:
+    params = SamplingParams(temperature=1.0, top_k=40, top_p=0.9, seed=42, max_tokens=16)
+    first = run_all(engine, {"s1": (PROMPTS[2], params)})["s1"][0]
+    second = run_all(engine, {"s2": (PROMPTS[2], params)})["s2"][0]
+    assert first == second
