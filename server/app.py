@@ -1,7 +1,7 @@
 """`create_app(settings, registry)`: the gateway as a FastAPI app.
 
 The lifespan owns the Redis clients, the metrics registry and the background refresh of worker
-presence; nothing is created at import time.
+presence, and closes litellm's HTTP clients at shutdown; nothing is created at import time.
 """
 
 from __future__ import annotations
@@ -19,9 +19,10 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 from server import logs
 from server.api import health, openai_routes, web
 from server.api.errors import install_error_handlers
+from server.backends.upstream import close_hosted_clients, load_litellm
 from server.metrics import Metrics
 from server.queue.client import QueueClient
-from server.registry import HostedModel, Registry
+from server.registry import HostedModel, Registry, RouterModel
 from server.reload import OnReload, RegistryWatcher, diff
 from server.security import SecurityConfig, SecurityMiddleware
 from server.serving.service import Service
@@ -35,7 +36,9 @@ PRESENCE_INTERVAL_S = 0.5
 
 def _declare_models(metrics: Metrics, registry: Registry) -> None:
     for name, entry in registry.models.items():
-        if isinstance(entry, HostedModel):
+        if isinstance(entry, RouterModel):
+            metrics.declare_router(name, entry.targets)
+        elif isinstance(entry, HostedModel):
             metrics.declare_model(name, "hosted", file=entry.litellm_model, quant="", n_ctx=None)
         else:
             file = entry.gguf.rsplit("/", 1)[-1]
@@ -90,6 +93,8 @@ def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnRelo
         queue = QueueClient(redis_url, timeout_s=settings.redis_timeout_s)
         service = Service(settings, registry, queue, metrics)
         app.state.service = service
+        if any(isinstance(entry, HostedModel) for entry in registry.models.values()):
+            await asyncio.to_thread(load_litellm)  # seconds of imports, off the loop and before the first request
         await service.refresh_presence()
 
         async def refresh_forever() -> None:
@@ -101,6 +106,7 @@ def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnRelo
             _added, removed, changed = diff(old, new)
             for name in removed | changed:
                 metrics.forget_model(name)
+                service.routing.forget(name)
             _declare_models(metrics, new)
             service.registry = new
 
@@ -121,6 +127,7 @@ def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnRelo
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
             await queue.close()
+            await close_hosted_clients()
 
     app = FastAPI(title="slm-server", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
     install_error_handlers(app)

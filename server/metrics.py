@@ -22,6 +22,7 @@ ERROR_TYPES = (
 FINISH_REASONS = ("stop", "length")
 REDELIVERY_PHASES = ("before_first_token", "mid_stream")
 ML = ("model", "backend")
+ROUTE_REASONS = ("objective", "last_target", "escalated")
 
 
 class Metrics:
@@ -62,6 +63,10 @@ class Metrics:
                                           ["model", "provider"], buckets=LATENCY_BUCKETS, registry=r)
         self.upstream_errors = Counter("slm_upstream_errors", "Hosted provider errors.",
                                        ["model", "provider", "code"], registry=r)
+        self.fallbacks = Counter("slm_fallbacks", "Requests passed from a model that could not serve to the next one.",
+                                 ["model", "to", "reason"], registry=r)
+        self.router_decisions = Counter("slm_router_decisions", "Where each router sent its requests, and why.",
+                                        ["router", "model", "reason"], registry=r)
         for result in ("success", "failure"):
             self.registry_reloads.labels(result)
 
@@ -81,6 +86,13 @@ class Metrics:
                 self.redeliveries.labels(model, phase)
             self.queue_depth.labels(model)
             self.workers_ready.labels(model)
+
+    def declare_router(self, router: str, targets: list[str]) -> None:
+        """A router serves nothing itself: it is listed, and its decisions per target start at zero."""
+        self.model_info.labels(router, "router", "", "", "").set(1)
+        for target in targets:
+            for reason in ROUTE_REASONS:
+                self.router_decisions.labels(router, target, reason)
 
     def forget_model(self, model: str) -> None:
         for gauge in (self.model_info,):

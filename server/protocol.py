@@ -68,7 +68,8 @@ class StreamOptions(BaseModel):
 
 
 class _Sampling(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    # strict: `"max_tokens": true` or `"64"` is a 400, as OpenAI answers, never coerced
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(min_length=1)
     temperature: float | None = Field(default=None, ge=0.0, le=2.0)
@@ -278,7 +279,7 @@ EmbeddingInput = str | list[str] | list[int] | list[list[int]]
 
 
 class EmbeddingRequest(BaseModel):
-    model_config = ConfigDict(extra="allow")
+    model_config = ConfigDict(extra="allow", strict=True)
 
     model: str = Field(min_length=1)
     input: EmbeddingInput

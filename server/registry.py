@@ -1,8 +1,13 @@
 """The model registry: `model_registry.yaml`, validated into typed entries.
 
 Every entry is discriminated by `backend` (`local` GGUF served by workers, `hosted` through
-litellm). Unknown keys are refused; a bad file raises `RegistryError` naming the file, the entry
-and the field. Secrets are never in the file: a hosted entry names the env var that holds its key.
+litellm, `router` choosing one of its targets per request). Unknown keys are refused; a bad file
+raises `RegistryError` naming the file, the entry and the field. Secrets are never in the file: a
+hosted entry names the env var that holds its key.
+
+References between entries are checked at load: `fallbacks`, `targets` and `escalate[].to` name
+other local or hosted models (never a router), and fallbacks, which chain (a fallback's own
+fallbacks are tried after it), form no cycle.
 """
 
 from __future__ import annotations
@@ -15,7 +20,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from server.errors import RegistryError
 
@@ -74,7 +79,46 @@ class HostedModel(_Entry):
         return value
 
 
-ModelEntry = Annotated[LocalModel | HostedModel, Field(discriminator="backend")]
+class EscalationRule(BaseModel):
+    """Send a request straight to `to` when every condition the rule sets holds."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    to: str = Field(description="The registry model (local or hosted) that takes a matching request.")
+    tools: bool | None = Field(default=None, description="true: the request offers tools it may call.")
+    prompt_tokens_over: int | None = Field(
+        default=None, ge=0, description="The prompt is estimated longer than this many tokens (4 characters each).")
+
+    @model_validator(mode="after")
+    def _has_a_condition(self) -> EscalationRule:
+        if self.tools is None and self.prompt_tokens_over is None:
+            raise ValueError("an escalation rule needs a condition: `tools` or `prompt_tokens_over`")
+        return self
+
+
+class RouterModel(_Entry):
+    """A name that picks, per request, the first target predicted to meet a time-to-first-token objective."""
+
+    backend: Literal["router"]
+    targets: list[str] = Field(min_length=1, description="Registry models (local or hosted), preferred first.")
+    ttft_objective_s: float = Field(default=1.0, gt=0, le=600,
+                                    description="Time to first token a target must be predicted to meet.")
+    escalate: list[EscalationRule] = Field(default_factory=list,
+                                           description="Rules sending a request straight to a larger model.")
+
+    @field_validator("targets")
+    @classmethod
+    def _target_names(cls, value: list[str]) -> list[str]:
+        for name in value:
+            if not NAME_PATTERN.match(name):
+                raise ValueError(f"'{name}' is not a valid model name")
+        if len(set(value)) != len(value):
+            raise ValueError("a target is listed twice")
+        return value
+
+
+AnyEntry = LocalModel | HostedModel | RouterModel
+ModelEntry = Annotated[AnyEntry, Field(discriminator="backend")]
 
 
 class Registry(BaseModel):
@@ -82,7 +126,7 @@ class Registry(BaseModel):
 
     models: dict[str, ModelEntry]
 
-    def resolve(self, name: str) -> tuple[str, LocalModel | HostedModel] | None:
+    def resolve(self, name: str) -> tuple[str, AnyEntry] | None:
         """Canonical name and entry for a model name or alias."""
         entry = self.models.get(name)
         if entry is not None:
@@ -95,6 +139,20 @@ class Registry(BaseModel):
     def local_models(self) -> dict[str, LocalModel]:
         return {n: e for n, e in self.models.items() if isinstance(e, LocalModel)}
 
+    def fallback_chain(self, name: str) -> list[str]:
+        """`name`, then its fallbacks in order, each followed by its own (depth first, each model once)."""
+        chain: list[str] = []
+
+        def visit(model: str) -> None:
+            if model in chain or model not in self.models:
+                return
+            chain.append(model)
+            for fallback in self.models[model].fallbacks:
+                visit(fallback)
+
+        visit(name)
+        return chain
+
 
 def _check_names(registry: Registry) -> list[str]:
     problems: list[str] = []
@@ -106,16 +164,77 @@ def _check_names(registry: Registry) -> list[str]:
             if label in seen and seen[label] != name:
                 problems.append(f"models.{name}.aliases: '{label}' is already used by '{seen[label]}'")
             seen.setdefault(label, name)
-        for fallback in entry.fallbacks:
-            if fallback not in registry.models or fallback == name:
-                problems.append(f"models.{name}.fallbacks: '{fallback}' is not another registry model")
+    return problems
+
+
+def _served_reference(registry: Registry, owner: str, where: str, target: str) -> str | None:
+    """A problem when `target` (named at `models.{owner}.{where}`) is not another local or hosted model."""
+    entry = registry.models.get(target)
+    if entry is None:
+        hint = registry.resolve(target)
+        extra = f" (it is an alias of '{hint[0]}'; name the model itself)" if hint else ""
+        return f"models.{owner}.{where}: '{target}' is not a registry model{extra}"
+    if target == owner:
+        return f"models.{owner}.{where}: a model cannot name itself"
+    if isinstance(entry, RouterModel):
+        return f"models.{owner}.{where}: '{target}' is a router; only local or hosted models can be named here"
+    return None
+
+
+def _fallback_cycle(registry: Registry) -> list[str] | None:
+    """One cycle of the fallback graph as a path (first model repeated at the end), or None."""
+    state: dict[str, int] = {}  # 1: on the current path, 2: done
+    path: list[str] = []
+
+    def visit(model: str) -> list[str] | None:
+        state[model] = 1
+        path.append(model)
+        for nxt in registry.models[model].fallbacks:
+            if nxt not in registry.models:
+                continue
+            if state.get(nxt) == 1:
+                return [*path[path.index(nxt):], nxt]
+            if nxt not in state and (found := visit(nxt)) is not None:
+                return found
+        path.pop()
+        state[model] = 2
+        return None
+
+    for model in registry.models:
+        if model not in state and (found := visit(model)) is not None:
+            return found
+    return None
+
+
+def _check_references(registry: Registry) -> list[str]:
+    problems: list[str] = []
+    for name, entry in registry.models.items():
+        refs: list[tuple[str, str]] = []
+        if isinstance(entry, RouterModel):
+            if entry.fallbacks:
+                problems.append(f"models.{name}.fallbacks: a router falls back through its `targets`; "
+                                "list the models there")
+            refs += [(f"targets[{i}]", target) for i, target in enumerate(entry.targets)]
+            refs += [(f"escalate[{i}].to", rule.to) for i, rule in enumerate(entry.escalate)]
+            for i, rule in enumerate(entry.escalate):
+                if rule.tools and isinstance(registry.models.get(rule.to), HostedModel):
+                    problems.append(f"models.{name}.escalate[{i}].to: '{rule.to}' is hosted, and hosted models "
+                                    "do not take tools: it would refuse every request this rule sends it")
+        else:
+            if len(set(entry.fallbacks)) != len(entry.fallbacks):
+                problems.append(f"models.{name}.fallbacks: a model is listed twice")
+            refs += [(f"fallbacks[{i}]", fallback) for i, fallback in enumerate(entry.fallbacks)]
+        problems += [p for where, target in refs if (p := _served_reference(registry, name, where, target))]
+    cycle = _fallback_cycle(registry)
+    if cycle is not None:
+        problems.append(f"models.{cycle[0]}.fallbacks: fallbacks form a cycle: {' -> '.join(cycle)}")
     return problems
 
 
 def _format_validation(path: str, exc: ValidationError) -> str:
     lines = []
     for err in exc.errors():
-        loc = ".".join(str(p) for p in err["loc"] if p not in ("local", "hosted"))
+        loc = ".".join(str(p) for p in err["loc"] if p not in ("local", "hosted", "router"))
         lines.append(f"{path}: {loc}: {err['msg']}")
     return "\n".join(lines)
 
@@ -132,7 +251,7 @@ def parse_registry(data: Any, *, source: str = "<registry>") -> Registry:
         registry = Registry.model_validate(data)
     except ValidationError as exc:
         raise RegistryError(_format_validation(source, exc)) from None
-    problems = _check_names(registry)
+    problems = _check_names(registry) or _check_references(registry)
     if problems:
         raise RegistryError("\n".join(f"{source}: {p}" for p in problems))
     return registry

@@ -46,6 +46,9 @@ class Settings(BaseSettings):
     protect_metrics: bool = Field(default=False, description="Require an API key on /metrics too.")
     max_body_bytes: int = Field(default=4 * 1024 * 1024, ge=1024, description="Largest request body; larger -> 413.")
     rate_limit_rpm: int = Field(default=0, ge=0, description="Requests per minute per API key (in Redis); 0 = off.")
+    rate_limit_tpm: int = Field(
+        default=0, ge=0, description="Tokens (prompt + completion) per minute per API key (in Redis); 0 = off."
+    )
     rate_limit_concurrency: int = Field(default=0, ge=0, description="Concurrent requests per API key; 0 = off.")
 
     def model_dir_list(self) -> list[Path]:

@@ -27,7 +27,7 @@ async def peek_model(request: Request) -> str | None:
     """The `model` a body names, if it is readable; for labels and routing before full validation."""
     try:
         data = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError):
+    except (ValueError, UnicodeDecodeError, RecursionError):
         return None
     model = data.get("model") if isinstance(data, dict) else None
     return model if isinstance(model, str) else None
@@ -39,6 +39,8 @@ async def parse_body(request: Request, model: type[M]) -> M:
         data: Any = json.loads(raw) if raw else None
     except (ValueError, UnicodeDecodeError):
         raise InvalidRequestError("The request body is not valid JSON.", code="invalid_json") from None
+    except RecursionError:
+        raise InvalidRequestError("The request body is nested too deeply.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
     try:

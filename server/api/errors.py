@@ -20,6 +20,9 @@ def error_response(exc: SlmError) -> JSONResponse:
     return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
 
 
+_UNION_BRANCHES = {"str", "int", "float", "bool", "list", "dict", "none"}
+
+
 def from_validation(errors: list[Any]) -> InvalidRequestError:
     """The first pydantic error as a 400 naming the parameter (`messages.0.role`, say)."""
     if not errors:
@@ -27,7 +30,7 @@ def from_validation(errors: list[Any]) -> InvalidRequestError:
     err = errors[0]
     loc = [str(p) for p in err.get("loc", ()) if p not in ("body",)]
     # drop union-branch names pydantic inserts into locations (e.g. 'str', 'list[TextPart]')
-    loc = [p for p in loc if not (p.startswith(("list[", "str", "int", "float", "bool", "function-")))]
+    loc = [p for p in loc if p not in _UNION_BRANCHES and "[" not in p]
     param = ".".join(loc) or None
     if err.get("type") == "json_invalid":
         return InvalidRequestError("The request body is not valid JSON.", param=None, code="invalid_json")

@@ -17,7 +17,8 @@ from server.protocol import (
     CompletionRequest,
     EmbeddingRequest,
 )
-from server.registry import HostedModel
+from server.registry import AnyEntry, HostedModel, RouterModel
+from server.serving import transcript
 from server.serving.service import Answer, ClientGone
 
 router = APIRouter(prefix="/v1")
@@ -47,6 +48,9 @@ async def _counted(request: Request, service: ServiceDep, endpoint: str, model: 
         stream = bool(getattr(req, "stream", False))
         if unsupported:
             req.refuse_unsupported(unsupported)
+        if service.settings.log_prompts:
+            dumped = req.model_dump(include={"messages", "prompt", "input"}, exclude_none=True)
+            transcript.open_transcript(req.model, dumped)
         response = _respond(await serve(req))
         code = response.status_code
         return response
@@ -79,8 +83,14 @@ async def embeddings(request: Request, service: ServiceDep) -> Response:
                           lambda req: service.embeddings(req))
 
 
-def _model_card(name: str, created: int, entry: Any) -> dict[str, Any]:
-    owner = "slm-server" if not isinstance(entry, HostedModel) else entry.litellm_model.split("/")[0]
+def _model_card(name: str, created: int, entry: AnyEntry) -> dict[str, Any]:
+    """`owned_by` says who answers: `slm-server` (local), the provider (hosted), `slm-server-router`."""
+    if isinstance(entry, HostedModel):
+        owner = entry.litellm_model.split("/")[0]
+    elif isinstance(entry, RouterModel):
+        owner = "slm-server-router"
+    else:
+        owner = "slm-server"
     return {"id": name, "object": "model", "created": created, "owned_by": owner}
 
 

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import email.utils
 import functools
+import inspect
 import logging
 import os
 import re
@@ -152,6 +153,33 @@ def map_upstream_error(exc: BaseException, *, model: str, timeout: float, param:
 
 
 async def close_hosted_clients() -> None:
-    """Close the HTTP clients litellm caches process-wide (call once at shutdown, after the last request)."""
-    if load_litellm.cache_info().currsize:
-        await load_litellm().close_litellm_async_clients()
+    """Close and forget the HTTP clients litellm cached for the running event loop (an app's lifespan
+    calls it at shutdown, after its last request). Clients of other event loops (another app in the
+    same process) are left alone; a forgotten client is never handed out again closed. Without litellm
+    loaded there is nothing to close (and it is not imported for that)."""
+    if not load_litellm.cache_info().currsize:
+        return
+    litellm = load_litellm()
+    cache = litellm.in_memory_llm_clients_cache
+    loop_key = getattr(cache, "update_cache_key_with_event_loop", None)
+    if loop_key is None:  # a litellm that does not key its clients by event loop: close them all
+        await litellm.close_litellm_async_clients()
+        cache.flush_cache()
+        return
+    suffix = loop_key("")  # litellm's own suffix for this loop's keys
+    for key in [k for k in list(cache.cache_dict) if isinstance(k, str) and k.endswith(suffix)]:
+        client = cache.cache_dict.get(key)
+        cache.delete_cache(key)
+        await _close_client(client)
+
+
+async def _close_client(client: object) -> None:
+    closer = getattr(client, "aclose", None) or getattr(client, "close", None)
+    if closer is None:
+        return
+    try:
+        result = closer()
+        if inspect.isawaitable(result):
+            await result
+    except Exception:
+        log.debug("closing a hosted client failed", exc_info=True)

@@ -79,6 +79,11 @@ class QueueClient:
         counts = await pipe.execute()
         return {m: int(c) for m, c in zip(models, counts, strict=True)}
 
+    async def worker_alive(self, model: str, worker_id: str, ttl_s: float) -> bool:
+        """Whether that worker beat its heartbeat within `ttl_s`."""
+        score = await self.commands.zscore(keys.worker_heartbeats(model), worker_id)
+        return score is not None and float(score) >= time.time() - ttl_s
+
     async def queue_depths(self, models: list[str]) -> dict[str, int]:
         pipe = self.commands.pipeline(transaction=False)
         for model in models:

@@ -1,4 +1,4 @@
-"""Every Redis key slm-server uses, in one place."""
+"""Every Redis key slm-server uses, in one place: the queue's and the per-API-key limits'."""
 
 from __future__ import annotations
 
@@ -34,3 +34,19 @@ def worker_heartbeats(model: str) -> str:
 def worker_info(worker_id: str) -> str:
     """Hash with one worker's slots, busy slots and model file; expires."""
     return f"{PREFIX}:worker:{worker_id}"
+
+
+# Per-API-key limits (server/security/rate_limits.py). `kid` is `api_keys.key_id()`, never the key.
+def requests_per_minute(kid: str, window: int) -> str:
+    """Requests of one key in one minute (fixed window `unix time // 60`); expires after two windows."""
+    return f"{PREFIX}:ratelimit:rpm:{kid}:{window}"
+
+
+def tokens_per_minute(kid: str, window: int) -> str:
+    """Tokens (prompt + completion) one key's finished requests used in one minute; expires after two."""
+    return f"{PREFIX}:ratelimit:tpm:{kid}:{window}"
+
+
+def concurrent_requests(kid: str) -> str:
+    """Requests of one key being served now."""
+    return f"{PREFIX}:ratelimit:concurrent:{kid}"

@@ -1,8 +1,17 @@
 """The worker side of the queue: take requests for one model, decode them in batches, stream back.
 
-One loop, one thread: read new requests for the free slots (`XREADGROUP`), run one batched decode
-step, send the tokens (batched every few ms, one pipeline for all sequences), and between steps
-renew leases, check cancel flags, reclaim requests of dead workers and beat the heartbeat.
+Four threads, so that the one that decodes never waits on Redis:
+
+    decode      (the caller of `run`) admits what the intake took into free slots, runs one batched
+                decode step after another and hands the tokens to the outbox (every sequence's text
+                at most every `FLUSH_INTERVAL_S`, the first token at once)
+    intake      takes requests off the model's stream for the free slots and reclaims those of dead
+                workers (`server/queue/intake.py`)
+    outbox      sends what the decode thread queued, in order, coalesced (`server/queue/outbox.py`)
+    keep-alive  checks the cancel flags of held requests every `CANCEL_CHECK_INTERVAL_S`, beats the
+                heartbeat and renews the leases of everything held
+
+llama.cpp releases the GIL while it computes, so Redis round trips overlap the decode steps.
 """
 
 from __future__ import annotations
@@ -10,6 +19,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import queue
 import socket
 import threading
 import time
@@ -26,16 +36,19 @@ from server.engine.batch_engine import BatchEngine, Finish, Output
 from server.engine.embedder import Embedder
 from server.engine.tools import call_grammar, with_tools
 from server.errors import InvalidRequestError, SlmError
-from server.queue import keys
-from server.queue.messages import Job, SamplingParams, decode_event, encode_event
+from server.queue import keys, replies
+from server.queue.holdings import Holdings
+from server.queue.intake import Intake, IntakeConfig, Taken
+from server.queue.messages import Job, SamplingParams
+from server.queue.outbox import Outbox
+from server.queue.replies import Command
 from server.tool_format import CALL_OPEN
 
 log = logging.getLogger("slm.worker")
 
-RESPONSE_TTL_S = 600
 FLUSH_INTERVAL_S = 0.02
 CANCEL_CHECK_INTERVAL_S = 0.05
-IDLE_BLOCK_MS = 100
+IDLE_WAIT_S = 0.1  # an idle decode thread waits this long at most for the intake, then ticks again
 
 
 @dataclass
@@ -105,42 +118,57 @@ class Worker:
         self.active: dict[str, _Active] = {}
         self.embedder: Embedder | None = None
         self.waiting: deque[tuple[str, list[int], SamplingParams]] = deque()
-        self.stopping = False
-        self.ready = False
-        self._held: dict[str, str] = {}  # request id -> entry id, read by the keep-alive thread
-        self._held_lock = threading.Lock()
+        self.stopping = False  # set by a signal handler or the keep-alive thread: plain flag, no lock
+        self.holdings = Holdings()
+        self.outbox = Outbox(client)
+        self.intake = Intake(client, IntakeConfig(config.model, config.worker_id, config.lease_s,
+                                                  config.max_deliveries), self.holdings, self._room)
         self._closed = threading.Event()
-        self._last_reap = 0.0
-        self._last_cancel_check = 0.0
         self.last_tick = time.monotonic()
         self.orphan_check: Callable[[], bool] = lambda: False
         self.entry_changed: Callable[[], bool] = lambda: False
 
-    # -- lifecycle ------------------------------------------------------------------------------
-    def ensure_group(self) -> None:
-        try:
-            self.redis.xgroup_create(self.stream, keys.GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+    @property
+    def ready(self) -> bool:
+        return self.intake.ready
 
+    def _room(self) -> int:
+        """Free slots not yet spoken for (read by the intake thread)."""
+        return self.engine.free_slots() - len(self.waiting) - self.intake.inbox.qsize()
+
+    # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> None:
         """Serve until `stopping` is set and every held request has finished."""
         keeper = threading.Thread(target=self._keep_alive, name="keep-alive", daemon=True)
+        self.outbox.start()
+        self.intake.start()
         keeper.start()
         try:
             self._loop()
         finally:
+            self.intake.stop()
+            self.intake.join(5)
+            if not self.outbox.flush(10):
+                log.warning("some replies could not be sent before exiting")
+            self.outbox.close()
             self._closed.set()
             keeper.join(5)
         self._leave()
 
     def _keep_alive(self) -> None:
-        """Heartbeat and lease renewal on their own thread, so a long decode step never lets a
-        lease lapse (llama.cpp releases the GIL while it computes)."""
-        interval = min(self.config.heartbeat_s, self.config.lease_s / 3)
-        while not self._closed.wait(interval):
+        """Cancel flags, heartbeat and lease renewal on their own thread, so a long decode step never
+        lets a lease lapse (llama.cpp releases the GIL while it computes)."""
+        beat_every = min(self.config.heartbeat_s, self.config.lease_s / 3)
+        next_beat = 0.0
+        while not self._closed.wait(CANCEL_CHECK_INTERVAL_S):
             try:
+                held = self.holdings.snapshot()
+                if held:
+                    self._check_cancels(list(held))
+                now = time.monotonic()
+                if now < next_beat:
+                    continue
+                next_beat = now + beat_every
                 if self.orphan_check():
                     log.warning("the supervising process is gone; finishing and exiting")
                     self.stopping = True
@@ -149,35 +177,33 @@ class Worker:
                                 "so that a restart loads the new entry")
                     self.stopping = True
                 self._heartbeat()
-                with self._held_lock:
-                    ids: list[Any] = list(self._held.values())
-                if ids:
-                    self.redis.xclaim(self.stream, keys.GROUP, self.config.worker_id, 0, ids, justid=True)
+                if held:
+                    self.redis.xclaim(self.stream, keys.GROUP, self.config.worker_id, 0, list(held.values()),
+                                      justid=True)
             except redis.RedisError as exc:
                 log.debug("keep-alive failed: %s", exc)
 
-    def _hold(self, request_id: str, entry_id: str | None) -> None:
-        with self._held_lock:
-            if entry_id is None:
-                self._held.pop(request_id, None)
-            else:
-                self._held[request_id] = entry_id
+    def _check_cancels(self, request_ids: list[str]) -> None:
+        pipe = self.redis.pipeline(transaction=False)
+        for request_id in request_ids:
+            pipe.exists(keys.cancel_flag(request_id))
+        flagged = [r for r, hit in zip(request_ids, pipe.execute(), strict=True) if hit]
+        if flagged:
+            self.holdings.flag_cancelled(flagged)
 
     def _loop(self) -> None:
         backoff = 0.1
         while True:
-            if self.stopping and not self.active:
-                break
+            if self.stopping:
+                self.intake.stop()
+                if not (self.active or self.waiting or self.intake.alive() or not self.intake.inbox.empty()):
+                    break
             try:
-                if not self.ready:
-                    self.ensure_group()
-                    self.ready = True
                 self.tick()
                 backoff = 0.1
             except (redis.ConnectionError, redis.TimeoutError) as exc:
                 log.warning("redis unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
                 self._abandon_all()
-                self.ready = False
                 time.sleep(backoff)  # reconnect backoff, not synchronisation
                 backoff = min(backoff * 2, 2.0)
 
@@ -198,28 +224,34 @@ class Worker:
         while self.engine.active():
             self.engine.step()
         self.active.clear()
-        with self._held_lock:
-            self._held.clear()
+        for taken in self.intake.drain():
+            self.holdings.release(taken.job.id)
+        self.holdings.clear()
+        self.outbox.reset()
 
     # -- one turn of the loop -------------------------------------------------------------------
     def tick(self) -> None:
-        now = time.monotonic()
-        self.last_tick = now
-        if now - self._last_reap >= self.config.lease_s / 2 and not self.stopping:
-            self._reap()
-        if self.active and now - self._last_cancel_check >= CANCEL_CHECK_INTERVAL_S:
-            self._check_cancels()
-        free = self.engine.free_slots() - len(self.waiting)
-        if free > 0 and not self.stopping:
-            block = None if self.engine.active() else IDLE_BLOCK_MS
-            reply: Any = self.redis.xreadgroup(
-                keys.GROUP, self.config.worker_id, {self.stream: ">"}, count=free, block=block
-            )
-            for _stream, entries in reply or []:
-                for entry_id, fields in entries:
-                    self._admit(_text(entry_id), fields, attempt=1)
+        self.last_tick = time.monotonic()
+        if self.outbox.error is not None:
+            raise self.outbox.error
+        if self.intake.failure is not None:
+            raise RuntimeError("the intake thread failed") from self.intake.failure
+        for request_id in self.holdings.take_cancelled():
+            if request_id in self.active:
+                self._cancel(request_id)
+        self._take_new(block=not self.engine.active() and not self.waiting)
         if self.engine.active():
             self._emit(self.engine.step())
+
+    def _take_new(self, *, block: bool) -> None:
+        """Admit what the intake took, while there are free slots; wait a little for it when idle."""
+        while self.engine.free_slots() - len(self.waiting) > 0:
+            try:
+                taken = self.intake.inbox.get(timeout=IDLE_WAIT_S) if block else self.intake.inbox.get_nowait()
+            except queue.Empty:
+                return
+            block = False
+            self._admit(taken)
 
     def _heartbeat(self) -> None:
         now = time.time()
@@ -236,15 +268,6 @@ class Worker:
         pipe.expire(info_key, max(2, int(self.config.heartbeat_ttl_s)))
         pipe.execute()
 
-    def _check_cancels(self) -> None:
-        ids = list(self.active)
-        pipe = self.redis.pipeline(transaction=False)
-        for request_id in ids:
-            pipe.exists(keys.cancel_flag(request_id))
-        for request_id, flagged in zip(ids, pipe.execute(), strict=True):
-            if flagged:
-                self._cancel(request_id)
-
     def _cancel(self, job_id: str) -> None:
         act = self.active[job_id]
         for index in act.remaining:
@@ -255,55 +278,18 @@ class Worker:
             act.remaining.discard(int(item[0].rpartition("#")[2]))
         if not act.remaining:
             act.cancelled = True
-            self._send(keys.response_stream(job_id), {**self._final_event(act), "attempt": act.attempt})
-            self._ack(act.entry_id)
-            self.active.pop(job_id, None)
-            self._hold(job_id, None)
-        self._last_cancel_check = time.monotonic()
+            self._finish(act, replies.event(job_id, {**self._final_event(act), "attempt": act.attempt}))
 
-    def _reap(self) -> None:
-        """Take over requests whose worker stopped renewing its lease; dead-letter the poison."""
-        self._last_reap = time.monotonic()
-        free = self.engine.free_slots()
-        if free == 0:
-            return
-        min_idle = int(self.config.lease_s * 1000)
-        reply: Any = self.redis.xautoclaim(self.stream, keys.GROUP, self.config.worker_id, min_idle, "0-0",
-                                           count=free)
-        claimed = reply[1]  # Redis 7 adds a third item (deleted ids), Redis 6.2 has two
-        for entry_id_raw, fields in claimed:
-            entry_id = _text(entry_id_raw)
-            if not fields:
-                self.redis.xack(self.stream, keys.GROUP, entry_id)
-                continue
-            pending = self.redis.xpending_range(self.stream, keys.GROUP, entry_id, entry_id, 1)
-            deliveries = int(pending[0]["times_delivered"]) if pending else 1
-            self._admit(entry_id, fields, attempt=deliveries)
+    def _finish(self, act: _Active, answer: list[Command]) -> None:
+        """Send the last event and the ack; the slot is free for the next request."""
+        self.outbox.put(answer + replies.ack(self.stream, act.entry_id))
+        self.active.pop(act.job.id, None)
+        self.holdings.release(act.job.id)
+        self.intake.room_freed()
 
     # -- requests -------------------------------------------------------------------------------
-    def _admit(self, entry_id: str, fields: Any, *, attempt: int) -> None:
-        try:
-            job = Job.decode(fields)
-        except ValueError:
-            log.error("dropping a malformed queue entry %s", entry_id)
-            self._ack(entry_id)
-            return
-        resp = keys.response_stream(job.id)
-        if attempt > 1:
-            last: Any = self.redis.xrevrange(resp, count=1)
-            if last and _event_type(last[0][1]) in ("done", "error"):
-                self._ack(entry_id)  # finished before a crash lost the ack
-                return
-            if attempt > self.config.max_deliveries:
-                self._dead_letter(entry_id, job, fields, attempt)
-                return
-        if time.time() > job.deadline:
-            self._fail(entry_id, job, attempt, 503, "queue_timeout",
-                       "The request waited in the queue past its deadline.")
-            return
-        if self.redis.exists(keys.cancel_flag(job.id)):
-            self._ack(entry_id)
-            return
+    def _admit(self, taken: Taken) -> None:
+        job, entry_id, attempt = taken.job, taken.entry_id, taken.attempt
         if job.kind == "embedding":
             self._embed(entry_id, job, attempt)
             return
@@ -334,9 +320,8 @@ class Worker:
         self.waiting.extend((seq_id, tokens, p) for seq_id, p in seqs[1:])
         self._admit_waiting()
         self.active[job.id] = act
-        self._hold(job.id, entry_id)
-        self._send(resp, {"type": "started", "attempt": attempt, "worker": self.config.worker_id,
-                          "prompt_tokens": len(tokens)})
+        self.outbox.put(replies.event(job.id, {"type": "started", "attempt": attempt,
+                                               "worker": self.config.worker_id, "prompt_tokens": len(tokens)}))
 
     def _embed(self, entry_id: str, job: Job, attempt: int) -> None:
         """Embeddings are computed at once, between decode steps (small models embed in milliseconds)."""
@@ -355,12 +340,13 @@ class Worker:
             self._fail(entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
                        error_type=exc.type)
             return
-        resp = keys.response_stream(job.id)
-        self._send(resp, {"type": "started", "attempt": attempt, "worker": self.config.worker_id,
-                          "prompt_tokens": used})
-        self._send(resp, {"type": "done", "attempt": attempt, "finish_reason": "stop", "embeddings": vectors,
-                          "usage": {"prompt_tokens": used, "completion_tokens": 0}, "timings": {}})
-        self._ack(entry_id)
+        started = replies.event(job.id, {"type": "started", "attempt": attempt, "worker": self.config.worker_id,
+                                         "prompt_tokens": used})
+        done = replies.event(job.id, {"type": "done", "attempt": attempt, "finish_reason": "stop",
+                                      "embeddings": vectors, "timings": {},
+                                      "usage": {"prompt_tokens": used, "completion_tokens": 0}})
+        self.outbox.put(started + done + replies.ack(self.stream, entry_id))
+        self.holdings.release(job.id)
 
     def _admit_waiting(self) -> None:
         """Choices of `n > 1` requests wait here for a free slot."""
@@ -369,8 +355,10 @@ class Worker:
             self.engine.add(seq_id, tokens, params)
 
     def _emit(self, outputs: list[Output]) -> None:
+        """Hand what a step produced to the outbox: every sequence's text at most every
+        `FLUSH_INTERVAL_S` (the first token at once), a finished request's last event and its ack."""
         now = time.monotonic()
-        pipe = self.redis.pipeline(transaction=False)
+        commands: list[Command] = []
         finished: list[_Active] = []
         touched: dict[str, _Active] = {}
         for out in outputs:
@@ -387,7 +375,7 @@ class Worker:
             choice.tokens += out.tokens
             touched[job_id] = act
             if out.finish is not None:
-                self._flush_choice(pipe, act, index, choice)
+                commands += self._flush_choice(act, index, choice)
                 fin = out.finish
                 act.remaining.discard(index)
                 act.completion_tokens += fin.completion_tokens
@@ -399,41 +387,35 @@ class Worker:
                 if fin.reason == "error":
                     act.error = True
                 if act.job.n > 1 and fin.reason != "error":
-                    self._queue_event(pipe, act, {"type": "finish", "index": index,
+                    commands += self._event(act, {"type": "finish", "index": index,
                                                   "finish_reason": _finish_reason(fin)})
                 else:
                     act.finish_reason = _finish_reason(fin)
                 if not act.remaining:
-                    self._queue_event(pipe, act, self._final_event(act))
-                    pipe.xack(self.stream, keys.GROUP, act.entry_id)
-                    pipe.xdel(self.stream, act.entry_id)
                     finished.append(act)
         for act in touched.values():
             if act in finished:
                 continue
-            due = not act.first_sent or now - act.last_flush >= FLUSH_INTERVAL_S
-            if due:
+            if not act.first_sent or now - act.last_flush >= FLUSH_INTERVAL_S:
                 for index, choice in act.choices.items():
-                    self._flush_choice(pipe, act, index, choice)
+                    commands += self._flush_choice(act, index, choice)
                 act.first_sent = True
                 act.last_flush = now
-        if len(pipe):
-            pipe.execute()
+        self.outbox.put(commands)
         for act in finished:
-            self.active.pop(act.job.id, None)
-            self._hold(act.job.id, None)
+            self._finish(act, self._event(act, self._final_event(act)))
         self._admit_waiting()
 
-    def _flush_choice(self, pipe: Any, act: _Active, index: int, choice: _Choice) -> None:
+    def _flush_choice(self, act: _Active, index: int, choice: _Choice) -> list[Command]:
         if not (choice.text or choice.tokens):
-            return
+            return []
         event: dict[str, Any] = {"type": "delta", "index": index, "text": "".join(choice.text), "tokens": choice.tokens}
         if choice.logprobs:
             event["logprobs"] = choice.logprobs
-        self._queue_event(pipe, act, event)
         choice.text = []
         choice.logprobs = []
         choice.tokens = 0
+        return self._event(act, event)
 
     @staticmethod
     def _final_event(act: _Active) -> dict[str, Any]:
@@ -449,46 +431,12 @@ class Worker:
             "timings": {"prompt_ms": round(act.prompt_ms, 3), "predicted_ms": round(act.generation_ms, 3)},
         }
 
-    def _queue_event(self, pipe: Any, act: _Active, event: dict[str, Any]) -> None:
-        event["attempt"] = act.attempt
-        resp = keys.response_stream(act.job.id)
-        pipe.xadd(resp, encode_event(event))
-        pipe.expire(resp, RESPONSE_TTL_S)
-
-    def _send(self, resp: str, event: dict[str, Any]) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xadd(resp, encode_event(event))
-        pipe.expire(resp, RESPONSE_TTL_S)
-        pipe.execute()
+    @staticmethod
+    def _event(act: _Active, event: dict[str, Any]) -> list[Command]:
+        return replies.event(act.job.id, {**event, "attempt": act.attempt})
 
     def _fail(self, entry_id: str, job: Job, attempt: int, status: int, code: str | None, message: str,
               *, param: str | None = None, error_type: str = "service_unavailable") -> None:
-        self._send(keys.response_stream(job.id), {"type": "error", "attempt": attempt, "status": status,
-                                                  "code": code, "message": message, "param": param,
-                                                  "error_type": error_type})
-        self._ack(entry_id)
-
-    def _dead_letter(self, entry_id: str, job: Job, fields: Any, attempt: int) -> None:
-        log.error("request %s failed on %d deliveries; dead-lettered", job.id, attempt - 1)
-        record: dict[Any, Any] = {"job": job.model_dump_json(), "deliveries": attempt - 1}
-        self.redis.xadd(keys.dead_letters(self.config.model), record)
-        self._fail(entry_id, job, attempt, 500, "generation_failed",
-                   f"The request failed on {attempt - 1} workers and was dead-lettered.",
-                   error_type="server_error")
-
-    def _ack(self, entry_id: str) -> None:
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.xack(self.stream, keys.GROUP, entry_id)
-        pipe.xdel(self.stream, entry_id)
-        pipe.execute()
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
-
-
-def _event_type(fields: dict[bytes, bytes]) -> str | None:
-    try:
-        return str(decode_event(fields).get("type"))
-    except (KeyError, ValueError):
-        return None
+        answer = replies.error(job.id, attempt, status, code, message, param=param, error_type=error_type)
+        self.outbox.put(answer + replies.ack(self.stream, entry_id))
+        self.holdings.release(job.id)

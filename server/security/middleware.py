@@ -7,9 +7,13 @@ For each HTTP request, in this order:
    `Authorization: Bearer <key>`. The scheme is case-insensitive (RFC 7235), the key is not.
    The decision reads `scope["path"]`, never a URL rebuilt from `Host` or `X-Forwarded-*`.
 2. **Content-Length** — above `SLM_MAX_BODY_BYTES`: 413 before reading any of the body.
-3. **Per-key limits** — requests per minute and concurrent requests, in Redis (`rate_limits`).
+3. **Per-key limits** — requests and tokens per minute, concurrent requests, in Redis
+   (`rate_limits`). A token-limited request gets a `usage.TokenUsage` in `usage.current`, which
+   the serving layer fills; its total is charged to the key when the response is over.
 4. **Body** — read here, counting; 413 as soon as the count passes the limit (chunked bodies
    included), then handed to the app in one piece.
+
+Admitted requests carry their key's `x-ratelimit-*` headers (requests and tokens) on the response.
 
 Every refusal is one of `server.errors`' classes in the OpenAI envelope. A refusal sent before
 the body was read says `Connection: close`, so the rest of a hostile upload is not drained.
@@ -26,6 +30,7 @@ import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server.errors import AuthenticationError, InvalidRequestError, RequestTooLargeError, SlmError
+from server.security import usage
 from server.security.api_keys import ApiKeys, key_id, mask
 from server.security.rate_limits import Admission, RateLimiter
 from server.settings import Settings
@@ -53,15 +58,16 @@ class SecurityConfig:
         """Load the keys (raising `ApiKeyConfigError`) and say loudly when the API is open."""
         keys = ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file)
         limiter = None
-        if keys and settings.redis_url and (settings.rate_limit_rpm or settings.rate_limit_concurrency):
-            limiter = RateLimiter(settings.redis_url, rpm=settings.rate_limit_rpm,
+        limited = settings.rate_limit_rpm or settings.rate_limit_tpm or settings.rate_limit_concurrency
+        if keys and settings.redis_url and limited:
+            limiter = RateLimiter(settings.redis_url, rpm=settings.rate_limit_rpm, tpm=settings.rate_limit_tpm,
                                   concurrency=settings.rate_limit_concurrency, timeout_s=settings.redis_timeout_s)
         if keys:
             log.info("API keys: %d configured; /v1/* needs one", len(keys))
         else:
             log.warning("NO API KEYS CONFIGURED: the API is OPEN to anyone who can reach %s:%s. "
                         "Set SLM_API_KEYS or SLM_API_KEYS_FILE.", settings.host, settings.port)
-            if settings.rate_limit_rpm or settings.rate_limit_concurrency:
+            if limited:
                 log.warning("per-key rate limits are set but there are no API keys: they are not applied")
         return cls(keys, settings.max_body_bytes, settings.protect_metrics, limiter)
 
@@ -119,11 +125,20 @@ class SecurityMiddleware:
                 except _ClientGone:
                     return
             extra = admission.headers() if admission is not None else []
-            await self.app(scope, receive, _with_headers(send, extra) if extra else send)
+            counting = usage.current.set(admission.usage) if admission is not None and admission.usage else None
+            if extra:
+                send = _with_headers(send, extra)
+            if admission is not None and limiter is not None:
+                send = _settled_before_last_byte(send, limiter, admission)
+            try:
+                await self.app(scope, receive, send)
+            finally:
+                if counting is not None:
+                    usage.current.reset(counting)
         finally:
             if admission is not None and limiter is not None:
                 with anyio.CancelScope(shield=True):
-                    await limiter.release(admission)
+                    await limiter.finish(admission)
 
     def _needs_key(self, path: str) -> bool:
         if path in OPEN_PATHS or (path.startswith(OPEN_PREFIXES) and not _DOT_SEGMENT.search(path)):
@@ -205,6 +220,20 @@ def _content_length(headers: list[tuple[bytes, bytes]]) -> int | None:
     if len(values) > 1 or not all(v.isdigit() for v in values):
         raise InvalidRequestError("The Content-Length header is invalid.", code="invalid_content_length")
     return int(values.pop())
+
+
+def _settled_before_last_byte(send: Send, limiter: RateLimiter, admission: Admission) -> Send:
+    """Charge the tokens and free the concurrency slot before the response's last byte leaves, so a
+    client that sends its next request the moment this one ends is judged on an up-to-date count.
+    (`finish` runs again when the response is over; it charges and frees only once.)"""
+
+    async def sender(message: Message) -> None:
+        if message["type"] == "http.response.body" and not message.get("more_body", False):
+            with anyio.CancelScope(shield=True):
+                await limiter.finish(admission)
+        await send(message)
+
+    return sender
 
 
 def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:

@@ -1,42 +1,44 @@
 """Per-key limits kept in Redis, so that they hold across every gateway sharing it.
 
-    requests per minute   a fixed window: `INCR` + `EXPIRE` on `slm:ratelimit:rpm:<key id>:<minute>`
+    requests per minute   a fixed window: `INCR` + `EXPIRE` on `keys.requests_per_minute(kid, minute)`
+    tokens per minute     a fixed window: `GET` on admission, refused once the window holds `limit`
+                          tokens or more; the request's usage (`usage.TokenUsage`, prompt +
+                          completion) `INCRBY`'d into the window current when the response is over
     concurrent requests   a counter: `INCR` on admission (undone past the limit), `DECR` when the
                           response is over; its TTL (refreshed on every admission) bounds what a
                           gateway that died mid-request can leave behind
 
-Keys are named by `api_keys.key_id()`, never by the API key. When Redis cannot be reached the
-limits are not applied (the request is let through and a warning logged, at most every 30 s):
-the queue itself answers 503 then, and hosted models keep being served.
+A token limit is checked before the request's own size is known (the body is not read yet, and
+usage is only known at the end), so one admitted request may take the window past its limit —
+the next one is refused until the window turns, as OpenAI's headers report it. Concurrent
+requests of one key can overshoot together; the concurrency limit bounds by how much.
+
+Keys are named in `server.queue.keys` by `api_keys.key_id()`, never by the API key. When Redis
+cannot be reached the limits are not applied (the request is let through and a warning logged,
+at most every 30 s): the queue itself answers 503 then, and hosted models keep being served.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
 
 from server.errors import RateLimitError
+from server.queue import keys
+from server.security.usage import TokenUsage
 
 log = logging.getLogger("slm.security")
 
 WINDOW_S = 60
 CONCURRENCY_TTL_S = 3600
 WARN_EVERY_S = 30.0
-
-
-def rpm_key(kid: str, window: int) -> str:
-    """Requests of one key in one minute (fixed window); expires after two windows."""
-    return f"slm:ratelimit:rpm:{kid}:{window}"
-
-
-def concurrency_key(kid: str) -> str:
-    """Requests of one key being served now."""
-    return f"slm:ratelimit:concurrent:{kid}"
-
 
 # KEYS[1] = counter; ARGV = limit, ttl. Returns the new count, or 0 when refused (nothing held).
 _ACQUIRE = """
@@ -63,24 +65,34 @@ class Admission:
 
     kid: str
     holds_slot: bool = False
+    reset_s: int = 0
     limit: int = 0
     remaining: int = 0
-    reset_s: int = 0
+    token_limit: int = 0
+    tokens_remaining: int = 0
+    usage: TokenUsage | None = None  # set when the key's tokens are limited
 
     def headers(self) -> list[tuple[bytes, bytes]]:
-        if not self.limit:
-            return []
-        return [
-            (b"x-ratelimit-limit-requests", str(self.limit).encode()),
-            (b"x-ratelimit-remaining-requests", str(self.remaining).encode()),
-            (b"x-ratelimit-reset-requests", f"{self.reset_s}s".encode()),
-        ]
+        out = []
+        reset = f"{self.reset_s}s".encode()
+        if self.limit:
+            out += [(b"x-ratelimit-limit-requests", str(self.limit).encode()),
+                    (b"x-ratelimit-remaining-requests", str(self.remaining).encode()),
+                    (b"x-ratelimit-reset-requests", reset)]
+        if self.token_limit:
+            out += [(b"x-ratelimit-limit-tokens", str(self.token_limit).encode()),
+                    (b"x-ratelimit-remaining-tokens", str(self.tokens_remaining).encode()),
+                    (b"x-ratelimit-reset-tokens", reset)]
+        return out
 
 
 class RateLimiter:
-    def __init__(self, redis_url: str, *, rpm: int, concurrency: int, timeout_s: float = 1.0) -> None:
+    def __init__(self, redis_url: str, *, rpm: int, concurrency: int, tpm: int = 0, timeout_s: float = 1.0,
+                 clock: Callable[[], float] = time.time) -> None:
         self.redis_url = redis_url
+        self.clock = clock  # unix seconds; the windows are its minutes
         self.rpm = rpm
+        self.tpm = tpm
         self.concurrency = concurrency
         self.timeout_s = timeout_s
         self._redis: aioredis.Redis | None = None
@@ -88,7 +100,7 @@ class RateLimiter:
 
     @property
     def enabled(self) -> bool:
-        return bool(self.rpm or self.concurrency)
+        return bool(self.rpm or self.tpm or self.concurrency)
 
     def _client(self) -> aioredis.Redis:
         if self._redis is None:
@@ -110,12 +122,13 @@ class RateLimiter:
 
     async def admit(self, kid: str) -> Admission:
         """Count one request of key `kid`; raises `RateLimitError` past a limit."""
-        admission = Admission(kid)
+        admission = Admission(kid, usage=TokenUsage() if self.tpm else None)
         try:
-            if self.rpm:
-                await self._count_request(admission)
+            if self.rpm or self.tpm:
+                await self._check_windows(admission)
             if self.concurrency:
-                n = await self._client().eval(_ACQUIRE, 1, concurrency_key(kid), self.concurrency, CONCURRENCY_TTL_S)
+                n = await self._client().eval(_ACQUIRE, 1, keys.concurrent_requests(kid), self.concurrency,
+                                              CONCURRENCY_TTL_S)
                 if not int(n):
                     raise RateLimitError(
                         f"Too many concurrent requests for this API key (limit {self.concurrency}); "
@@ -127,32 +140,57 @@ class RateLimiter:
             self._unavailable(exc)
         return admission
 
-    async def _count_request(self, admission: Admission) -> None:
-        now = time.time()
+    async def _check_windows(self, admission: Admission) -> None:
+        """One round trip: count this request in its minute, read the tokens used in it."""
+        now = self.clock()
         window = int(now // WINDOW_S)
-        key = rpm_key(admission.kid, window)
+        admission.reset_s = max(1, math.ceil((window + 1) * WINDOW_S - now))
         pipe = self._client().pipeline(transaction=True)
-        pipe.incr(key)
-        pipe.expire(key, 2 * WINDOW_S)
-        count, _ = await pipe.execute()
-        admission.limit = self.rpm
-        admission.remaining = max(0, self.rpm - int(count))
-        admission.reset_s = max(1, int((window + 1) * WINDOW_S - now + 0.999))
-        if int(count) > self.rpm:
+        if self.rpm:
+            pipe.incr(keys.requests_per_minute(admission.kid, window))
+            pipe.expire(keys.requests_per_minute(admission.kid, window), 2 * WINDOW_S)
+        if self.tpm:
+            pipe.get(keys.tokens_per_minute(admission.kid, window))
+        replies: list[Any] = await pipe.execute()
+        count = int(replies[0]) if self.rpm else 0
+        used = int(replies[-1] or 0) if self.tpm else 0
+        if self.rpm:
+            admission.limit = self.rpm
+            admission.remaining = max(0, self.rpm - count)
+        if self.tpm:
+            admission.token_limit = self.tpm
+            admission.tokens_remaining = max(0, self.tpm - used)
+        if self.rpm and count > self.rpm:
             raise RateLimitError(
                 f"Rate limit reached for this API key: {self.rpm} requests per minute; "
                 f"try again in {admission.reset_s}s.",
                 retry_after=admission.reset_s, headers=_as_str(admission.headers()), code="rate_limit_exceeded",
             )
+        if self.tpm and used >= self.tpm:
+            raise RateLimitError(
+                f"Rate limit reached for this API key: {self.tpm} tokens per minute, {used} used; "
+                f"try again in {admission.reset_s}s.",
+                retry_after=admission.reset_s, headers=_as_str(admission.headers()), code="tokens_limit_exceeded",
+            )
 
-    async def release(self, admission: Admission) -> None:
-        if not admission.holds_slot:
-            return
-        admission.holds_slot = False
+    async def finish(self, admission: Admission) -> None:
+        """The response is over: add the tokens it used to the key's current window, free its slot."""
+        tokens = admission.usage.take() if admission.usage is not None else 0
         try:
-            await self._client().eval(_RELEASE, 1, concurrency_key(admission.kid))
+            if tokens:
+                key = keys.tokens_per_minute(admission.kid, int(self.clock() // WINDOW_S))
+                pipe = self._client().pipeline(transaction=True)
+                pipe.incrby(key, tokens)
+                pipe.expire(key, 2 * WINDOW_S)
+                await pipe.execute()
         except (RedisError, OSError) as exc:
             self._unavailable(exc)
+        if admission.holds_slot:
+            admission.holds_slot = False
+            try:
+                await self._client().eval(_RELEASE, 1, keys.concurrent_requests(admission.kid))
+            except (RedisError, OSError) as exc:
+                self._unavailable(exc)
 
 
 def _as_str(headers: list[tuple[bytes, bytes]]) -> dict[str, str]:

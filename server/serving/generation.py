@@ -76,10 +76,12 @@ def error_from_event(event: dict[str, Any]) -> SlmError:
 
 
 class LocalGeneration:
-    def __init__(self, queue: QueueClient, job: Job, *, stall_timeout_s: float, lease_s: float) -> None:
+    def __init__(self, queue: QueueClient, job: Job, *, stall_timeout_s: float, lease_s: float,
+                 heartbeat_ttl_s: float = 5.0) -> None:
         self.queue = queue
         self.job = job
         self.stall_timeout_s = stall_timeout_s
+        self.heartbeat_ttl_s = heartbeat_ttl_s
         # before any text went out, a lost worker is survivable: allow time for the lease to lapse
         # and another worker to take the request over
         self.redelivery_wait_s = stall_timeout_s + 2 * lease_s
@@ -87,6 +89,7 @@ class LocalGeneration:
         self.redelivered: str | None = None
         self._events = queue.events(job.id)
         self._attempt = 0
+        self._worker = ""  # the worker that started the current attempt
         self._handed_out = False
         self._finished = False
         self._last_event = time.monotonic()
@@ -106,6 +109,9 @@ class LocalGeneration:
                         raise QueueTimeoutError("No worker started the request before its deadline.",
                                                 retry_after=1)
                 elif now - self._last_event > (self.stall_timeout_s if self._handed_out else self.redelivery_wait_s):
+                    if await self._still_evaluating_prompt():
+                        self._last_event = now
+                        continue
                     raise GenerationError("The worker stopped responding.", code="worker_lost")
                 continue
             attempt = int(event.get("attempt", 1))
@@ -122,9 +128,21 @@ class LocalGeneration:
                 self.result = Result()
             if event["type"] == "started":
                 self._attempt = attempt
+                self._worker = str(event.get("worker", ""))
                 self.result.queue_ms = (time.time() - self.job.enqueued_at) * 1000.0
                 self.result.prompt_tokens = int(event.get("prompt_tokens", 0))
             return event
+
+    async def _still_evaluating_prompt(self) -> bool:
+        """Silence before the first text is no loss while the worker that started the request beats
+        its heartbeat: a long prompt on a slow CPU can take longer to evaluate than the redelivery
+        wait. The extension ends at the request's queue deadline."""
+        if self._handed_out or not self._worker or time.time() > self.job.deadline:
+            return False
+        try:
+            return await self.queue.worker_alive(self.job.model, self._worker, self.heartbeat_ttl_s)
+        except (RedisError, OSError):
+            return False
 
     async def start(self) -> None:
         """Wait until a worker has started the request; raise its refusal if it refused."""

@@ -1,8 +1,10 @@
-"""Serve one request: resolve the model, admit, dispatch, and answer whole or streamed.
+"""Serve one request: resolve the model, plan who may serve it, admit, and answer whole or streamed.
 
 Everything that can be refused is refused before the first byte: validation, unknown model,
 a full queue, no worker, a prompt too long (the worker measures it and answers before
-generating). After the first byte a failure becomes one error frame then `[DONE]`.
+generating). A candidate that cannot serve before then hands the request to the next one of the
+plan (fallbacks, a router's targets: `serving/dispatch.py`; a router's choice: `serving/routing.py`).
+After the first byte a failure becomes one error frame then `[DONE]`.
 """
 
 from __future__ import annotations
@@ -20,14 +22,36 @@ from typing import Any, Literal
 import anyio
 
 from server.backends.hosted import HostedBackend, HostedParams
-from server.errors import GenerationError, InvalidRequestError, ModelNotFoundError, ServiceUnavailableError, SlmError
+from server.errors import (
+    GenerationError,
+    InvalidRequestError,
+    ModelNotFoundError,
+    ServiceUnavailableError,
+    SlmError,
+    UpstreamTimeoutError,
+)
 from server.metrics import Metrics
 from server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from server.queue.client import QueueClient
 from server.queue.messages import Job, SamplingParams
-from server.registry import HostedModel, LocalModel, Registry
+from server.registry import AnyEntry, HostedModel, LocalModel, Registry, RouterModel, env_key
+from server.security import usage as token_usage
+from server.serving import transcript
+from server.serving.dispatch import Plan, falls_through, plan_for, reported, traits_of
 from server.serving.formatting import DONE_FRAME, Shape, sse, timings
 from server.serving.generation import Delta, Generation, LocalGeneration, Result
+from server.serving.routing import (
+    UNREACHABLE,
+    LocalLoad,
+    Measurements,
+    Pending,
+    Route,
+    Traits,
+    choose,
+    escalation,
+    predict_hosted,
+    predict_local,
+)
 from server.serving.tool_calls import ToolCallFilter, openai_calls
 from server.settings import Settings
 from server.tool_format import parse_calls
@@ -52,6 +76,7 @@ class WorkerPresence:
 
     def __init__(self) -> None:
         self.counts: dict[str, int] = {}
+        self.depths: dict[str, int] = {}
         self.redis_ok = False
         self.checked_at = 0.0
 
@@ -66,6 +91,7 @@ class Service:
         self.draining = False
         self.created = int(time.time())
         self._hosted: dict[str, HostedBackend] = {}
+        self.routing = Measurements()
 
     # -- background -----------------------------------------------------------------------------
     async def refresh_presence(self) -> None:
@@ -80,6 +106,7 @@ class Service:
                 self.presence.redis_ok = False
                 return
             self.presence.counts = counts
+            self.presence.depths = depths
             for model, n in counts.items():
                 self.metrics.workers_ready.labels(model).set(n)
             for model, depth in depths.items():
@@ -96,7 +123,7 @@ class Service:
         return problems
 
     # -- requests -------------------------------------------------------------------------------
-    def resolve(self, name: str) -> tuple[str, LocalModel | HostedModel]:
+    def resolve(self, name: str) -> tuple[str, AnyEntry]:
         found = self.registry.resolve(name)
         if found is None:
             raise ModelNotFoundError(name)
@@ -122,7 +149,7 @@ class Service:
                   deadline=now + self.settings.queue_timeout_s)
         await self.queue.submit(job, max_queue=entry.max_queue)
         gen = LocalGeneration(self.queue, job, stall_timeout_s=self.settings.stall_timeout_s,
-                              lease_s=self.settings.lease_s)
+                              lease_s=self.settings.lease_s, heartbeat_ttl_s=self.settings.heartbeat_ttl_s)
         try:
             await gen.start()
             async for _ in gen.deltas():
@@ -134,6 +161,7 @@ class Service:
                  "embedding": _base64_floats(v) if req.encoding_format == "base64" else v}
                 for i, v in enumerate(vectors)]
         used = gen.result.prompt_tokens
+        token_usage.charge(used)
         body = {"object": "list", "data": data, "model": model,
                 "usage": {"prompt_tokens": used, "total_tokens": used}}
         return Answer({"x-slm-model": model, "x-slm-backend": "local"}, body=body)
@@ -148,15 +176,20 @@ class Service:
 
     async def _serve_hosted(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest, model: str,
                             entry: HostedModel, payload: dict[str, Any], max_tokens: int | None, arrived: float,
-                            is_disconnected: IsDisconnected) -> Answer:
+                            is_disconnected: IsDisconnected, headers: dict[str, str]) -> Answer:
         params = HostedParams.from_request(req, max_tokens)
         gen = self.hosted_backend(model, entry).generation(
             endpoint, params, messages=payload.get("messages"), prompt=payload.get("prompt"))
         track = _Tracker(self.metrics, model, "hosted", arrived)
-        await self._start_tracked(gen, track, is_disconnected)
+        began = time.perf_counter()
+        try:
+            await self._start_tracked(gen, track, is_disconnected)
+        except UpstreamTimeoutError:
+            self.routing.observe_hosted(model, time.perf_counter() - began)  # slow counts, so routers learn it
+            raise
+        self.routing.observe_hosted(model, time.perf_counter() - began)
         shape = Shape(endpoint, ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex,
                       int(time.time()), model)
-        headers = {"x-slm-model": model, "x-slm-backend": "hosted"}
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return Answer(headers, stream=self._stream(gen, shape, track, include_usage))
@@ -172,15 +205,73 @@ class Service:
             raise ServiceUnavailableError(f"No worker is ready for model '{model}'.", retry_after=2,
                                           code="no_worker")
 
+    def predict_ttft(self, model: str, entry: LocalModel | HostedModel) -> float:
+        """Seconds to a first token a new request to `model` is predicted to wait (see `routing`)."""
+        speed = self.routing.speed(model)
+        if isinstance(entry, HostedModel):
+            backend = self._hosted.get(model)
+            busy = backend is not None and backend.entry == entry and \
+                backend.in_flight + backend.waiting >= entry.max_concurrency
+            return predict_hosted(speed, has_free_slot=not busy,
+                                  can_serve=entry.api_key_env is None or bool(env_key(entry)))
+        workers = self.presence.counts.get(model, 0) if self.presence.redis_ok else 0
+        load = LocalLoad(slots=entry.parallel * workers, depth=self.presence.depths.get(model, 0))
+        return predict_local(load, speed, self.routing.pending(model), self.routing.clock())
+
+    def route(self, router: str, entry: RouterModel, traits: Traits) -> Route:
+        """Where a router sends one request: an escalation rule's model, else by predicted TTFT."""
+        escalated = escalation(entry.escalate, traits)
+        if escalated is not None:
+            found = Route(escalated, "escalated")
+        else:
+            predicted = {}
+            for target in entry.targets:
+                target_entry = self.registry.models.get(target)
+                if isinstance(target_entry, LocalModel | HostedModel):
+                    predicted[target] = self.predict_ttft(target, target_entry)
+                else:  # refused at load; only a registry swapped mid-request could get here
+                    predicted[target] = UNREACHABLE
+            found = choose(entry.targets, predicted, entry.ttft_objective_s)
+            log.debug("router %s: predicted TTFT %s -> %s", router,
+                      {k: round(v, 3) for k, v in predicted.items()}, found.model)
+        self.metrics.router_decisions.labels(router, found.model, found.reason).inc()
+        return found
+
     async def _serve(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest,
                      payload: dict[str, Any], max_tokens: int | None, is_disconnected: IsDisconnected) -> Answer:
         arrived = time.perf_counter()
-        model, entry = self.resolve(req.model)
+        name, entry = self.resolve(req.model)
         if self.draining:
             raise ServiceUnavailableError("The server is shutting down.", retry_after=1, code="shutting_down")
+        registry = self.registry
+        plan = plan_for(registry, name, entry, lambda router, spec: self.route(router, spec, traits_of(req, payload)))
+        failures: list[SlmError] = []
+        for i, model in enumerate(plan.candidates):
+            target = registry.models[model]
+            try:
+                if isinstance(target, RouterModel):  # refused at load; a router never serves itself
+                    raise InvalidRequestError(f"The router '{model}' cannot be a target.", param="model")
+                return await self._serve_one(endpoint, req, model, target, dict(payload), max_tokens, arrived,
+                                             is_disconnected, plan)
+            except SlmError as exc:
+                if not falls_through(exc, chosen_by_server=i > 0 or plan.router is not None):
+                    raise
+                failures.append(exc)
+                if i + 1 < len(plan.candidates):
+                    following = plan.candidates[i + 1]
+                    self.metrics.fallbacks.labels(model, following, exc.metric_type).inc()
+                    log.info("model %s could not serve (%s %s); trying %s", model, exc.status, exc.code, following)
+        raise reported(failures)
+
+    async def _serve_one(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest, model: str,
+                         entry: LocalModel | HostedModel, payload: dict[str, Any], max_tokens: int | None,
+                         arrived: float, is_disconnected: IsDisconnected, plan: Plan) -> Answer:
+        headers = plan.headers(model, entry.backend)
         if isinstance(entry, HostedModel):
             return await self._serve_hosted(endpoint, req, model, entry, payload, max_tokens, arrived,
-                                            is_disconnected)
+                                            is_disconnected, headers)
+        if self.draining:
+            raise ServiceUnavailableError("The server is shutting down.", retry_after=1, code="shutting_down")
         if not self.presence.redis_ok:
             raise ServiceUnavailableError("The queue is unavailable; try again shortly.", retry_after=1,
                                           code="queue_unavailable")
@@ -215,11 +306,12 @@ class Service:
                   **payload)
         await self.queue.submit(job, max_queue=entry.max_queue)
         gen = LocalGeneration(self.queue, job, stall_timeout_s=self.settings.stall_timeout_s,
-                              lease_s=self.settings.lease_s)
-        track = _Tracker(self.metrics, model, "local", arrived)
+                              lease_s=self.settings.lease_s, heartbeat_ttl_s=self.settings.heartbeat_ttl_s)
+        pending = self.routing.open(model, max_tokens)
+        track = _MeasuredTracker(self.metrics, model, "local", arrived, routing=self.routing, pending=pending)
         await self._start_tracked(gen, track, is_disconnected)
+        self.routing.started(pending)
         shape = Shape(endpoint, ("chatcmpl-" if endpoint == "chat" else "cmpl-") + job.id, int(now), model)
-        headers = {"x-slm-model": model, "x-slm-backend": "local"}
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return Answer(headers, stream=self._stream(gen, shape, track, include_usage, job.n, tool_mode is not None))
@@ -379,7 +471,8 @@ async def _shielded(coro: Coroutine[Any, Any, None]) -> None:
 
 
 class _Tracker:
-    """Per-request latency bookkeeping, recorded into the metrics."""
+    """Per-request latency bookkeeping, recorded into the metrics; the tokens used, charged to the
+    request's API key when it is token-limited (`server.security.usage`)."""
 
     def __init__(self, metrics: Metrics, model: str, backend: str, arrived: float) -> None:
         self.m = metrics
@@ -389,12 +482,16 @@ class _Tracker:
         self.last: float | None = None
         self.gone = False
         self.done = False
+        self.usage = token_usage.current.get()
+        self.result: Result | None = None  # the started generation's, for usage if it never finishes
         metrics.in_flight.labels(*self.labels).inc()
 
     def started(self, result: Result) -> None:
+        self.result = result
         self.m.queue_time.labels(*self.labels).observe(result.queue_ms / 1000.0)
 
     def token(self, text: str) -> None:
+        transcript.record(text)
         now = time.perf_counter()
         if self.first is None:
             self.first = now
@@ -408,11 +505,15 @@ class _Tracker:
         first = self.first if self.first is not None else now
         return timings(result, (first - self.arrived) * 1000.0, (now - self.arrived) * 1000.0)
 
-    def _end(self) -> None:
+    def _end(self, result: Result | None = None) -> None:
         if not self.done:
             self.done = True
+            transcript.close("finished" if result is not None else "failed or left")
             self.m.in_flight.labels(*self.labels).dec()
             self.m.e2e.labels(*self.labels).observe(time.perf_counter() - self.arrived)
+            used = result if result is not None else self.result  # failed or left: what was counted
+            if self.usage is not None and used is not None:
+                self.usage.add(used.prompt_tokens + used.completion_tokens)
 
     def finished(self, result: Result, redelivered: str | None) -> None:
         labels = self.labels
@@ -423,7 +524,7 @@ class _Tracker:
         self.m.finish_reasons.labels(*labels, result.finish_reason).inc()
         if redelivered:
             self.m.redeliveries.labels(labels[0], redelivered).inc()
-        self._end()
+        self._end(result)
 
     def failed(self, exc: SlmError) -> None:
         self.m.errors.labels(*self.labels, exc.metric_type).inc()
@@ -437,3 +538,25 @@ class _Tracker:
             self.m.disconnects.labels(*self.labels).inc()
             self.m.errors.labels(*self.labels, "cancelled").inc()
             self._end()
+
+
+class _MeasuredTracker(_Tracker):
+    """A local request's tracker that also teaches the router (its speeds, and its pending request)."""
+
+    def __init__(self, metrics: Metrics, model: str, backend: str, arrived: float, *, routing: Measurements,
+                 pending: Pending) -> None:
+        super().__init__(metrics, model, backend, arrived)
+        self.routing = routing
+        self.pending = pending
+        self.began = time.perf_counter()  # this attempt, after any candidate tried before it
+
+    def finished(self, result: Result, redelivered: str | None) -> None:
+        ttft = None if self.first is None else self.first - self.began
+        self.routing.observe_local(self.labels[0], self.pending, ttft_s=ttft, queue_s=result.queue_ms / 1000.0,
+                                   completion_tokens=result.completion_tokens,
+                                   generation_s=result.predicted_ms / 1000.0)
+        super().finished(result, redelivered)
+
+    def _end(self, result: Result | None = None) -> None:
+        self.routing.close(self.labels[0], self.pending)
+        super()._end(result)

@@ -2,7 +2,7 @@
 
 State of a model:
 - `draining`: the gateway is shutting down (it refuses new requests);
-- `ready`: a local model with at least one live worker, or a hosted model (no workers to wait for);
+- `ready`: a local model with at least one live worker, or a hosted model or router (no workers to wait for);
 - `loading`: a local model with no live worker yet, while the gateway is young (workers load their
   GGUF after the gateway starts) and no worker of it has been seen since;
 - `unavailable`: otherwise (no worker, or Redis unreachable).
@@ -32,7 +32,7 @@ from typing import Any
 
 from prometheus_client import Metric
 
-from server.registry import HostedModel
+from server.registry import LocalModel
 from server.serving.service import Service
 
 WINDOW_S = 300.0
@@ -175,7 +175,7 @@ class StatusReporter:
         age_s = max(0.0, time.time() - service.created)
         models = []
         for name, entry in service.registry.models.items():
-            hosted = isinstance(entry, HostedModel)
+            hosted = not isinstance(entry, LocalModel)  # hosted or router: no workers of its own
             workers = 0 if hosted else service.presence.counts.get(name, 0)
             ttft, rate, requests = _recent(current.models[name], baseline.models.get(name))
             models.append({

@@ -71,7 +71,15 @@ function renderModels(status) {
       ["Tokens/s", r.tokens_per_s == null ? "—" : r.tokens_per_s.toFixed(1)],
     ];
     for (const [label, value, cls] of values) {
-      const td = cell(value, cls);
+      // a class styles the value itself (the state's coloured dot), so that on a phone the cell's
+      // label (its ::before) stays plain
+      const td = cls ? document.createElement("td") : cell(value);
+      if (cls) {
+        const span = document.createElement("span");
+        span.className = cls;
+        span.textContent = value;
+        td.append(span);
+      }
       td.dataset.label = label;
       tr.append(td);
     }
@@ -80,15 +88,14 @@ function renderModels(status) {
     opt.disabled = m.state === "draining";
     options.push(opt);
   }
-  // keep options the page did not get from the status (added by hand) and the user's choice
-  const known = new Set(status.models.map((m) => m.name));
-  const extra = [...el.model.options].filter((o) => !known.has(o.value));
-  el.model.replaceChildren(...options, ...extra);
+  // the picker holds exactly the registry's models (one removed by a reload goes); the user's choice stays
+  el.model.replaceChildren(...options);
   const ready = status.models.find((m) => m.state === "ready");
-  el.model.value = chosen || (ready ? ready.name : (options[0] ? options[0].value : ""));
+  const keep = options.find((o) => o.value === chosen && !o.disabled);
+  el.model.value = keep ? chosen : (ready ? ready.name : (options[0] ? options[0].value : ""));
   const win = status.models.length ? status.models[0].recent.window_s : 300;
-  el.window.textContent = String(Math.max(1, Math.round(win / 60)));
-  el.serverState.textContent = status.status === "ok" ? `${status.models.length} models · up ${formatUptime(status.uptime_s)}`
+  el.window.textContent = formatDuration(Math.max(1, win));
+  el.serverState.textContent = status.status === "ok" ? `${status.models.length} models · up ${formatDuration(status.uptime_s)}`
     : status.status;
 }
 
@@ -115,7 +122,7 @@ function formatMs(ms) {
   return ms >= 1000 ? (ms / 1000).toFixed(2) + " s" : Math.round(ms) + " ms";
 }
 
-function formatUptime(s) {
+function formatDuration(s) {
   if (s < 120) return Math.round(s) + " s";
   if (s < 7200) return Math.round(s / 60) + " min";
   return (s / 3600).toFixed(1) + " h";
@@ -205,8 +212,10 @@ async function send() {
       method: "POST", headers: headers(), body: JSON.stringify(request), signal: controller.signal,
     });
     if (!response.ok) throw new Error(await errorMessage(response));
+    refresh();   // the model's queue now holds this request
     for await (const chunk of events(response.body)) {
       if (chunk.error) throw new Error(chunk.error.message || "The generation failed.");
+      if (chunk.id && !turn.dataset.completionId) turn.dataset.completionId = chunk.id;
       const choice = chunk.choices && chunk.choices[0];
       if (choice && choice.delta && choice.delta.content) {
         reply += choice.delta.content;
@@ -243,6 +252,7 @@ async function send() {
     }
     turn.dataset.outcome = outcome || "done";
     el.prompt.focus();
+    refresh();   // queue depth and recent latency changed
   }
 }
 

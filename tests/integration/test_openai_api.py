@@ -187,6 +187,10 @@ BAD_REQUESTS = [
     ({"model": "smollm2", "messages": HELLO, "tools": [{"type": "function"}]}, "tools.0.function"),
     ({"model": "smollm2", "messages": HELLO, "functions": [{"name": "f"}]}, "functions"),
     ({"messages": HELLO}, "model"),
+    ({"model": "smollm2", "messages": HELLO, "max_tokens": True}, "max_tokens"),
+    ({"model": "smollm2", "messages": HELLO, "max_tokens": "64"}, "max_tokens"),
+    ({"model": "smollm2", "messages": HELLO, "temperature": "0.5"}, "temperature"),
+    ({"model": "smollm2", "messages": HELLO, "stream": "yes"}, "stream"),
 ]
 
 

@@ -2,7 +2,7 @@
 
 Keys come from both sources: plain keys in `SLM_API_KEYS`, and a keys file holding one plain key
 and one `sha256:` digest. Every test uses its own keys, so the per-key limits of one test never
-spend another's budget.
+spend another's budget (`TPM` is far above what the tests of other limits spend with one key).
 """
 
 from __future__ import annotations
@@ -18,9 +18,11 @@ import pytest
 import redis
 
 from server.embedded_redis import EmbeddedRedis
+from server.security.api_keys import key_id
 from tests.conftest import SMOLLM2, LiveServer, start_server, stop_server
 
 RPM = 20
+TPM = 600
 CONCURRENCY = 1
 MAX_BODY = 4 * 1024 * 1024
 REGISTRY = f"""
@@ -30,8 +32,10 @@ models:
     n_ctx: 512
     n_threads: 2
     parallel: 2
+    embeddings: true
 """
-ENV_KEYS = ("auth", "burst", "other", "conc", "conc-other", "body", "smuggle", "canary", "headers")
+ENV_KEYS = ("auth", "burst", "other", "conc", "conc-other", "body", "smuggle", "canary", "headers",
+            "tpm", "tpm-other", "tpm-stream", "tpm-gone", "tpm-embed", "tpm-trace", "hostile", "errors")
 FILE_KEYS = ("filed",)
 HASHED_KEYS = ("hashed",)
 
@@ -52,6 +56,10 @@ class SecureServer:
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url)
 
+    def key_id(self, name: str) -> str:
+        """The id the limits of key `name` are kept under in Redis."""
+        return key_id(hashlib.sha256(self.keys[name].encode()).digest())
+
 
 @pytest.fixture(scope="package")
 def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureServer]:
@@ -68,6 +76,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureServer]:
             "SLM_API_KEYS": ",".join(keys[n] for n in ENV_KEYS),
             "SLM_API_KEYS_FILE": str(keys_file),
             "SLM_RATE_LIMIT_RPM": str(RPM),
+            "SLM_RATE_LIMIT_TPM": str(TPM),
             "SLM_RATE_LIMIT_CONCURRENCY": str(CONCURRENCY),
         }
         live = start_server(tmp, REGISTRY, env=env, timeout_s=60)

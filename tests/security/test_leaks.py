@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import logging
 import uuid
 from typing import Any
 
@@ -9,7 +11,10 @@ import httpx
 import pytest
 
 from server.queue import keys as queue_keys
-from tests.conftest import wait_until
+from server.registry import parse_registry
+from server.settings import Settings
+from tests.conftest import SMOLLM2, LiveServer, wait_until
+from tests.gateway_thread import running_gateway
 from tests.security.conftest import SecureServer
 
 pytestmark = pytest.mark.integration
@@ -82,3 +87,45 @@ def test_a_prompt_canary_and_the_keys_leave_no_trace(secure: SecureServer) -> No
         assert secret.encode() not in dump, f"{secret[:12]}... found in Redis"
         assert secret not in metrics, f"{secret[:12]}... found in /metrics"
         assert secret not in log, f"{secret[:12]}... found in the server log"
+
+
+class _Collect(logging.Handler):
+    def __init__(self) -> None:
+        super().__init__(logging.INFO)
+        self.lines: list[str] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        self.lines.append(record.getMessage())
+
+
+def test_prompts_reach_the_logs_only_when_the_setting_asks(live_server: LiveServer) -> None:
+    registry = parse_registry({"models": {"smollm2": {"gguf": SMOLLM2, "n_ctx": 1024}}})
+    redis_url = live_server.log().split("embedded redis on ")[1].split()[0]
+    collected = _Collect()
+    prompts = logging.getLogger("slm.prompts")
+    level = prompts.level
+    prompts.setLevel(logging.INFO)  # as `SLM_LOG_LEVEL=INFO` sets it in the server
+    prompts.addHandler(collected)
+    try:
+        for log_prompts in (False, True):
+            canary = f"CANARY-{uuid.uuid4().hex}"
+            settings = Settings(redis_url=redis_url, reload_interval_s=0, log_prompts=log_prompts)
+            with running_gateway(settings, registry) as url:
+                wait_until(lambda u=url: httpx.get(u + "/ready", timeout=5).status_code == 200, timeout_s=30,
+                           what="the gateway to see the worker")
+                body = {"model": "smollm2", "messages": [{"role": "user", "content": f"Say {canary}"}],
+                        "max_tokens": 12, "temperature": 0, "stream": True}
+                with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as response:
+                    assert response.status_code == 200
+                    frames = [json.loads(line[6:]) for line in response.iter_lines()
+                              if line.startswith("data: {")]
+            answer = "".join(f["choices"][0]["delta"].get("content") or "" for f in frames if f["choices"])
+            logged = "\n".join(collected.lines)
+            if not log_prompts:
+                assert collected.lines == [], "prompt logging is on by default"
+                continue
+            assert canary in logged
+            assert answer and json.dumps(answer, ensure_ascii=False) in logged
+    finally:
+        prompts.removeHandler(collected)
+        prompts.setLevel(level)

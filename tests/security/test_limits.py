@@ -24,9 +24,9 @@ def chat(**extra: object) -> dict[str, object]:
     return {"model": "tiny", "messages": [{"role": "user", "content": "Say hi."}], "max_tokens": 2, **extra}
 
 
-def assert_healthy(secure: SecureServer) -> None:
+def assert_healthy(secure: SecureServer, key: str = "body") -> None:
     assert httpx.get(secure.url + "/health", timeout=10).status_code == 200
-    response = httpx.post(secure.url + "/v1/chat/completions", json=chat(), headers=secure.auth("body"), timeout=60)
+    response = httpx.post(secure.url + "/v1/chat/completions", json=chat(), headers=secure.auth(key), timeout=60)
     assert response.status_code == 200, response.text
 
 
@@ -190,3 +190,45 @@ def test_provider_fields_cannot_be_smuggled_through_the_openai_client(secure: Se
                                        extra_body={"api_base": "http://evil.example", "api_key": "sk-x"})
     assert info.value.body is not None and "api_" in str(info.value.body)
     client.close()
+
+
+@pytest.mark.parametrize("value", ["0", "-1", "2147483648", "9223372036854775808", "1e30", "1e309", "9" * 5000,
+                                   "4.5", "null, \"max_tokens\": 99999999"])
+def test_a_hostile_max_tokens_is_refused_with_400(secure: SecureServer, value: str) -> None:
+    body = '{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": ' + value + "}"
+    response = httpx.post(secure.url + "/v1/chat/completions", content=body, timeout=30,
+                          headers={**secure.auth("hostile"), "Content-Type": "application/json"})
+    assert response.status_code == 400, response.text[:300]
+    assert response.json()["error"]["param"] in ("max_tokens", None)
+
+
+def hostile_bodies() -> dict[str, bytes]:
+    return {
+        "not-json": b'{"model": "tiny", "messages": [',
+        "not-utf8": b'{"model": "tiny\xff\xfe"}',
+        "array": b"[1, 2, 3]",
+        "wrong-types": b'{"model": 7, "messages": "hi", "temperature": "hot"}',
+        "unknown-model": b'{"model": "../../etc/passwd", "messages": [{"role": "user", "content": "hi"}]}',
+        "bad-role": b'{"model": "tiny", "messages": [{"role": "root", "content": "hi"}]}',
+        "huge-int": b'{"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "n": ' + b"9" * 5000 + b"}",
+        "deep-nesting": b'{"model": "tiny", "messages": ' + b"[" * 200_000 + b"]" * 200_000 + b"}",
+    }
+
+
+@pytest.mark.parametrize("case", list(hostile_bodies()))
+def test_errors_carry_no_traceback_path_or_key(secure: SecureServer, case: str) -> None:
+    response = httpx.post(secure.url + "/v1/chat/completions", content=hostile_bodies()[case], timeout=30,
+                          headers={**secure.auth("errors"), "Content-Type": "application/json"})
+    assert response.status_code in (400, 404, 500), response.text[:300]  # never a 429: its own key
+    error = response.json()["error"]
+    assert set(error) == {"message", "type", "param", "code"}
+    text = response.text
+    for leak in ("Traceback", 'File "', ".py", "/work", "site-packages", secure.keys["errors"]):
+        assert leak not in text, f"{leak!r} in {text[:300]}"
+    assert_healthy(secure, "errors")
+
+
+def test_a_deeply_nested_body_is_a_400(secure: SecureServer) -> None:
+    response = httpx.post(secure.url + "/v1/chat/completions", content=hostile_bodies()["deep-nesting"], timeout=30,
+                          headers={**secure.auth("hostile"), "Content-Type": "application/json"})
+    assert response.status_code == 400, response.text[:300]

@@ -1,0 +1,49 @@
+"""What one worker holds, shared by its threads under one lock.
+
+    held        request id -> its entry in the model's stream, from the moment the intake thread
+                takes it until it is acknowledged: the keep-alive thread renews the lease of each
+    cancels     request ids whose client went away, found by the keep-alive thread and acted on
+                by the decode thread between two steps
+"""
+
+from __future__ import annotations
+
+import threading
+
+
+class Holdings:
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._held: dict[str, str] = {}
+        self._cancels: set[str] = set()
+
+    def hold(self, request_id: str, entry_id: str) -> None:
+        with self._lock:
+            self._held[request_id] = entry_id
+
+    def release(self, request_id: str) -> None:
+        with self._lock:
+            self._held.pop(request_id, None)
+            self._cancels.discard(request_id)
+
+    def clear(self) -> None:
+        with self._lock:
+            self._held.clear()
+            self._cancels.clear()
+
+    def snapshot(self) -> dict[str, str]:
+        with self._lock:
+            return dict(self._held)
+
+    def __len__(self) -> int:
+        with self._lock:
+            return len(self._held)
+
+    def flag_cancelled(self, request_ids: list[str]) -> None:
+        with self._lock:
+            self._cancels.update(r for r in request_ids if r in self._held)
+
+    def take_cancelled(self) -> set[str]:
+        with self._lock:
+            taken, self._cancels = self._cancels, set()
+            return taken

@@ -1,0 +1,206 @@
+"""A worker's intake: takes requests for its free slots off the model's stream, on a thread of its own.
+
+The blocking `XREADGROUP` waits here, so the decode thread never spends part of a step reading;
+every `lease_s / 2` the intake also reclaims (`XAUTOCLAIM`) requests whose worker stopped renewing
+its lease. Each request taken is screened before the decode thread sees it:
+
+    already answered      its worker died after sending `done` but before the ack: acknowledged
+    delivered too often   more than `max_deliveries` times: dead-lettered, the client gets a 500
+    past its deadline     dropped with a 503 `queue_timeout`
+    cancelled             its client left while it was queued: acknowledged
+
+What passes is held (the keep-alive thread renews its lease from now on) and put in the inbox,
+which the decode thread empties as slots free up.
+"""
+
+from __future__ import annotations
+
+import logging
+import queue
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import redis
+
+from server.queue import keys, replies
+from server.queue.holdings import Holdings
+from server.queue.messages import Job, decode_event
+
+log = logging.getLogger("slm.worker")
+
+IDLE_BLOCK_MS = 100  # longest wait of one XREADGROUP; also how soon the intake notices `stop`
+NO_ROOM_WAIT_S = 0.1  # with every slot taken, wait this long at most for one to free up
+
+
+@dataclass
+class Taken:
+    entry_id: str
+    job: Job
+    attempt: int
+
+
+@dataclass
+class IntakeConfig:
+    model: str
+    worker_id: str
+    lease_s: float
+    max_deliveries: int
+
+
+class Intake:
+    def __init__(self, client: redis.Redis, config: IntakeConfig, holdings: Holdings,
+                 room: Callable[[], int]) -> None:
+        self.client = client
+        self.config = config
+        self.holdings = holdings
+        self.room = room  # free slots not yet spoken for, as the decode thread sees them
+        self.stream = keys.request_stream(config.model)
+        self.inbox: queue.Queue[Taken] = queue.Queue()
+        self.ready = False
+        self.failure: BaseException | None = None
+        self._stop = threading.Event()
+        self._room_freed = threading.Event()
+        self._last_reap = 0.0
+        self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
+
+    # -- lifecycle ------------------------------------------------------------------------------
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self) -> None:
+        """Take nothing more (what is already in the inbox stays there for the decode thread)."""
+        self._stop.set()
+        self._room_freed.set()
+
+    def alive(self) -> bool:
+        return self._thread.is_alive()
+
+    def join(self, timeout_s: float) -> None:
+        if self._thread.is_alive():
+            self._thread.join(timeout_s)
+
+    def room_freed(self) -> None:
+        self._room_freed.set()
+
+    def drain(self) -> list[Taken]:
+        """Empty the inbox (Redis went away: what it held will be redelivered)."""
+        taken: list[Taken] = []
+        while True:
+            try:
+                taken.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return taken
+
+    def ensure_group(self) -> None:
+        try:
+            self.client.xgroup_create(self.stream, keys.GROUP, id="0", mkstream=True)
+        except redis.ResponseError as exc:
+            if "BUSYGROUP" not in str(exc):
+                raise
+
+    # -- the thread -----------------------------------------------------------------------------
+    def _run(self) -> None:
+        backoff = 0.1
+        try:
+            while not self._stop.is_set():
+                try:
+                    self._turn()
+                    backoff = 0.1
+                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                    log.warning("redis unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
+                    self.ready = False
+                    self._stop.wait(backoff)  # reconnect backoff, not synchronisation
+                    backoff = min(backoff * 2, 2.0)
+                except redis.ResponseError as exc:
+                    if "NOGROUP" not in str(exc):
+                        raise
+                    log.warning("the consumer group of %s is gone; creating it again", self.stream)
+                    self.ready = False
+        except BaseException as exc:  # the decode thread re-raises it: the worker exits and is restarted
+            log.exception("the intake thread failed")
+            self.failure = exc
+
+    def _turn(self) -> None:
+        if not self.ready:
+            self.ensure_group()
+            self.ready = True
+        if time.monotonic() - self._last_reap >= self.config.lease_s / 2:
+            self._reap()
+        self._room_freed.clear()
+        room = self.room()
+        if room <= 0:
+            self._room_freed.wait(NO_ROOM_WAIT_S)
+            return
+        reply: Any = self.client.xreadgroup(keys.GROUP, self.config.worker_id, {self.stream: ">"}, count=room,
+                                            block=IDLE_BLOCK_MS)
+        for _stream, entries in reply or []:
+            for entry_id, fields in entries:
+                self._take(_text(entry_id), fields, attempt=1)
+
+    def _reap(self) -> None:
+        """Take over requests whose worker stopped renewing its lease."""
+        self._last_reap = time.monotonic()
+        room = self.room()
+        if room <= 0:
+            return
+        min_idle = int(self.config.lease_s * 1000)
+        reply: Any = self.client.xautoclaim(self.stream, keys.GROUP, self.config.worker_id, min_idle, "0-0",
+                                            count=room)
+        for entry_id_raw, fields in reply[1]:  # Redis 7 adds a third item (deleted ids), Redis 6.2 has two
+            entry_id = _text(entry_id_raw)
+            if not fields:
+                replies.send(self.client, replies.ack(self.stream, entry_id))
+                continue
+            pending = self.client.xpending_range(self.stream, keys.GROUP, entry_id, entry_id, 1)
+            deliveries = int(pending[0]["times_delivered"]) if pending else 1
+            self._take(entry_id, fields, attempt=deliveries)
+
+    def _take(self, entry_id: str, fields: Any, *, attempt: int) -> None:
+        try:
+            job = Job.decode(fields)
+        except ValueError:
+            log.error("dropping a malformed queue entry %s", entry_id)
+            replies.send(self.client, replies.ack(self.stream, entry_id))
+            return
+        if attempt > 1:
+            last: Any = self.client.xrevrange(keys.response_stream(job.id), count=1)
+            if last and _event_type(last[0][1]) in ("done", "error"):
+                replies.send(self.client, replies.ack(self.stream, entry_id))  # finished before a crash lost the ack
+                return
+            if attempt > self.config.max_deliveries:
+                self._dead_letter(entry_id, job, attempt)
+                return
+        if time.time() > job.deadline:
+            self._settle(entry_id, replies.error(job.id, attempt, 503, "queue_timeout",
+                                                 "The request waited in the queue past its deadline."))
+            return
+        if self.client.exists(keys.cancel_flag(job.id)):
+            replies.send(self.client, replies.ack(self.stream, entry_id))
+            return
+        self.holdings.hold(job.id, entry_id)
+        self.inbox.put(Taken(entry_id, job, attempt))
+
+    def _dead_letter(self, entry_id: str, job: Job, attempt: int) -> None:
+        log.error("request %s failed on %d deliveries; dead-lettered", job.id, attempt - 1)
+        record: dict[Any, Any] = {"job": job.model_dump_json(), "deliveries": attempt - 1}
+        self.client.xadd(keys.dead_letters(self.config.model), record)
+        self._settle(entry_id, replies.error(
+            job.id, attempt, 500, "generation_failed",
+            f"The request failed on {attempt - 1} workers and was dead-lettered.", error_type="server_error"))
+
+    def _settle(self, entry_id: str, answer: list[replies.Command]) -> None:
+        replies.send(self.client, answer + replies.ack(self.stream, entry_id))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
+
+
+def _event_type(fields: dict[bytes, bytes]) -> str | None:
+    try:
+        return str(decode_event(fields).get("type"))
+    except (KeyError, ValueError):
+        return None

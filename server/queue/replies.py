@@ -1,0 +1,43 @@
+"""What a worker writes back to Redis, as pipeline commands: events on a request's response stream
+and the acknowledgement that takes a request off its model's stream.
+
+The decode thread hands these to its `Outbox`; the intake thread (which settles requests that
+never reach a slot) runs them at once with `send`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import redis
+
+from server.queue import keys
+from server.queue.messages import encode_event
+
+RESPONSE_TTL_S = 600
+
+Command = tuple[str, tuple[Any, ...]]  # a redis-py pipeline method and its arguments
+
+
+def event(request_id: str, fields: dict[str, Any]) -> list[Command]:
+    """Append one event to the request's response stream (which expires if nobody reads it)."""
+    resp = keys.response_stream(request_id)
+    return [("xadd", (resp, encode_event(fields))), ("expire", (resp, RESPONSE_TTL_S))]
+
+
+def error(request_id: str, attempt: int, status: int, code: str | None, message: str, *,
+          param: str | None = None, error_type: str = "service_unavailable") -> list[Command]:
+    return event(request_id, {"type": "error", "attempt": attempt, "status": status, "code": code,
+                              "message": message, "param": param, "error_type": error_type})
+
+
+def ack(stream: str, entry_id: str) -> list[Command]:
+    """Done with a request: acknowledged and deleted from its model's stream."""
+    return [("xack", (stream, keys.GROUP, entry_id)), ("xdel", (stream, entry_id))]
+
+
+def send(client: redis.Redis, commands: list[Command]) -> None:
+    pipe = client.pipeline(transaction=False)
+    for name, args in commands:
+        getattr(pipe, name)(*args)
+    pipe.execute()

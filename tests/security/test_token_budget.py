@@ -1,0 +1,225 @@
+"""Tokens per minute per key: `SecurityMiddleware` + `RateLimiter` on a real Redis, around a tiny app
+that reports usage the way the serving layer does (`usage.charge`); the clock is the test's."""
+
+from __future__ import annotations
+
+import hashlib
+import secrets
+from collections.abc import AsyncIterator, Iterator
+from dataclasses import dataclass
+
+import httpx
+import pytest
+import redis.asyncio as aioredis
+from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse, Response, StreamingResponse
+from starlette.routing import Route
+
+from server.embedded_redis import free_port
+from server.metrics import Metrics
+from server.queue import keys as redis_keys
+from server.security import SecurityConfig, SecurityMiddleware, usage
+from server.security.api_keys import ApiKeys, key_id
+from server.security.rate_limits import WINDOW_S, RateLimiter
+from server.serving.generation import Result
+from server.serving.service import _Tracker
+from server.settings import Settings
+
+pytestmark = pytest.mark.integration
+
+TPM = 1000
+START = 1_700_000_000.0 - 1_700_000_000.0 % WINDOW_S + 5  # 5 s into a minute
+
+
+@dataclass
+class Clock:
+    now: float = START
+
+    def __call__(self) -> float:
+        return self.now
+
+
+async def spend(request: Request) -> JSONResponse:
+    usage.charge(int(request.query_params.get("tokens", "0")))
+    return JSONResponse({"ok": True})
+
+
+async def spend_streamed(request: Request) -> StreamingResponse:
+    tokens = int(request.query_params["tokens"])
+
+    async def body() -> AsyncIterator[bytes]:
+        yield b"data: one\n\n"
+        yield b"data: two\n\n"
+        usage.charge(tokens)  # as the service does once the last event arrived: in the response's task
+
+    return StreamingResponse(body(), media_type="text/event-stream")
+
+
+async def boom(request: Request) -> Response:
+    usage.charge(int(request.query_params["tokens"]))
+    raise RuntimeError("the handler failed after using tokens")
+
+
+APP = Starlette(routes=[Route("/v1/spend", spend, methods=["POST"]), Route("/v1/stream", spend_streamed),
+                        Route("/v1/boom", boom)])
+
+
+@dataclass
+class Limited:
+    client: httpx.AsyncClient
+    limiter: RateLimiter
+    keys: dict[str, str]
+    clock: Clock
+
+    def auth(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[name]}"}
+
+    def kid(self, name: str) -> str:
+        return key_id(hashlib.sha256(self.keys[name].encode()).digest())
+
+
+@pytest.fixture
+async def limited(redis_url: str) -> AsyncIterator[Limited]:
+    names = ("a", "b", "c")
+    keys = {n: f"sk-{n}-{secrets.token_hex(16)}" for n in names}  # fresh per test: fresh windows
+    clock = Clock()
+    limiter = RateLimiter(redis_url, rpm=0, concurrency=0, tpm=TPM, clock=clock)
+    config = SecurityConfig(ApiKeys.load(",".join(keys.values())), 1 << 20, limiter=limiter)
+    transport = httpx.ASGITransport(app=SecurityMiddleware(APP, config), raise_app_exceptions=False)
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
+        yield Limited(client, limiter, keys, clock)
+    await limiter.close()
+
+
+def assert_token_headers(response: httpx.Response, remaining: int) -> None:
+    assert response.headers["x-ratelimit-limit-tokens"] == str(TPM)
+    assert response.headers["x-ratelimit-remaining-tokens"] == str(remaining)
+    assert response.headers["x-ratelimit-reset-tokens"] == f"{WINDOW_S - 5}s"
+
+
+async def test_usage_is_charged_at_the_end_and_refused_once_the_window_is_spent(limited: Limited) -> None:
+    c = limited.client
+    first = await c.post("/v1/spend?tokens=600", headers=limited.auth("a"))
+    assert first.status_code == 200
+    assert_token_headers(first, TPM)  # what was left when it was admitted
+    second = await c.post("/v1/spend?tokens=399", headers=limited.auth("a"))
+    assert_token_headers(second, TPM - 600)
+    third = await c.post("/v1/spend?tokens=5", headers=limited.auth("a"))  # 999 used: one token left, admitted
+    assert third.status_code == 200
+    assert_token_headers(third, 1)
+
+    refused = await c.post("/v1/spend?tokens=5", headers=limited.auth("a"))  # 1004 used
+    assert refused.status_code == 429
+    error = refused.json()["error"]
+    assert error["type"] == "rate_limit_exceeded" and error["code"] == "tokens_limit_exceeded"
+    assert set(error) == {"message", "type", "param", "code"}
+    assert refused.headers["retry-after"] == str(WINDOW_S - 5)
+    assert_token_headers(refused, 0)
+    assert limited.keys["a"] not in refused.text
+
+    async with aioredis.Redis.from_url(limited.limiter.redis_url) as r:
+        window = int(START // WINDOW_S)
+        counted = await r.get(redis_keys.tokens_per_minute(limited.kid("a"), window))
+        assert counted == b"1004", "a refused request must not be charged"
+        assert 0 < await r.ttl(redis_keys.tokens_per_minute(limited.kid("a"), window)) <= 2 * WINDOW_S
+
+    other = await c.post("/v1/spend?tokens=1", headers=limited.auth("b"))  # another key: its own budget
+    assert other.status_code == 200
+    assert_token_headers(other, TPM)
+
+    limited.clock.now += WINDOW_S  # the next minute: a fresh window
+    again = await c.post("/v1/spend?tokens=1", headers=limited.auth("a"))
+    assert again.status_code == 200
+    assert again.headers["x-ratelimit-remaining-tokens"] == str(TPM)
+
+
+async def test_a_streamed_response_is_charged_after_its_last_byte(limited: Limited) -> None:
+    c = limited.client
+    streamed = await c.get("/v1/stream?tokens=700", headers=limited.auth("a"))
+    assert streamed.status_code == 200 and streamed.text == "data: one\n\ndata: two\n\n"
+    assert_token_headers(streamed, TPM)
+    after = await c.post("/v1/spend", headers=limited.auth("a"))
+    assert_token_headers(after, TPM - 700)
+
+
+async def test_tokens_used_by_a_failed_request_still_count(limited: Limited) -> None:
+    c = limited.client
+    failed = await c.get(f"/v1/boom?tokens={TPM}", headers=limited.auth("c"))
+    assert failed.status_code == 500
+    refused = await c.post("/v1/spend", headers=limited.auth("c"))
+    assert refused.status_code == 429 and refused.json()["error"]["code"] == "tokens_limit_exceeded"
+
+
+async def test_without_redis_requests_go_through_unlimited(caplog: pytest.LogCaptureFixture) -> None:
+    key = "sk-" + secrets.token_hex(16)
+    limiter = RateLimiter(f"redis://127.0.0.1:{free_port()}/0", rpm=0, concurrency=0, tpm=1, timeout_s=0.5)
+    config = SecurityConfig(ApiKeys.load(key), 1 << 20, limiter=limiter)
+    transport = httpx.ASGITransport(app=SecurityMiddleware(APP, config))
+    async with httpx.AsyncClient(transport=transport, base_url="http://test") as c:
+        for _ in range(3):
+            response = await c.post("/v1/spend?tokens=50", headers={"Authorization": f"Bearer {key}"})
+            assert response.status_code == 200
+            assert "x-ratelimit-limit-tokens" not in response.headers
+    await limiter.close()
+    assert "rate limits not applied: redis unavailable" in caplog.text
+
+
+def test_the_tpm_setting_turns_the_limiter_on() -> None:
+    def config(**fields: object) -> SecurityConfig:
+        return SecurityConfig.from_settings(Settings(redis_url="redis://127.0.0.1:1/0", **fields))  # type: ignore[arg-type]
+
+    on = config(api_keys=SecretStr("sk-" + "x" * 32), rate_limit_tpm=5000).limiter
+    assert on is not None and on.tpm == 5000 and on.rpm == 0 and on.concurrency == 0
+    assert config(rate_limit_tpm=5000).limiter is None  # no keys: nothing to limit by
+
+
+@pytest.fixture
+def charged() -> Iterator[usage.TokenUsage]:
+    sink = usage.TokenUsage()
+    token = usage.current.set(sink)
+    try:
+        yield sink
+    finally:
+        usage.current.reset(token)
+
+
+def test_the_service_tracker_charges_finished_usage_once(charged: usage.TokenUsage) -> None:
+    track = _Tracker(Metrics(), "tiny", "local", 0.0)
+    result = Result(prompt_tokens=30)
+    track.started(result)
+    result.completion_tokens = 12
+    track.finished(result, None)
+    track.disconnected()  # after the end: nothing more
+    assert charged.tokens == 42
+
+
+@pytest.mark.parametrize("end", ["disconnected", "failed"])
+def test_the_tracker_charges_what_was_used_when_a_request_ends_early(charged: usage.TokenUsage, end: str) -> None:
+    from server.errors import GenerationError
+
+    track = _Tracker(Metrics(), "tiny", "local", 0.0)
+    result = Result(prompt_tokens=30)
+    track.started(result)
+    result.completion_tokens = 7  # the deltas seen before the client left or the worker was lost
+    if end == "disconnected":
+        track.disconnected()
+    else:
+        track.failed(GenerationError("lost", code="worker_lost"))
+    assert charged.tokens == 37
+
+
+def test_the_tracker_charges_nothing_for_a_request_refused_before_it_started(charged: usage.TokenUsage) -> None:
+    from server.errors import ContextLengthError
+
+    _Tracker(Metrics(), "tiny", "local", 0.0).failed(ContextLengthError("too long"))
+    assert charged.tokens == 0
+
+
+def test_without_a_token_limited_request_the_tracker_charges_nowhere() -> None:
+    assert usage.current.get() is None
+    track = _Tracker(Metrics(), "tiny", "hosted", 0.0)
+    track.finished(Result(prompt_tokens=3, completion_tokens=4), None)
+    usage.charge(10)  # a no-op outside a token-limited request
+    assert usage.current.get() is None
