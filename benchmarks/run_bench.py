@@ -47,7 +47,7 @@ from typing import Any
 
 import httpx
 
-from server.bench import DEFAULT_PROMPT, RequestResult, run_bench, summarise
+from server.bench import DEFAULT_PROMPT, RequestResult, distinct_prompt, run_bench, summarise
 from server.embedded_redis import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -84,9 +84,10 @@ def model_path() -> Path:
     return Path(str(importlib.resources.files(PACKAGE) / "SmolLM2-135M-Instruct.Q4_1.gguf"))
 
 
-# --- contenders: each is started once, then measured by `bench(concurrency, requests, max_tokens)` ----------
+# --- contenders: each is started once, then measured by `bench(concurrency, requests, max_tokens, distinct)` --
+# (`distinct`: every request's prompt starts with its own number, so no side answers from a prompt cache)
 
-Bench = Callable[[int, int, int], dict[str, Any]]
+Bench = Callable[[int, int, int, bool], dict[str, Any]]
 
 
 def start_inprocess(path: Path, _tmp: Path, stack: contextlib.ExitStack) -> Bench:
@@ -95,12 +96,11 @@ def start_inprocess(path: Path, _tmp: Path, stack: contextlib.ExitStack) -> Benc
 
     llm = Llama(model_path=str(path), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=N_CTX, verbose=False)
     stack.callback(llm.close)
-    messages: Any = [{"role": "user", "content": PROMPT}]
-
-    def one(max_tokens: int) -> RequestResult:
+    def one(max_tokens: int, prompt: str) -> RequestResult:
         result = RequestResult(e2e_s=0.0)
         start = time.perf_counter()
         last: float | None = None
+        messages: Any = [{"role": "user", "content": prompt}]
         stream: Any = llm.create_chat_completion(messages=messages, max_tokens=max_tokens, temperature=0.0,
                                                  stream=True)
         for chunk in stream:
@@ -115,10 +115,11 @@ def start_inprocess(path: Path, _tmp: Path, stack: contextlib.ExitStack) -> Benc
         result.e2e_s = time.perf_counter() - start
         return result
 
-    def bench(concurrency: int, requests: int, max_tokens: int) -> dict[str, Any]:
+    def bench(concurrency: int, requests: int, max_tokens: int, distinct: bool = False) -> dict[str, Any]:
         assert concurrency == 1
         start = time.perf_counter()
-        results = [one(max_tokens) for _ in range(requests)]
+        results = [one(max_tokens, distinct_prompt(requests - 1 - i, PROMPT) if distinct else PROMPT)
+                   for i in range(requests)]
         return {"concurrency": 1, "max_tokens": max_tokens, **summarise(results, time.perf_counter() - start)}
 
     return bench
@@ -160,8 +161,8 @@ def running(stack: contextlib.ExitStack, name: str, command: list[str], ready_ur
 
 
 def _http_bench(url: str) -> Bench:
-    def bench(concurrency: int, requests: int, max_tokens: int) -> dict[str, Any]:
-        return run_bench(url, MODEL_NAME, concurrency, requests, max_tokens, PROMPT)
+    def bench(concurrency: int, requests: int, max_tokens: int, distinct: bool = False) -> dict[str, Any]:
+        return run_bench(url, MODEL_NAME, concurrency, requests, max_tokens, PROMPT, distinct_prompts=distinct)
 
     return bench
 
@@ -239,7 +240,7 @@ def measure_all(path: Path, tmp: Path) -> dict[str, Any]:
                 continue
             try:
                 benches[key] = start(path, tmp, stack)
-                benches[key](1, 2, MAX_TOKENS)  # warm-up: first requests, prompt caches filled
+                benches[key](1, 2, MAX_TOKENS, False)  # warm-up: first requests, prompt caches filled
                 servers[key] = {"levels": {}}
             except Unavailable as exc:
                 servers[key] = {"skipped": str(exc)}
@@ -252,7 +253,7 @@ def measure_all(path: Path, tmp: Path) -> dict[str, Any]:
                     continue
                 say(f"{key} concurrency {c}: {c * PER_CLIENT} requests (load average {_loadavg()})")
                 try:
-                    summary = bench(c, c * PER_CLIENT, MAX_TOKENS)
+                    summary = bench(c, c * PER_CLIENT, MAX_TOKENS, False)
                 except Exception as exc:
                     say(f"{key} failed: {exc}")
                     servers[key]["failed"] = f"failed: {exc}"
@@ -266,7 +267,7 @@ def measure_all(path: Path, tmp: Path) -> dict[str, Any]:
                 continue
             say(f"{key}: {OVERHEAD_REQUESTS} one-token requests")
             with contextlib.suppress(Exception):
-                servers[key]["one_token"] = bench(1, OVERHEAD_REQUESTS, 1)
+                servers[key]["one_token"] = bench(1, OVERHEAD_REQUESTS, 1, True)
     return servers
 
 
@@ -330,8 +331,8 @@ def render(results: dict[str, Any]) -> str:
     overhead = results.get("overhead")
     if overhead:
         lines += ["", f"Queue-hop cost (issue 3): end-to-end time of a 1-token answer, concurrency 1, "
-                      f"{OVERHEAD_REQUESTS} requests each (the fixed prompt is re-sent, so prompt-cache reuse is "
-                      "included on every side).", "",
+                      f"{OVERHEAD_REQUESTS} requests each, every prompt different (`Request N. …`), so every side "
+                      "evaluates the same new prompt tail and none answers from the previous request's cache.", "",
                   "| server | e2e p50 ms | e2e p99 ms | p50 over in-process | p99 over in-process |",
                   "|---|---|---|---|---|"]
         for row in overhead["rows"]:

@@ -177,8 +177,11 @@ async def run_bench_async(
     *,
     timeout_s: float = 300.0,
     warmup: int = 0,
+    distinct_prompts: bool = False,
 ) -> dict[str, Any]:
-    """Run the load and return the summary (see the module docstring) plus the run's parameters."""
+    """Run the load and return the summary (see the module docstring) plus the run's parameters.
+    With `distinct_prompts` every request's prompt starts with its own number, so no server can
+    answer from a cache of the previous request's prompt."""
     if concurrency < 1 or requests < 1 or max_tokens < 1 or warmup < 0:
         raise ValueError("concurrency, requests and max_tokens must be >= 1, warmup >= 0")
     endpoint = url.rstrip("/") + "/chat/completions"
@@ -202,7 +205,10 @@ async def run_bench_async(
             nonlocal remaining
             while remaining > 0:
                 remaining -= 1
-                results.append(await _one_request(client, endpoint, payload))
+                body = payload
+                if distinct_prompts:
+                    body = {**payload, "messages": [{"role": "user", "content": distinct_prompt(remaining, prompt)}]}
+                results.append(await _one_request(client, endpoint, body))
 
         start = time.perf_counter()
         await asyncio.gather(*(closed_loop_client() for _ in range(min(concurrency, requests))))
@@ -222,10 +228,15 @@ def run_bench(
     *,
     timeout_s: float = 300.0,
     warmup: int = 0,
+    distinct_prompts: bool = False,
 ) -> dict[str, Any]:
     """Blocking face of `run_bench_async` (starts its own event loop)."""
     return asyncio.run(run_bench_async(url, model, concurrency, requests, max_tokens, prompt, api_key,
-                                       timeout_s=timeout_s, warmup=warmup))
+                                       timeout_s=timeout_s, warmup=warmup, distinct_prompts=distinct_prompts))
+
+
+def distinct_prompt(number: int, prompt: str) -> str:
+    return f"Request {number}. {prompt}"
 
 
 def _positive_int(text: str) -> int:

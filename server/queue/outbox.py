@@ -43,6 +43,11 @@ class Outbox:
                 self._pending.extend(commands)
                 self._cond.notify_all()
 
+    def idle(self) -> bool:
+        """Nothing queued, nothing being sent, no failure: a write made now elsewhere keeps the order."""
+        with self._cond:
+            return not self._pending and not self._in_flight and self._error is None
+
     @property
     def error(self) -> redis.RedisError | None:
         return self._error

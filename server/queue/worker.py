@@ -280,9 +280,23 @@ class Worker:
             act.cancelled = True
             self._finish(act, replies.event(job_id, {**self._final_event(act), "attempt": act.attempt}))
 
+    def _reply(self, commands: list[Command]) -> None:
+        """While sequences are decoding, replies go to the outbox and the next step starts at once; when
+        nothing is left to decode they are sent from this thread (the hand-off to the outbox's thread
+        would only add latency to the end of a request). Order holds: the outbox is idle then."""
+        if not commands:
+            return
+        if not self.engine.active() and not self.waiting and self.outbox.idle():
+            replies.send(self.redis, commands)
+        else:
+            self.outbox.put(commands)
+
     def _finish(self, act: _Active, answer: list[Command]) -> None:
         """Send the last event and the ack; the slot is free for the next request."""
-        self.outbox.put(answer + replies.ack(self.stream, act.entry_id))
+        self._reply(answer + replies.ack(self.stream, act.entry_id))
+        self._release(act)
+
+    def _release(self, act: _Active) -> None:
         self.active.pop(act.job.id, None)
         self.holdings.release(act.job.id)
         self.intake.room_freed()
@@ -345,7 +359,7 @@ class Worker:
         done = replies.event(job.id, {"type": "done", "attempt": attempt, "finish_reason": "stop",
                                       "embeddings": vectors, "timings": {},
                                       "usage": {"prompt_tokens": used, "completion_tokens": 0}})
-        self.outbox.put(started + done + replies.ack(self.stream, entry_id))
+        self._reply(started + done + replies.ack(self.stream, entry_id))
         self.holdings.release(job.id)
 
     def _admit_waiting(self) -> None:
@@ -401,9 +415,11 @@ class Worker:
                     commands += self._flush_choice(act, index, choice)
                 act.first_sent = True
                 act.last_flush = now
-        self.outbox.put(commands)
         for act in finished:
-            self._finish(act, self._event(act, self._final_event(act)))
+            commands += self._event(act, self._final_event(act)) + replies.ack(self.stream, act.entry_id)
+        self._reply(commands)
+        for act in finished:
+            self._release(act)
         self._admit_waiting()
 
     def _flush_choice(self, act: _Active, index: int, choice: _Choice) -> list[Command]:
@@ -438,5 +454,5 @@ class Worker:
     def _fail(self, entry_id: str, job: Job, attempt: int, status: int, code: str | None, message: str,
               *, param: str | None = None, error_type: str = "service_unavailable") -> None:
         answer = replies.error(job.id, attempt, status, code, message, param=param, error_type=error_type)
-        self.outbox.put(answer + replies.ack(self.stream, entry_id))
+        self._reply(answer + replies.ack(self.stream, entry_id))
         self.holdings.release(job.id)
