@@ -48,3 +48,5 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
+    for chatty in ("httpx", "httpcore"):  # a line for every HTTP call (bench, hosted upstreams) at INFO
+        logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

@@ -184,6 +184,9 @@ class Worker:
                 log.debug("keep-alive failed: %s", exc)
 
     def _check_cancels(self, request_ids: list[str]) -> None:
+        flags = [keys.cancel_flag(r) for r in request_ids]
+        if not self.redis.exists(*flags):  # the usual answer: one small command, whatever is held
+            return
         pipe = self.redis.pipeline(transaction=False)
         for request_id in request_ids:
             pipe.exists(keys.cancel_flag(request_id))
