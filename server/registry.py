@@ -27,6 +27,13 @@ from server.errors import RegistryError
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 
 
+def _valid_names(value: list[str]) -> list[str]:
+    for name in value:
+        if not NAME_PATTERN.match(name):
+            raise ValueError(f"'{name}' is not a valid model name")
+    return value
+
+
 class _Entry(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -39,10 +46,7 @@ class _Entry(BaseModel):
     @field_validator("aliases", "fallbacks")
     @classmethod
     def _names(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not NAME_PATTERN.match(name):
-                raise ValueError(f"'{name}' is not a valid model name")
-        return value
+        return _valid_names(value)
 
 
 class LocalModel(_Entry):
@@ -109,9 +113,7 @@ class RouterModel(_Entry):
     @field_validator("targets")
     @classmethod
     def _target_names(cls, value: list[str]) -> list[str]:
-        for name in value:
-            if not NAME_PATTERN.match(name):
-                raise ValueError(f"'{name}' is not a valid model name")
+        _valid_names(value)
         if len(set(value)) != len(value):
             raise ValueError("a target is listed twice")
         return value

@@ -35,15 +35,15 @@ class Holdings:
         with self._lock:
             return dict(self._held)
 
-    def __len__(self) -> int:
-        with self._lock:
-            return len(self._held)
-
     def flag_cancelled(self, request_ids: list[str]) -> None:
         with self._lock:
             self._cancels.update(r for r in request_ids if r in self._held)
 
-    def take_cancelled(self) -> set[str]:
+    def take_cancelled(self) -> frozenset[str]:
+        """Called by the decode thread every step: the usual empty answer takes no lock and makes nothing."""
+        if not self._cancels:
+            return frozenset()
         with self._lock:
-            taken, self._cancels = self._cancels, set()
-            return taken
+            taken = frozenset(self._cancels)
+            self._cancels.clear()
+        return taken

@@ -85,14 +85,13 @@ class Intake:
     def room_freed(self) -> None:
         self._room_freed.set()
 
-    def drain(self) -> list[Taken]:
+    def drain(self) -> None:
         """Empty the inbox (Redis went away: what it held will be redelivered)."""
-        taken: list[Taken] = []
         while True:
             try:
-                taken.append(self.inbox.get_nowait())
+                self.inbox.get_nowait()
             except queue.Empty:
-                return taken
+                return
 
     def ensure_group(self) -> None:
         try:

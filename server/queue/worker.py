@@ -188,8 +188,8 @@ class Worker:
         if not self.redis.exists(*flags):  # the usual answer: one small command, whatever is held
             return
         pipe = self.redis.pipeline(transaction=False)
-        for request_id in request_ids:
-            pipe.exists(keys.cancel_flag(request_id))
+        for flag in flags:
+            pipe.exists(flag)
         flagged = [r for r, hit in zip(request_ids, pipe.execute(), strict=True) if hit]
         if flagged:
             self.holdings.flag_cancelled(flagged)
@@ -227,8 +227,7 @@ class Worker:
         while self.engine.active():
             self.engine.step()
         self.active.clear()
-        for taken in self.intake.drain():
-            self.holdings.release(taken.job.id)
+        self.intake.drain()
         self.holdings.clear()
         self.outbox.reset()
 
@@ -281,7 +280,7 @@ class Worker:
             act.remaining.discard(int(item[0].rpartition("#")[2]))
         if not act.remaining:
             act.cancelled = True
-            self._finish(act, replies.event(job_id, {**self._final_event(act), "attempt": act.attempt}))
+            self._finish(act, self._event(act, self._final_event(act)))
 
     def _reply(self, commands: list[Command]) -> None:
         """While sequences are decoding, replies go to the outbox and the next step starts at once; when
@@ -362,8 +361,7 @@ class Worker:
         done = replies.event(job.id, {"type": "done", "attempt": attempt, "finish_reason": "stop",
                                       "embeddings": vectors, "timings": {},
                                       "usage": {"prompt_tokens": used, "completion_tokens": 0}})
-        self._reply(started + done + replies.ack(self.stream, entry_id))
-        self.holdings.release(job.id)
+        self._settle(job.id, entry_id, started + done)
 
     def _admit_waiting(self) -> None:
         """Choices of `n > 1` requests wait here for a free slot."""
@@ -456,6 +454,10 @@ class Worker:
 
     def _fail(self, entry_id: str, job: Job, attempt: int, status: int, code: str | None, message: str,
               *, param: str | None = None, error_type: str = "service_unavailable") -> None:
-        answer = replies.error(job.id, attempt, status, code, message, param=param, error_type=error_type)
+        self._settle(job.id, entry_id,
+                     replies.error(job.id, attempt, status, code, message, param=param, error_type=error_type))
+
+    def _settle(self, job_id: str, entry_id: str, answer: list[Command]) -> None:
+        """A request that never took a slot (refused, or embedded at once): its answer and its ack."""
         self._reply(answer + replies.ack(self.stream, entry_id))
-        self.holdings.release(job.id)
+        self.holdings.release(job_id)

@@ -147,8 +147,9 @@ class RateLimiter:
         admission.reset_s = max(1, math.ceil((window + 1) * WINDOW_S - now))
         pipe = self._client().pipeline(transaction=True)
         if self.rpm:
-            pipe.incr(keys.requests_per_minute(admission.kid, window))
-            pipe.expire(keys.requests_per_minute(admission.kid, window), 2 * WINDOW_S)
+            counter = keys.requests_per_minute(admission.kid, window)
+            pipe.incr(counter)
+            pipe.expire(counter, 2 * WINDOW_S)
         if self.tpm:
             pipe.get(keys.tokens_per_minute(admission.kid, window))
         replies: list[Any] = await pipe.execute()

@@ -270,14 +270,7 @@ class Service:
         if isinstance(entry, HostedModel):
             return await self._serve_hosted(endpoint, req, model, entry, payload, max_tokens, arrived,
                                             is_disconnected, headers)
-        if self.draining:
-            raise ServiceUnavailableError("The server is shutting down.", retry_after=1, code="shutting_down")
-        if not self.presence.redis_ok:
-            raise ServiceUnavailableError("The queue is unavailable; try again shortly.", retry_after=1,
-                                          code="queue_unavailable")
-        if self.presence.counts.get(model, 0) < 1:
-            raise ServiceUnavailableError(f"No worker is ready for model '{model}'.", retry_after=2,
-                                          code="no_worker")
+        self._check_can_queue(model)
         params = SamplingParams(
             max_tokens=max_tokens,
             temperature=1.0 if req.temperature is None else req.temperature,
@@ -483,6 +476,7 @@ class _Tracker:
         self.gone = False
         self.done = False
         self.usage = token_usage.current.get()
+        self.transcript = transcript.current.get()  # None unless SLM_LOG_PROMPTS
         self.result: Result | None = None  # the started generation's, for usage if it never finishes
         metrics.in_flight.labels(*self.labels).inc()
 
@@ -491,7 +485,8 @@ class _Tracker:
         self.m.queue_time.labels(*self.labels).observe(result.queue_ms / 1000.0)
 
     def token(self, text: str) -> None:
-        transcript.record(text)
+        if self.transcript is not None:
+            self.transcript.add(text)
         now = time.perf_counter()
         if self.first is None:
             self.first = now
@@ -508,7 +503,8 @@ class _Tracker:
     def _end(self, result: Result | None = None) -> None:
         if not self.done:
             self.done = True
-            transcript.close("finished" if result is not None else "failed or left")
+            if self.transcript is not None:
+                self.transcript.close("finished" if result is not None else "failed or left")
             self.m.in_flight.labels(*self.labels).dec()
             self.m.e2e.labels(*self.labels).observe(time.perf_counter() - self.arrived)
             used = result if result is not None else self.result  # failed or left: what was counted

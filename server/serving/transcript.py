@@ -2,9 +2,9 @@
 goes through a self-hosted server is often private).
 
 The route opens a `Transcript` for a request (which logs the prompt) and sets it in `current`
-for the rest of the request; the serving layer adds each piece of text it hands out and closes it
-when the generation ends (which logs the completion). With the setting off `current` is None and
-nothing is kept or logged.
+for the rest of the request; the serving layer's tracker picks it up once, adds each piece of text
+it hands out and closes it when the generation ends (which logs the completion). With the setting
+off `current` is None and nothing is kept or logged.
 """
 
 from __future__ import annotations
@@ -21,16 +21,14 @@ class Transcript:
     def __init__(self, model: str) -> None:
         self.model = model
         self.parts: list[str] = []
-        self.closed = False
 
     def add(self, text: str) -> None:
         self.parts.append(text)
 
     def close(self, outcome: str) -> None:
-        if not self.closed:
-            self.closed = True
-            log.info("completion model=%s outcome=%s text=%s", self.model, outcome,
-                     json.dumps("".join(self.parts), ensure_ascii=False))
+        """Log the completion; each attempt at serving the request (a fallback's too) logs its end."""
+        log.info("completion model=%s outcome=%s text=%s", self.model, outcome,
+                 json.dumps("".join(self.parts), ensure_ascii=False))
 
 
 current: ContextVar[Transcript | None] = ContextVar("slm_transcript", default=None)
@@ -43,14 +41,3 @@ def open_transcript(model: str, prompt: Any) -> Transcript:
     current.set(transcript)
     return transcript
 
-
-def record(text: str) -> None:
-    transcript = current.get()
-    if transcript is not None:
-        transcript.add(text)
-
-
-def close(outcome: str) -> None:
-    transcript = current.get()
-    if transcript is not None:
-        transcript.close(outcome)
