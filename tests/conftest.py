@@ -79,6 +79,10 @@ class LiveServer:
     def log(self) -> str:
         return self.log_path.read_text(errors="replace")
 
+    def redis_url(self) -> str:
+        """The embedded Redis `serve` started (it logs its URL)."""
+        return self.log().split("embedded redis on ")[1].split()[0]
+
 
 def start_server(tmp: Path, registry_text: str, *, env: dict[str, str] | None = None,
                  worker_port: int = 0, timeout_s: float = 180.0) -> LiveServer:

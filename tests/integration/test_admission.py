@@ -67,7 +67,7 @@ def start_stream(url: str, body: dict[str, object], started: threading.Event, ou
 
 def test_full_queue_is_429_at_once_and_late_requests_are_dropped(one_slot_server: LiveServer) -> None:
     url = one_slot_server.url
-    redis_url = one_slot_server.log().split("embedded redis on ")[1].split()[0]
+    redis_url = one_slot_server.redis_url()
     r = redis.Redis.from_url(redis_url)
     first_started = threading.Event()
     first_out: list[str] = []

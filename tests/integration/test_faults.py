@@ -43,7 +43,7 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
 
 @pytest.fixture(scope="module")
 def r(server: LiveServer) -> redis.Redis:
-    return redis.Redis.from_url(server.log().split("embedded redis on ")[1].split()[0])
+    return redis.Redis.from_url(server.redis_url())
 
 
 def worker_pids(server: LiveServer) -> list[int]:

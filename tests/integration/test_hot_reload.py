@@ -96,7 +96,7 @@ def reloads(server: LiveServer, result: str) -> float:
 
 def test_registry_edits_under_load_fail_no_request(server: LiveServer, tmp_path: Path) -> None:
     path = tmp_path / "model_registry.yaml"
-    r = redis.Redis.from_url(server.log().split("embedded redis on ")[1].split()[0])
+    r = redis.Redis.from_url(server.redis_url())
     load = Load(server.url)
     try:
         wait_until(lambda: len(load.results) >= 3, timeout_s=60, what="load to flow")

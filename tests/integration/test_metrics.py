@@ -4,30 +4,17 @@ from __future__ import annotations
 
 import httpx
 import pytest
-from prometheus_client.parser import text_string_to_metric_families
 
 from tests.conftest import LiveServer, wait_until
+from tests.prometheus_text import scrape, value
 
 pytestmark = pytest.mark.integration
 
 LABELS = {"model": "smollm2", "backend": "local"}
 
 
-def scrape(server: LiveServer) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    text = httpx.get(server.url + "/metrics", timeout=10).text
-    out = {}
-    for family in text_string_to_metric_families(text):
-        for sample in family.samples:
-            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return out
-
-
-def value(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
 def test_counters_and_histograms_are_exact(live_server: LiveServer) -> None:
-    before = scrape(live_server)
+    before = scrape(live_server.url)
     body = {"model": "smollm2", "messages": [{"role": "user", "content": "Say yes."}], "max_tokens": 5,
             "temperature": 0}
     tokens = 0
@@ -41,7 +28,7 @@ def test_counters_and_histograms_are_exact(live_server: LiveServer) -> None:
                 break
     bad = httpx.post(live_server.url + "/v1/chat/completions", json={**body, "temperature": 9}, timeout=10)
     assert bad.status_code == 400
-    after = scrape(live_server)
+    after = scrape(live_server.url)
 
     def delta(name: str, **labels: str) -> float:
         return value(after, name, **labels) - value(before, name, **labels)
@@ -60,7 +47,7 @@ def test_counters_and_histograms_are_exact(live_server: LiveServer) -> None:
 
 
 def test_gauges_return_to_zero_after_aborted_requests(live_server: LiveServer) -> None:
-    before = scrape(live_server)
+    before = scrape(live_server.url)
     body = {"model": "smollm2", "messages": [{"role": "user", "content": "Tell a long story."}],
             "max_tokens": 300, "stream": True}
     for _ in range(2):
@@ -70,7 +57,7 @@ def test_gauges_return_to_zero_after_aborted_requests(live_server: LiveServer) -
                     break
 
     def settled() -> bool:
-        now = scrape(live_server)
+        now = scrape(live_server.url)
         return (value(now, "slm_requests_in_flight", **LABELS) == 0
                 and value(now, "slm_queue_depth", model="smollm2") == 0
                 and value(now, "slm_client_disconnects_total", **LABELS)

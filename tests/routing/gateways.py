@@ -63,13 +63,9 @@ class Gateway:
                 wait_until(check, timeout_s=60, what=f"{what} for {model}", interval_s=0.1)
 
 
-def live_redis_url(server: LiveServer) -> str:
-    return server.log().split("embedded redis on ")[1].split()[0]
-
-
 @contextmanager
 def gateway_on(live_server: LiveServer, registry_yaml: str, upstream: FakeUpstream) -> Iterator[Gateway]:
-    redis_url = live_redis_url(live_server)
+    redis_url = live_server.redis_url()
     registry = parse_registry(yaml.safe_load(registry_yaml.format(api_base=upstream.api_base, key_env=KEY_ENV)))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(KEY_ENV, "sk-routing-test-key")

@@ -40,8 +40,21 @@ FILE_KEYS = ("filed",)
 HASHED_KEYS = ("hashed",)
 
 
+class NamedKeys:
+    """API keys by test name: the header presenting one, and the id its limits are kept under."""
+
+    keys: dict[str, str]
+
+    def auth(self, name: str) -> dict[str, str]:
+        return {"Authorization": f"Bearer {self.keys[name]}"}
+
+    def key_id(self, name: str) -> str:
+        """The id the limits of key `name` are kept under in Redis."""
+        return key_id(hashlib.sha256(self.keys[name].encode()).digest())
+
+
 @dataclass
-class SecureServer:
+class SecureServer(NamedKeys):
     live: LiveServer
     redis_url: str
     keys: dict[str, str]
@@ -50,15 +63,8 @@ class SecureServer:
     def url(self) -> str:
         return self.live.url
 
-    def auth(self, name: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.keys[name]}"}
-
     def redis(self) -> redis.Redis:
         return redis.Redis.from_url(self.redis_url)
-
-    def key_id(self, name: str) -> str:
-        """The id the limits of key `name` are kept under in Redis."""
-        return key_id(hashlib.sha256(self.keys[name].encode()).digest())
 
 
 @pytest.fixture(scope="package")

@@ -100,7 +100,7 @@ class _Collect(logging.Handler):
 
 def test_prompts_reach_the_logs_only_when_the_setting_asks(live_server: LiveServer) -> None:
     registry = parse_registry({"models": {"smollm2": {"gguf": SMOLLM2, "n_ctx": 1024}}})
-    redis_url = live_server.log().split("embedded redis on ")[1].split()[0]
+    redis_url = live_server.redis_url()
     collected = _Collect()
     prompts = logging.getLogger("slm.prompts")
     level = prompts.level

@@ -3,7 +3,6 @@ that reports usage the way the serving layer does (`usage.charge`); the clock is
 
 from __future__ import annotations
 
-import hashlib
 import secrets
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
@@ -21,11 +20,12 @@ from server.embedded_redis import free_port
 from server.metrics import Metrics
 from server.queue import keys as redis_keys
 from server.security import SecurityConfig, SecurityMiddleware, usage
-from server.security.api_keys import ApiKeys, key_id
+from server.security.api_keys import ApiKeys
 from server.security.rate_limits import WINDOW_S, RateLimiter
 from server.serving.generation import Result
 from server.serving.service import _Tracker
 from server.settings import Settings
+from tests.security.conftest import NamedKeys
 
 pytestmark = pytest.mark.integration
 
@@ -67,17 +67,11 @@ APP = Starlette(routes=[Route("/v1/spend", spend, methods=["POST"]), Route("/v1/
 
 
 @dataclass
-class Limited:
+class Limited(NamedKeys):
     client: httpx.AsyncClient
     limiter: RateLimiter
     keys: dict[str, str]
     clock: Clock
-
-    def auth(self, name: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.keys[name]}"}
-
-    def kid(self, name: str) -> str:
-        return key_id(hashlib.sha256(self.keys[name].encode()).digest())
 
 
 @pytest.fixture
@@ -121,9 +115,9 @@ async def test_usage_is_charged_at_the_end_and_refused_once_the_window_is_spent(
 
     async with aioredis.Redis.from_url(limited.limiter.redis_url) as r:
         window = int(START // WINDOW_S)
-        counted = await r.get(redis_keys.tokens_per_minute(limited.kid("a"), window))
+        counted = await r.get(redis_keys.tokens_per_minute(limited.key_id("a"), window))
         assert counted == b"1004", "a refused request must not be charged"
-        assert 0 < await r.ttl(redis_keys.tokens_per_minute(limited.kid("a"), window)) <= 2 * WINDOW_S
+        assert 0 < await r.ttl(redis_keys.tokens_per_minute(limited.key_id("a"), window)) <= 2 * WINDOW_S
 
     other = await c.post("/v1/spend?tokens=1", headers=limited.auth("b"))  # another key: its own budget
     assert other.status_code == 200

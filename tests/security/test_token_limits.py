@@ -19,13 +19,12 @@ from pydantic import SecretStr
 
 from server.queue import keys as redis_keys
 from server.registry import parse_registry
-from server.security.api_keys import key_id
 from server.security.rate_limits import WINDOW_S
 from server.settings import Settings
 from tests.conftest import SMOLLM2, wait_until
 from tests.gateway_thread import running_gateway
 from tests.hosted.fake_upstream import FakeUpstream
-from tests.security.conftest import TPM, SecureServer
+from tests.security.conftest import TPM, NamedKeys, SecureServer
 from tests.security.test_leaks import redis_dump
 
 pytestmark = pytest.mark.integration
@@ -170,16 +169,10 @@ def test_embeddings_are_charged_their_prompt_tokens(secure: SecureServer) -> Non
 
 # -- two more gateways on the same Redis (and worker), with a hosted model -----------------------------
 @dataclass
-class Gateways:
+class Gateways(NamedKeys):
     urls: tuple[str, str]
     keys: dict[str, str]
     upstream: FakeUpstream
-
-    def auth(self, name: str) -> dict[str, str]:
-        return {"Authorization": f"Bearer {self.keys[name]}"}
-
-    def key_id(self, name: str) -> str:
-        return key_id(hashlib.sha256(self.keys[name].encode()).digest())
 
 
 @pytest.fixture(scope="module")

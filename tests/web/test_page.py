@@ -20,11 +20,11 @@ import pytest
 import redis
 from playwright.sync_api import Error as PlaywrightError
 from playwright.sync_api import Locator, Page, Route, expect
-from prometheus_client.parser import text_string_to_metric_families
 
 from server.queue import keys
 from server.queue.messages import decode_event
 from tests.conftest import LiveServer, wait_until
+from tests.prometheus_text import scrape, value
 from tests.web.conftest import ALLOWED_HOST, Guarded, KeyedServer, OpenPage, screenshot
 
 pytestmark = pytest.mark.integration
@@ -92,27 +92,15 @@ def sse_payloads(body: str) -> list[dict[str, Any]]:
     return out
 
 
-def scrape(url: str) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
-    out = {}
-    for family in text_string_to_metric_families(httpx.get(url + "/metrics", timeout=10).text):
-        for sample in family.samples:
-            out[(sample.name, frozenset(sample.labels.items()))] = sample.value
-    return out
-
-
-def metric(samples: dict[tuple[str, frozenset[tuple[str, str]]], float], name: str, **labels: str) -> float:
-    return samples.get((name, frozenset(labels.items())), 0.0)
-
-
 def format_ms(ms: float) -> str:
     """The page's own formatting of a duration (app.js `formatMs`)."""
     return f"{to_fixed(ms / 1000, 2)} s" if ms >= 1000 else f"{math.floor(ms + 0.5)} ms"
 
 
-def to_fixed(value: float, digits: int) -> str:
+def to_fixed(number: float, digits: int) -> str:
     """JavaScript's `toFixed`: an exact tie rounds up (Python's formatting rounds it to even), as
     `Math.round` does for the milliseconds above."""
-    return str(Decimal(value).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
+    return str(Decimal(number).quantize(Decimal(1).scaleb(-digits), rounding=ROUND_HALF_UP))
 
 
 def smollm2_worker(worker_urls: list[str]) -> str:
@@ -120,10 +108,6 @@ def smollm2_worker(worker_urls: list[str]) -> str:
         if 'slm_worker_slots{model="smollm2"}' in httpx.get(url + "/metrics", timeout=10).text:
             return url
     raise AssertionError(f"no worker of smollm2 among {worker_urls}")
-
-
-def live_redis(server: LiveServer) -> redis.Redis:
-    return redis.Redis.from_url(server.log().split("embedded redis on ")[1].split()[0])
 
 
 # ---- the model table ----------------------------------------------------------------------------
@@ -266,7 +250,7 @@ def test_prompt_eval_and_generation_times_are_shown_under_the_answer(
 def test_stop_cancels_the_generation_on_the_server(
         live_server: LiveServer, live_worker_metrics_urls: list[str], open_page: OpenPage) -> None:
     worker = smollm2_worker(live_worker_metrics_urls)
-    store = live_redis(live_server)
+    store = redis.Redis.from_url(live_server.redis_url())
     before = scrape(live_server.url)
     guarded = open_page(live_server.url)
     page = load(guarded)
@@ -281,7 +265,7 @@ def test_stop_cancels_the_generation_on_the_server(
     # mid-generation: the server holds it (its queue counts it, the worker decodes it), the page says so
     expect(turn).to_have_class(re.compile(r"\bstreaming\b"))
     expect(cell(page, "smollm2", "Queue")).to_have_text("1")
-    assert metric(scrape(worker), "slm_worker_busy_slots", model="smollm2") == 1
+    assert value(scrape(worker), "slm_worker_busy_slots", model="smollm2") == 1
     completion_id = turn.get_attribute("data-completion-id")
     assert completion_id and completion_id.startswith("chatcmpl-")
     job_id = completion_id.removeprefix("chatcmpl-")
@@ -307,15 +291,15 @@ def test_stop_cancels_the_generation_on_the_server(
     assert final["cancelled"] is True
     assert 0 < final["usage"]["completion_tokens"] < max_tokens / 2
     # the slot is free and the request left the model's queue
-    wait_until(lambda: metric(scrape(worker), "slm_worker_busy_slots", model="smollm2") == 0,
+    wait_until(lambda: value(scrape(worker), "slm_worker_busy_slots", model="smollm2") == 0,
                timeout_s=10, what="the worker's slot to be free")
     assert store.xlen(keys.request_stream("smollm2")) == 0
     after = scrape(live_server.url)
     labels = {"model": "smollm2", "backend": "local"}
-    assert metric(after, "slm_client_disconnects_total", **labels) - \
-        metric(before, "slm_client_disconnects_total", **labels) == 1
-    assert metric(after, "slm_request_errors_total", **labels, error_type="cancelled") - \
-        metric(before, "slm_request_errors_total", **labels, error_type="cancelled") == 1
+    assert value(after, "slm_client_disconnects_total", **labels) - \
+        value(before, "slm_client_disconnects_total", **labels) == 1
+    assert value(after, "slm_request_errors_total", **labels, error_type="cancelled") - \
+        value(before, "slm_request_errors_total", **labels, error_type="cancelled") == 1
     # the page's next status shows the queue empty again; the answer stopped where it was
     expect(cell(page, "smollm2", "Queue")).to_have_text("0")
     expect(turn.locator(".text")).to_have_text(stopped_text)
