@@ -20,6 +20,7 @@ from server import logs
 from server.api import health, openai_routes, web
 from server.api.errors import install_error_handlers
 from server.backends.upstream import close_hosted_clients, load_litellm
+from server.http_server import InFlight
 from server.metrics import Metrics
 from server.queue.client import QueueClient
 from server.registry import HostedModel, Registry, RouterModel
@@ -47,10 +48,12 @@ def _declare_models(metrics: Metrics, registry: Registry) -> None:
 
 
 class RequestIdMiddleware:
-    """Give every request an id (`x-request-id`), visible to handlers as `request.state.request_id`."""
+    """Give every request an id (`x-request-id`), visible to handlers as `request.state.request_id`;
+    count the API requests in flight (the drain at shutdown waits for them)."""
 
-    def __init__(self, app: ASGIApp) -> None:
+    def __init__(self, app: ASGIApp, in_flight: InFlight) -> None:
         self.app = app
+        self.in_flight = in_flight
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         if scope["type"] != "http":
@@ -61,6 +64,10 @@ class RequestIdMiddleware:
         token = logs.request_id.set(rid)
         started = time.perf_counter()
         status = [500]
+        path = scope.get("path", "")
+        api = path.startswith("/v1/")
+        if api:
+            self.in_flight.enter()
 
         async def send_with_id(message: Message) -> None:
             if message["type"] == "http.response.start":
@@ -71,8 +78,8 @@ class RequestIdMiddleware:
         try:
             await self.app(scope, receive, send_with_id)
         finally:
-            path = scope.get("path", "")
-            if path.startswith("/v1/"):
+            if api:
+                self.in_flight.leave()
                 access_log.info("%s %s %d", scope.get("method"), path, status[0], extra={
                     "method": scope.get("method"), "path": path, "status": status[0],
                     "duration_ms": round((time.perf_counter() - started) * 1000, 1)})
@@ -133,7 +140,8 @@ def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnRelo
     install_error_handlers(app)
 
     app.add_middleware(SecurityMiddleware, config=SecurityConfig.from_settings(settings))
-    app.add_middleware(RequestIdMiddleware)
+    app.state.in_flight = InFlight()
+    app.add_middleware(RequestIdMiddleware, in_flight=app.state.in_flight)
     app.include_router(health.router)
     app.include_router(openai_routes.router)
     app.include_router(web.router)

@@ -122,10 +122,12 @@ def main(argv: list[str] | None = None) -> int:
         import uvicorn
 
         from server.app import create_app
+        from server.http_server import GatewayServer
         from server.supervisor import absorb_reraised_signals
 
         absorb_reraised_signals()
-        uvicorn.run(create_app(settings, loaded), host=settings.host, port=settings.port, log_level="warning",
-                    access_log=False, timeout_graceful_shutdown=30)
+        app = create_app(settings, loaded)
+        GatewayServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
+                                     access_log=False, timeout_graceful_shutdown=30), app).run()
         return 0
     return 2

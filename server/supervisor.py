@@ -22,6 +22,7 @@ import uvicorn
 
 from server.app import create_app
 from server.embedded_redis import EmbeddedRedis
+from server.http_server import GatewayServer
 from server.queue import keys
 from server.registry import Registry
 from server.reload import diff
@@ -184,7 +185,7 @@ def serve(settings: Settings, registry: Registry) -> int:
         app = create_app(settings, registry, on_reload=[supervisor.apply_registry])
         config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                 timeout_graceful_shutdown=WORKER_GRACE_S, access_log=False)
-        server = uvicorn.Server(config)
+        server = GatewayServer(config, app)
 
         async def main() -> None:
             watcher = asyncio.create_task(supervisor.watch())

@@ -10,6 +10,7 @@ import uvicorn
 
 from server.app import create_app
 from server.embedded_redis import free_port
+from server.http_server import GatewayServer
 from server.registry import Registry
 from server.settings import Settings
 from tests.conftest import wait_until
@@ -18,8 +19,8 @@ from tests.conftest import wait_until
 @contextmanager
 def running_gateway(settings: Settings, registry: Registry) -> Iterator[str]:
     port = free_port()
-    config = uvicorn.Config(create_app(settings, registry), host="127.0.0.1", port=port, log_level="warning")
-    server = uvicorn.Server(config)
+    app = create_app(settings, registry)
+    server = GatewayServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"), app)
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, timeout_s=20, what="the gateway to start")

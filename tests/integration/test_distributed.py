@@ -53,6 +53,9 @@ class Cluster:
         self.procs.append(proc)
         return proc
 
+    def log_of(self, proc: subprocess.Popen[bytes]) -> str:
+        return (self.tmp / f"proc{self.procs.index(proc)}.log").read_text(errors="replace")
+
     def gateway(self) -> tuple[str, subprocess.Popen[bytes]]:
         port = free_port()
         proc = self.spawn("gateway", port=port)
@@ -158,9 +161,10 @@ def test_gateway_sigterm_finishes_streams_and_refuses_new_requests(cluster: Clus
     wait_until(lambda: ready(url, 1), timeout_s=60, what="the worker")
     frames: list[str] = []
     first_frame = threading.Event()
+    # End-of-turn tokens banned: the answer runs its full length, so the drain below has a stream to wait for.
+    body = {**CHAT, "max_tokens": 200, "stream": True, "logit_bias": {"0": -100, "1": -100, "2": -100}}
 
     def stream() -> None:
-        body = {**CHAT, "max_tokens": 200, "stream": True}
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as response:
             for line in response.iter_lines():
                 if line.startswith("data: "):
@@ -171,19 +175,27 @@ def test_gateway_sigterm_finishes_streams_and_refuses_new_requests(cluster: Clus
     thread.start()
     assert first_frame.wait(30)
     gateway.send_signal(signal.SIGTERM)
-    wait_until(lambda: _status(url + "/health") != 200 or _post_status(url) == 503, timeout_s=10,
-               what="new requests to be refused")
+    refused: list[httpx.Response] = []
+
+    def refused_with_503() -> bool:
+        response = httpx.post(url + "/v1/chat/completions", json=CHAT, timeout=5)
+        refused.append(response)
+        return response.status_code == 503
+
+    wait_until(refused_with_503, timeout_s=10, what="new requests to be refused with 503")
+    streamed_when_refused = len(frames)
+    assert refused[-1].json()["error"]["code"] == "shutting_down"
+    assert refused[-1].headers["retry-after"] == "1"
+    assert httpx.get(url + "/ready", timeout=5).status_code == 503
     thread.join(120)
+    assert not thread.is_alive()
     assert frames[-1] == "[DONE]"
-    assert json.loads(frames[-2])["choices"][0]["finish_reason"] in ("stop", "length")
-    assert gateway.wait(30) == 0
-
-
-def _post_status(url: str) -> int:
+    assert "[DONE]" not in frames[:streamed_when_refused]  # refused while the stream was still running
+    assert json.loads(frames[-2])["choices"][0]["finish_reason"] == "length"
     try:
-        return httpx.post(url + "/v1/chat/completions", json=CHAT, timeout=5).status_code
-    except httpx.HTTPError:
-        return 0
+        assert gateway.wait(30) == 0
+    except subprocess.TimeoutExpired:
+        pytest.fail("the gateway did not exit after its streams ended; its log:\n" + cluster.log_of(gateway))
 
 
 def test_worker_sigterm_finishes_what_it_holds_then_exits(cluster: Cluster) -> None:
