@@ -11,7 +11,11 @@ over all of them alike. The contenders:
   (c) llama-cpp-python's server: `python -m llama_cpp.server` (needs the `llama-cpp-python[server]` extra);
   (d) llama.cpp's C++ `llama-server --parallel 8`, when a binary is on PATH (or named by BENCH_LLAMA_SERVER).
 
-Also the queue-hop cost: end-to-end latency of a 1-token answer at concurrency 1, ours against in-process.
+Also the queue-hop cost (issue 3): the end-to-end latency of a 1-token answer at concurrency 1, in rounds: in
+each round every contender answers the same new prompt (the fixed prompt plus ` (request N)`, so every side
+reuses its prompt cache for the shared part and evaluates the new tail, and none can answer from an earlier
+request's logits), in an order that rotates from round to round. Each server's request is paired with the
+in-process request of its round; the p50/p99 of those differences is the cost added, free of the host's drift.
 Writes benchmarks/results.md and benchmarks/results.json and prints the Markdown.
 
 Environment knobs:
@@ -20,7 +24,7 @@ Environment knobs:
   BENCH_REQUESTS_PER_CLIENT=4  requests per level = this x concurrency
   BENCH_MAX_TOKENS=64
   BENCH_THREADS=2
-  BENCH_OVERHEAD_REQUESTS=20   one-token requests per server for the queue-hop cost
+  BENCH_OVERHEAD_REQUESTS=100  rounds of one-token requests for the queue-hop cost
   BENCH_LLAMA_SERVER=PATH      the llama-server binary (default: `llama-server` on PATH)
   BENCH_SKIP=a,b,c,d           leave some of the above out
   BENCH_OUT=DIR                where results.md / results.json go (default: this folder)
@@ -42,12 +46,13 @@ import sys
 import tempfile
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import httpx
 
-from server.bench import DEFAULT_PROMPT, RequestResult, distinct_prompt, run_bench, summarise
+from server.bench import DEFAULT_PROMPT, RequestResult, percentile, run_bench, summarise
 from server.embedded_redis import free_port
 
 HERE = Path(__file__).resolve().parent
@@ -59,7 +64,7 @@ LEVELS = [int(x) for x in os.environ.get("BENCH_LEVELS", "1,4,8").split(",")]
 PER_CLIENT = int(os.environ.get("BENCH_REQUESTS_PER_CLIENT", "2" if QUICK else "4"))
 MAX_TOKENS = int(os.environ.get("BENCH_MAX_TOKENS", "64"))
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
-OVERHEAD_REQUESTS = int(os.environ.get("BENCH_OVERHEAD_REQUESTS", "6" if QUICK else "20"))
+OVERHEAD_REQUESTS = int(os.environ.get("BENCH_OVERHEAD_REQUESTS", "6" if QUICK else "100"))
 SKIP = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
 OUT = Path(os.environ.get("BENCH_OUT", str(HERE)))
 PROMPT = DEFAULT_PROMPT
@@ -84,13 +89,24 @@ def model_path() -> Path:
     return Path(str(importlib.resources.files(PACKAGE) / "SmolLM2-135M-Instruct.Q4_1.gguf"))
 
 
-# --- contenders: each is started once, then measured by `bench(concurrency, requests, max_tokens, distinct)` --
-# (`distinct`: every request's prompt starts with its own number, so no side answers from a prompt cache)
+# --- contenders: each is started once, then measured by `bench(concurrency, requests, max_tokens)` and, for the
+# queue hop, by `one_token(prompt)`: the end-to-end milliseconds of one 1-token answer
 
-Bench = Callable[[int, int, int, bool], dict[str, Any]]
+Bench = Callable[[int, int, int], dict[str, Any]]
+OneToken = Callable[[str], float]
 
 
-def start_inprocess(path: Path, _tmp: Path, stack: contextlib.ExitStack) -> Bench:
+@dataclass
+class Contender:
+    bench: Bench
+    one_token: OneToken
+
+
+def hop_prompt(number: int) -> str:
+    return f"{PROMPT} (request {number})"
+
+
+def start_inprocess(path: Path, _tmp: Path, stack: contextlib.ExitStack) -> Contender:
     """(a) llama-cpp-python in this process: one request at a time (the `concurrency` asked must be 1)."""
     from llama_cpp import Llama
 
@@ -115,14 +131,13 @@ def start_inprocess(path: Path, _tmp: Path, stack: contextlib.ExitStack) -> Benc
         result.e2e_s = time.perf_counter() - start
         return result
 
-    def bench(concurrency: int, requests: int, max_tokens: int, distinct: bool = False) -> dict[str, Any]:
+    def bench(concurrency: int, requests: int, max_tokens: int) -> dict[str, Any]:
         assert concurrency == 1
         start = time.perf_counter()
-        results = [one(max_tokens, distinct_prompt(requests - 1 - i, PROMPT) if distinct else PROMPT)
-                   for i in range(requests)]
+        results = [one(max_tokens, PROMPT) for _ in range(requests)]
         return {"concurrency": 1, "max_tokens": max_tokens, **summarise(results, time.perf_counter() - start)}
 
-    return bench
+    return Contender(bench, lambda prompt: one(1, prompt).e2e_s * 1000.0)
 
 
 def running(stack: contextlib.ExitStack, name: str, command: list[str], ready_url: str, log_path: Path,
@@ -160,14 +175,28 @@ def running(stack: contextlib.ExitStack, name: str, command: list[str], ready_ur
     say(f"{name} ready")
 
 
-def _http_bench(url: str) -> Bench:
-    def bench(concurrency: int, requests: int, max_tokens: int, distinct: bool = False) -> dict[str, Any]:
-        return run_bench(url, MODEL_NAME, concurrency, requests, max_tokens, PROMPT, distinct_prompts=distinct)
+def _http(url: str, stack: contextlib.ExitStack) -> Contender:
+    def bench(concurrency: int, requests: int, max_tokens: int) -> dict[str, Any]:
+        return run_bench(url, MODEL_NAME, concurrency, requests, max_tokens, PROMPT)
 
-    return bench
+    client = stack.enter_context(httpx.Client(timeout=120))  # one kept-alive connection, as a real client has
+
+    def one_token(prompt: str) -> float:
+        body = {"model": MODEL_NAME, "messages": [{"role": "user", "content": prompt}], "max_tokens": 1,
+                "temperature": 0.0, "stream": True}
+        start = time.perf_counter()
+        with client.stream("POST", url + "/chat/completions", json=body) as response:
+            if response.status_code != 200:
+                raise RuntimeError(f"HTTP {response.status_code}: {response.read()[:300]!r}")
+            done = any(line == "data: [DONE]" for line in response.iter_lines())
+        if not done:
+            raise RuntimeError("the stream ended without [DONE]")
+        return (time.perf_counter() - start) * 1000.0
+
+    return Contender(bench, one_token)
 
 
-def start_ours(path: Path, tmp: Path, stack: contextlib.ExitStack) -> Bench:
+def start_ours(path: Path, tmp: Path, stack: contextlib.ExitStack) -> Contender:
     """(b) `python -m server serve` with a registry of SmolLM2 alone."""
     registry = tmp / "model_registry.yaml"
     registry.write_text(  # the packaged form of `path`: the registry refuses paths outside its model dirs
@@ -181,10 +210,10 @@ def start_ours(path: Path, tmp: Path, stack: contextlib.ExitStack) -> Bench:
     base = f"http://127.0.0.1:{port}"
     running(stack, "slm-server", [sys.executable, "-m", "server", "serve"], base + "/ready", tmp / "ours.log",
             env=env, cwd=REPO)
-    return _http_bench(base + "/v1")
+    return _http(base + "/v1", stack)
 
 
-def start_llama_cpp_server(path: Path, tmp: Path, stack: contextlib.ExitStack) -> Bench:
+def start_llama_cpp_server(path: Path, tmp: Path, stack: contextlib.ExitStack) -> Contender:
     """(c) `python -m llama_cpp.server` (needs the `llama-cpp-python[server]` extra)."""
     try:
         import llama_cpp.server.app  # noqa: F401
@@ -197,10 +226,10 @@ def start_llama_cpp_server(path: Path, tmp: Path, stack: contextlib.ExitStack) -
                "--interrupt_requests", "False", "--host", "127.0.0.1", "--port", str(port)]
     base = f"http://127.0.0.1:{port}"
     running(stack, "llama_cpp.server", command, base + "/v1/models", tmp / "llama_cpp_server.log")
-    return _http_bench(base + "/v1")
+    return _http(base + "/v1", stack)
 
 
-def start_llama_server(path: Path, tmp: Path, stack: contextlib.ExitStack) -> Bench:
+def start_llama_server(path: Path, tmp: Path, stack: contextlib.ExitStack) -> Contender:
     """(d) llama.cpp's C++ `llama-server`, 8 slots of N_CTX each, continuous batching (its default)."""
     binary = os.environ.get("BENCH_LLAMA_SERVER") or shutil.which("llama-server")
     if not binary:
@@ -210,14 +239,14 @@ def start_llama_server(path: Path, tmp: Path, stack: contextlib.ExitStack) -> Be
                "--parallel", str(PARALLEL), "-c", str(N_CTX * PARALLEL), "--host", "127.0.0.1", "--port", str(port)]
     base = f"http://127.0.0.1:{port}"
     running(stack, "llama-server", command, base + "/health", tmp / "llama_server.log")
-    return _http_bench(base + "/v1")
+    return _http(base + "/v1", stack)
 
 
 class Unavailable(Exception):
     """A contender that cannot run on this machine (not a failure)."""
 
 
-STARTERS: dict[str, tuple[str, Callable[[Path, Path, contextlib.ExitStack], Bench]]] = {
+STARTERS: dict[str, tuple[str, Callable[[Path, Path, contextlib.ExitStack], Contender]]] = {
     "a": ("inprocess", start_inprocess),
     "b": ("ours", start_ours),
     "c": ("llama_cpp_server", start_llama_cpp_server),
@@ -233,14 +262,14 @@ def measure_all(path: Path, tmp: Path) -> dict[str, Any]:
     """Start every contender, then measure level by level, the contenders one after the other within a
     level, so that the load of a shared machine drifts over all of them alike."""
     servers: dict[str, Any] = {}
-    benches: dict[str, Bench] = {}
+    benches: dict[str, Contender] = {}
     with contextlib.ExitStack() as stack:
         for letter, (key, start) in STARTERS.items():
             if letter in SKIP:
                 continue
             try:
                 benches[key] = start(path, tmp, stack)
-                benches[key](1, 2, MAX_TOKENS, False)  # warm-up: first requests, prompt caches filled
+                benches[key].bench(1, 2, MAX_TOKENS)  # warm-up: first requests, prompt caches filled
                 servers[key] = {"levels": {}}
             except Unavailable as exc:
                 servers[key] = {"skipped": str(exc)}
@@ -248,12 +277,12 @@ def measure_all(path: Path, tmp: Path) -> dict[str, Any]:
                 say(f"{key} failed: {exc}")
                 servers[key] = {"failed": f"failed: {exc}"}
         for c in LEVELS:
-            for key, bench in benches.items():
+            for key, contender in benches.items():
                 if (key == "inprocess" and c != 1) or "failed" in servers[key]:
                     continue
                 say(f"{key} concurrency {c}: {c * PER_CLIENT} requests (load average {_loadavg()})")
                 try:
-                    summary = bench(c, c * PER_CLIENT, MAX_TOKENS, False)
+                    summary = contender.bench(c, c * PER_CLIENT, MAX_TOKENS)
                 except Exception as exc:
                     say(f"{key} failed: {exc}")
                     servers[key]["failed"] = f"failed: {exc}"
@@ -262,13 +291,31 @@ def measure_all(path: Path, tmp: Path) -> dict[str, Any]:
                 servers[key]["levels"][str(c)] = summary
                 say(f"    {summary['completion_tokens_per_s']} tok/s, TTFT p50 {summary['ttft_ms']['p50']} ms, "
                     f"errors {summary['errors']}")
-        for key, bench in benches.items():
-            if "failed" in servers[key]:
-                continue
-            say(f"{key}: {OVERHEAD_REQUESTS} one-token requests")
-            with contextlib.suppress(Exception):
-                servers[key]["one_token"] = bench(1, OVERHEAD_REQUESTS, 1, True)
+        hop = {key: c for key, c in benches.items() if "failed" not in servers[key]}
+        say(f"queue hop: {OVERHEAD_REQUESTS} rounds of one-token requests to {', '.join(hop)}")
+        for key, e2e in measure_hop(hop, servers).items():
+            servers[key]["one_token_e2e_ms"] = e2e
     return servers
+
+
+def measure_hop(contenders: dict[str, Contender], servers: dict[str, Any]) -> dict[str, list[float]]:
+    """Rounds of 1-token answers: in each round every contender answers the same new prompt, in an
+    order that rotates round by round. A contender that fails is reported and left out of later rounds."""
+    e2e: dict[str, list[float]] = {key: [] for key in contenders}
+    live = list(contenders)
+    for number in range(-3, OVERHEAD_REQUESTS):  # rounds -3..-1 warm up and are not kept
+        order = live[number % len(live):] + live[:number % len(live)] if live else []
+        for key in order:
+            try:
+                took = contenders[key].one_token(hop_prompt(number))
+            except Exception as exc:  # one broken contender must not lose the others' figures
+                say(f"{key} failed in the queue hop: {exc}")
+                servers[key]["hop_failed"] = f"failed: {exc}"
+                live.remove(key)
+                continue
+            if number >= 0:
+                e2e[key].append(took)
+    return {key: values for key, values in e2e.items() if key in live}
 
 
 # --- report -----------------------------------------------------------------------------------------------------
@@ -331,30 +378,35 @@ def render(results: dict[str, Any]) -> str:
     overhead = results.get("overhead")
     if overhead:
         lines += ["", f"Queue-hop cost (issue 3): end-to-end time of a 1-token answer, concurrency 1, "
-                      f"{OVERHEAD_REQUESTS} requests each, every prompt different (`Request N. …`), so every side "
-                      "evaluates the same new prompt tail and none answers from the previous request's cache.", "",
-                  "| server | e2e p50 ms | e2e p99 ms | p50 over in-process | p99 over in-process |",
+                      f"{OVERHEAD_REQUESTS} rounds; in each round every side answers the same new prompt (the prompt "
+                      "above + ` (request N)`), in an order rotating round by round. 'Added' is each request "
+                      "minus the in-process request of the same round, then its p50 / p99.", "",
+                  "| server | e2e p50 ms | e2e p99 ms | added p50 ms | added p99 ms |",
                   "|---|---|---|---|---|"]
         for row in overhead["rows"]:
             lines.append(f"| {row['label']} | {_fmt(row['p50'], 1)} | {_fmt(row['p99'], 1)} | "
-                         f"{_fmt(row['extra_p50'], 1)} | {_fmt(row['extra_p99'], 1)} |")
+                         f"{_fmt(row['added_p50'], 1)} | {_fmt(row['added_p99'], 1)} |")
         lines += [""] + [f"- {t}" for t in overhead["notes"]]
     return "\n".join(lines) + "\n"
 
 
 def overhead_and_targets(servers: dict[str, Any]) -> dict[str, Any]:
-    base = (servers.get("inprocess") or {}).get("one_token")
-    rows, notes = [], []
-    base_p50 = base["e2e_ms"]["p50"] if base else None
-    base_p99 = base["e2e_ms"]["p99"] if base else None
+    base = (servers.get("inprocess") or {}).get("one_token_e2e_ms")
+    rows: list[dict[str, Any]] = []
+    notes: list[str] = []
     for key, label in LABELS.items():
-        one = (servers.get(key) or {}).get("one_token")
-        if not one:
+        entry = servers.get(key) or {}
+        if "hop_failed" in entry:
+            notes.append(f"queue hop, {label}: {entry['hop_failed'].splitlines()[0]}")
+        e2e = entry.get("one_token_e2e_ms")
+        if not e2e:
             continue
-        p50, p99 = one["e2e_ms"]["p50"], one["e2e_ms"]["p99"]
-        rows.append({"key": key, "label": label, "p50": p50, "p99": p99,
-                     "extra_p50": None if base_p50 is None or key == "inprocess" else p50 - base_p50,
-                     "extra_p99": None if base_p99 is None or key == "inprocess" else p99 - base_p99})
+        row = {"key": key, "label": label, "p50": percentile(e2e, 50), "p99": percentile(e2e, 99),
+               "added_p50": None, "added_p99": None}
+        if base and key != "inprocess":
+            added = [x - y for x, y in zip(e2e, base, strict=False)]  # the same round's in-process request
+            row.update(added_p50=percentile(added, 50), added_p99=percentile(added, 99))
+        rows.append(row)
 
     def tps(key: str, c: int) -> float | None:
         level = ((servers.get(key) or {}).get("levels") or {}).get(str(c))
@@ -364,6 +416,10 @@ def overhead_and_targets(servers: dict[str, Any]) -> dict[str, Any]:
         level = ((servers.get(key) or {}).get("levels") or {}).get(str(c))
         return level["ttft_ms"]["p50"] if level else None
 
+    ours_hop = next((row for row in rows if row["key"] == "ours" and row["added_p50"] is not None), None)
+    if ours_hop:
+        notes.append(f"queue hop, ours: {ours_hop['added_p50']:.1f} ms p50 / {ours_hop['added_p99']:.1f} ms p99 added "
+                     f"per request (goal < 2 ms p50: {'met' if ours_hop['added_p50'] < 2 else 'NOT met'})")
     ours1, inproc1 = tps("ours", 1), tps("inprocess", 1)
     targets: dict[str, Any] = {}
     if ours1 and inproc1:

@@ -133,6 +133,7 @@ def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnRelo
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await service.wait_closed()
             await queue.close()
             await close_hosted_clients()
 

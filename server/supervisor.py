@@ -196,7 +196,8 @@ def serve(settings: Settings, registry: Registry) -> int:
                 watcher.cancel()
 
         log.info("serving on http://%s:%d/v1", settings.host, settings.port)
-        asyncio.run(main())
+        with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:  # uvloop, as `uvicorn.run` would
+            runner.run(main())
     finally:
         supervisor.stop_workers()
         if redis_server is not None:

@@ -15,7 +15,7 @@ from server.serving.service import Service
 M = TypeVar("M", bound=BaseModel)
 
 
-def get_service(request: Request) -> Service:
+async def get_service(request: Request) -> Service:  # async: a plain `def` would run on a thread pool
     service: Service = request.app.state.service
     return service
 
@@ -23,17 +23,8 @@ def get_service(request: Request) -> Service:
 ServiceDep = Annotated[Service, Depends(get_service)]
 
 
-async def peek_model(request: Request) -> str | None:
-    """The `model` a body names, if it is readable; for labels and routing before full validation."""
-    try:
-        data = json.loads(await request.body())
-    except (ValueError, UnicodeDecodeError, RecursionError):
-        return None
-    model = data.get("model") if isinstance(data, dict) else None
-    return model if isinstance(model, str) else None
-
-
-async def parse_body(request: Request, model: type[M]) -> M:
+async def read_json(request: Request) -> Any:
+    """The body as JSON, or an OpenAI-style 400 saying why it is not a JSON object."""
     raw = await request.body()
     try:
         data: Any = json.loads(raw) if raw else None
@@ -43,7 +34,18 @@ async def parse_body(request: Request, model: type[M]) -> M:
         raise InvalidRequestError("The request body is nested too deeply.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
+    return data
+
+
+def named_model(data: dict[str, Any]) -> str | None:
+    """The `model` a body names, if any; for labels and routing before full validation."""
+    model = data.get("model")
+    return model if isinstance(model, str) else None
+
+
+def validate(data: dict[str, Any], model: type[M]) -> M:
     try:
         return model.model_validate(data)
     except ValidationError as exc:
         raise from_validation(list(exc.errors())) from None
+

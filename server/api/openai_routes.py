@@ -6,9 +6,10 @@ from collections.abc import Awaitable, Callable
 from typing import Any
 
 from fastapi import APIRouter, Request, Response
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse
 
-from server.api.deps import ServiceDep, parse_body, peek_model
+from server.api.deps import ServiceDep, named_model, read_json, validate
+from server.api.event_stream import EventStreamResponse
 from server.errors import ModelNotFoundError, SlmError
 from server.protocol import (
     UNSUPPORTED_CHAT,
@@ -28,8 +29,7 @@ STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 def _respond(answer: Answer) -> Response:
     if answer.stream is not None:
-        return StreamingResponse(answer.stream, media_type="text/event-stream",
-                                 headers={**STREAM_HEADERS, **answer.headers})
+        return EventStreamResponse(answer.stream, headers={**STREAM_HEADERS, **answer.headers})
     return JSONResponse(answer.body, headers=answer.headers)
 
 
@@ -40,11 +40,12 @@ async def _counted(request: Request, service: ServiceDep, endpoint: str, model: 
     stream = False
     label: tuple[str, str] | None = None
     try:
-        hint = await peek_model(request)
+        data = await read_json(request)
+        hint = named_model(data)
         found = service.registry.resolve(hint) if hint else None
         if found is not None:  # only registry names become label values, never arbitrary strings
             label = (found[0], found[1].backend)
-        req = await parse_body(request, model)
+        req = validate(data, model)
         stream = bool(getattr(req, "stream", False))
         if unsupported:
             req.refuse_unsupported(unsupported)

@@ -324,6 +324,9 @@ class HostedGeneration:
         async with asyncio.timeout(self.backend.entry.timeout):
             return await anext(self._stream, None)
 
+    def buffered(self) -> bool:
+        return False  # each upstream chunk goes out as it comes
+
     async def deltas(self) -> AsyncIterator[str]:
         chunk, self._first = self._first, None
         pieces = 0

@@ -106,8 +106,9 @@ class QueueClient:
                 retry_after=RETRY_AFTER_S,
             )
 
-    async def events(self, request_id: str) -> AsyncGenerator[dict[str, Any] | None, None]:
-        """Yield the request's events as they come; `None` after each silent read (a tick)."""
+    async def event_batches(self, request_id: str) -> AsyncGenerator[list[dict[str, Any]] | None, None]:
+        """Yield the request's events as they come, what each read returned together; `None` after
+        each silent read (a tick)."""
         stream = keys.response_stream(request_id)
         last = "0-0"
         while True:
@@ -115,10 +116,12 @@ class QueueClient:
             if not reply:
                 yield None
                 continue
+            batch = []
             for _name, entries in reply:
                 for entry_id, fields in entries:
                     last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                    yield decode_event(fields)
+                    batch.append(decode_event(fields))
+            yield batch
 
     async def cancel(self, request_id: str) -> None:
         await self.commands.set(keys.cancel_flag(request_id), 1, ex=600)

@@ -7,7 +7,8 @@ its lease. Each request taken is screened before the decode thread sees it:
     already answered      its worker died after sending `done` but before the ack: acknowledged
     delivered too often   more than `max_deliveries` times: dead-lettered, the client gets a 500
     past its deadline     dropped with a 503 `queue_timeout`
-    cancelled             its client left while it was queued: acknowledged
+    cancelled             its client left while it was queued: acknowledged (looked up for requests
+                          queued long enough to have been cancelled, `UNCANCELLED_AGE_S`)
 
 What passes is held (the keep-alive thread renews its lease from now on) and put in the inbox,
 which the decode thread empties as slots free up.
@@ -33,6 +34,11 @@ log = logging.getLogger("slm.worker")
 
 IDLE_BLOCK_MS = 100  # longest wait of one XREADGROUP; also how soon the intake notices `stop`
 NO_ROOM_WAIT_S = 0.1  # with every slot taken, wait this long at most for one to free up
+# A request younger than this cannot carry a cancel flag yet (a gateway first looks for a hung-up
+# client `DISCONNECT_POLL_S` = 0.5 s after queueing it), so taking it skips that read: one round
+# trip less before its prompt starts. Whatever slips through is cancelled by the keep-alive thread
+# within `CANCEL_CHECK_INTERVAL_S`.
+UNCANCELLED_AGE_S = 0.25
 
 
 @dataclass
@@ -176,7 +182,7 @@ class Intake:
             self._settle(entry_id, replies.error(job.id, attempt, 503, "queue_timeout",
                                                  "The request waited in the queue past its deadline."))
             return
-        if self.client.exists(keys.cancel_flag(job.id)):
+        if time.time() - job.enqueued_at >= UNCANCELLED_AGE_S and self.client.exists(keys.cancel_flag(job.id)):
             replies.send(self.client, replies.ack(self.stream, entry_id))
             return
         self.holdings.hold(job.id, entry_id)

@@ -37,7 +37,9 @@ def ack(stream: str, entry_id: str) -> list[Command]:
 
 
 def send(client: redis.Redis, commands: list[Command]) -> None:
-    pipe = client.pipeline(transaction=False)
+    """Run `commands` as one MULTI/EXEC: a gateway blocked reading a response stream wakes once, to
+    every event of the batch (a last token and `done` arrive in one read, not two round trips)."""
+    pipe = client.pipeline(transaction=True)
     for name, args in commands:
         getattr(pipe, name)(*args)
     pipe.execute()

@@ -11,6 +11,10 @@ from server.serving.generation import Result
 DONE_FRAME = b"data: [DONE]\n\n"
 
 
+class LastChunk(bytes):
+    """The last chunk of a stream: sent together with the end of the response body."""
+
+
 def sse(payload: dict[str, Any]) -> bytes:
     return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any, Protocol
@@ -55,6 +56,7 @@ class Generation(Protocol):
 
     async def start(self) -> None: ...
     def deltas(self) -> AsyncIterator[str | Delta]: ...
+    def buffered(self) -> bool: ...  # more of the answer is already here: `deltas()` goes on without waiting
     async def cancel(self) -> None: ...
     async def close(self) -> None: ...
 
@@ -87,7 +89,8 @@ class LocalGeneration:
         self.redelivery_wait_s = stall_timeout_s + 2 * lease_s
         self.result = Result()
         self.redelivered: str | None = None
-        self._events = queue.events(job.id)
+        self._batches = queue.event_batches(job.id)
+        self._buffer: deque[dict[str, Any]] = deque()
         self._attempt = 0
         self._worker = ""  # the worker that started the current attempt
         self._handed_out = False
@@ -97,7 +100,7 @@ class LocalGeneration:
     async def _next_event(self) -> dict[str, Any]:
         while True:
             try:
-                event = await anext(self._events)
+                event = self._buffer.popleft() if self._buffer else await self._next_read()
             except (RedisError, OSError) as exc:
                 raise ServiceUnavailableError(
                     "Lost the connection to the queue.", retry_after=1, code="queue_unavailable"
@@ -132,6 +135,16 @@ class LocalGeneration:
                 self.result.queue_ms = (time.time() - self.job.enqueued_at) * 1000.0
                 self.result.prompt_tokens = int(event.get("prompt_tokens", 0))
             return event
+
+    async def _next_read(self) -> dict[str, Any] | None:
+        batch = await anext(self._batches)
+        if not batch:
+            return None
+        self._buffer.extend(batch[1:])
+        return batch[0]
+
+    def buffered(self) -> bool:
+        return bool(self._buffer)
 
     async def _still_evaluating_prompt(self) -> bool:
         """Silence before the first text is no loss while the worker that started the request beats
@@ -190,7 +203,7 @@ class LocalGeneration:
             await self.queue.cancel(self.job.id)
 
     async def close(self) -> None:
-        await self._events.aclose()
+        await self._batches.aclose()
         if self._finished:  # else the worker still writes to it (cancelled): let it expire
             with contextlib.suppress(RedisError, OSError):
                 await self.queue.forget(self.job.id)

@@ -38,7 +38,7 @@ from server.registry import AnyEntry, HostedModel, LocalModel, Registry, RouterM
 from server.security import usage as token_usage
 from server.serving import transcript
 from server.serving.dispatch import Plan, falls_through, plan_for, reported, traits_of
-from server.serving.formatting import DONE_FRAME, Shape, sse, timings
+from server.serving.formatting import DONE_FRAME, LastChunk, Shape, sse, timings
 from server.serving.generation import Delta, Generation, LocalGeneration, Result
 from server.serving.routing import (
     UNREACHABLE,
@@ -81,6 +81,8 @@ class WorkerPresence:
         self.checked_at = 0.0
 
 
+DISCONNECT_POLL_S = 0.5  # how often a queued request's client is checked (`server.queue.intake` relies on it)
+
 class Service:
     def __init__(self, settings: Settings, registry: Registry, queue: QueueClient, metrics: Metrics) -> None:
         self.settings = settings
@@ -92,6 +94,7 @@ class Service:
         self.created = int(time.time())
         self._hosted: dict[str, HostedBackend] = {}
         self.routing = Measurements()
+        self._closing: set[asyncio.Task[None]] = set()
 
     # -- background -----------------------------------------------------------------------------
     async def refresh_presence(self) -> None:
@@ -329,7 +332,7 @@ class Service:
     async def _start(self, gen: Generation, is_disconnected: IsDisconnected) -> None:
         start = asyncio.ensure_future(gen.start())
         while True:
-            done, _ = await asyncio.wait({start}, timeout=0.5)
+            done, _ = await asyncio.wait({start}, timeout=DISCONNECT_POLL_S)
             if done:
                 start.result()
                 return
@@ -370,7 +373,7 @@ class Service:
             raise
         finally:
             watcher.cancel()
-            await _shielded(gen.close())
+            self._close_later(gen)
 
     @staticmethod
     async def _watch_disconnect(gen: Generation, track: _Tracker, is_disconnected: IsDisconnected) -> None:
@@ -385,6 +388,7 @@ class Service:
         with_tools: bool = False,
     ) -> AsyncIterator[bytes]:
         complete = False
+        out: list[bytes] = []  # chunks whose events came in one read go out in one write
         held_finishes: list[Delta] = []
         filters = {i: ToolCallFilter() for i in range(n)} if with_tools else {}
         try:
@@ -399,36 +403,52 @@ class Service:
                         track.token(delta.text)
                     text = filters[delta.index].feed(delta.text) if filters else delta.text
                     if text or delta.logprobs:
-                        yield shape.chunk(text=text, index=delta.index, logprobs=delta.logprobs)
+                        out.append(shape.chunk(text=text, index=delta.index, logprobs=delta.logprobs))
+                if out and not gen.buffered():
+                    yield b"".join(out)
+                    out.clear()
             track.finished(gen.result, gen.redelivered)
             timings = {"timings": track.timings(gen.result)}
             if not held_finishes:
                 held_finishes.append(Delta(0, "", None, gen.result.finish_reason))
+            tail = out  # the end of the answer goes out in one write, with what is still held
             for fin in held_finishes:
                 if fin.index in filters:
                     rest, calls = filters[fin.index].finish()
                     if rest:
-                        yield shape.chunk(text=rest, index=fin.index)
+                        tail.append(shape.chunk(text=rest, index=fin.index))
                     if calls:
-                        yield shape.chunk(index=fin.index, tool_calls=calls)
+                        tail.append(shape.chunk(index=fin.index, tool_calls=calls))
                         fin.finish_reason = "tool_calls"
             for i, fin in enumerate(held_finishes):
                 last = i == len(held_finishes) - 1
-                yield shape.chunk(finish_reason=fin.finish_reason, index=fin.index, extra=timings if last else None)
+                tail.append(shape.chunk(finish_reason=fin.finish_reason, index=fin.index,
+                                        extra=timings if last else None))
             if include_usage:
-                yield shape.usage_chunk(gen.result)
+                tail.append(shape.usage_chunk(gen.result))
             complete = True
-            yield DONE_FRAME
+            yield LastChunk(b"".join([*tail, DONE_FRAME]))
         except SlmError as exc:
             track.failed(exc)
             complete = True
-            yield sse(exc.to_body())
-            yield DONE_FRAME
+            yield LastChunk(b"".join([*out, sse(exc.to_body()), DONE_FRAME]))
         finally:
             if not complete:
                 track.disconnected()
                 await _shielded(gen.cancel())
-            await _shielded(gen.close())
+            self._close_later(gen)
+
+    def _close_later(self, gen: Generation) -> None:
+        """Close a generation that has given its last event after the response, not before its
+        last byte: its clean-up (a Redis round trip) is not the client's to wait for."""
+        task = asyncio.get_running_loop().create_task(_shielded(gen.close()))
+        self._closing.add(task)
+        task.add_done_callback(self._closing.discard)
+
+    async def wait_closed(self) -> None:
+        """Let the clean-ups still running finish (at shutdown, before the Redis clients close)."""
+        if self._closing:
+            await asyncio.gather(*self._closing)
 
 
 def _base64_floats(vector: list[float]) -> str:
