@@ -47,7 +47,7 @@ class GatewayServer(uvicorn.Server):
         self.app = app
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
-        grace = float(self.config.timeout_graceful_shutdown or 0)
+        grace = self.config.timeout_graceful_shutdown  # None: wait as long as it takes, as uvicorn does
         service = getattr(self.app.state, "service", None)  # absent when the lifespan never started
         in_flight: InFlight = self.app.state.in_flight
         began = time.monotonic()
@@ -57,11 +57,11 @@ class GatewayServer(uvicorn.Server):
             try:
                 await asyncio.wait_for(in_flight.wait_idle(), timeout=grace)
             except TimeoutError:
-                log.warning("stopping: %d request(s) still in flight after %.0f s; cancelling them",
+                log.warning("stopping: %d request(s) still in flight after %s s; cancelling them",
                             in_flight.count, grace)
             else:
                 log.info("stopping: requests finished in %.1f s", time.monotonic() - began)
         log.info("stopping: closing %d connection(s)", len(self.server_state.connections))
-        # what is left of the grace period bounds uvicorn's wait for connections
-        self.config.timeout_graceful_shutdown = max(1, round(grace - (time.monotonic() - began)))
+        if grace is not None:  # what is left of the grace period bounds uvicorn's wait for connections
+            self.config.timeout_graceful_shutdown = max(1, round(grace - (time.monotonic() - began)))
         await super().shutdown(sockets)
