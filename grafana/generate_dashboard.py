@@ -7,7 +7,10 @@ The JSON is generated so that every query follows the same rules and stays revie
 - gateway series are filtered by `$model`, `$backend` (where the metric has that label) and
   `$instance`; worker series (`slm_worker_*`, `slm_model_load_seconds`) only by `$model`, because
   `$instance` lists gateways and a worker is another scrape target;
-- every panel, target and annotation reads from the `${datasource}` variable.
+- every panel, target and annotation reads from the `${datasource}` variable;
+- the one exception to the filters: a router's share of requests per target divides by all of the
+  router's requests (`ROUTER_TOTAL`, filtered by `$instance` only), so the shares add up to 1
+  whatever `$model` selects.
 
 Edit this file, then run `python grafana/generate_dashboard.py`; tests/grafana checks that the
 committed JSON is exactly what this script writes (and that every query parses and names only
@@ -422,6 +425,53 @@ def errors_row() -> list[Panel]:
     ]
 
 
+# A router's requests over all its targets, whatever $model selects, so that shares add up to 1.
+ROUTER_TOTAL = f'sum by (router) (rate(slm_router_decisions_total{{instance=~"$instance"}}[{RATE}]))'
+
+
+def routing_row() -> list[Panel]:
+    return [
+        timeseries(
+            "Fallbacks / s by model → to and reason",
+            "Requests passed from a model that could not serve them (before the first byte) to the next "
+            "candidate of their plan: its fallback, or a router's next target. reason: the error's type "
+            "(unavailable, overloaded, rate_limited, timeout, upstream, worker_lost, internal, validation). "
+            "The Model filter picks the model that passed the request on.",
+            targets(
+                (rate_sum("slm_fallbacks_total", GW_MODEL, "model, to, reason"), "{{model}} → {{to}} {{reason}}")
+            ),
+            "reqps",
+            stack=True,
+        ),
+        timeseries(
+            "Router decisions / s by router → model and reason",
+            "Where each router sent its requests, and why: escalated (a rule matched), objective (the first "
+            "target predicted to meet the TTFT objective), last_target (none was). The Model filter picks the target.",
+            targets(
+                (
+                    rate_sum("slm_router_decisions_total", GW_MODEL, "router, model, reason"),
+                    "{{router}} → {{model}} {{reason}}",
+                )
+            ),
+            "reqps",
+            stack=True,
+        ),
+        timeseries(
+            "Share of each router's requests by target",
+            "Requests a router sent to each target over all the router's requests (every target, whatever the "
+            "Model filter picks), for any reason. No value while a router has no traffic.",
+            targets(
+                (
+                    f"{rate_sum('slm_router_decisions_total', GW_MODEL, 'router, model')}"
+                    f" / on (router) group_left {ROUTER_TOTAL}",
+                    "{{router}} → {{model}}",
+                )
+            ),
+            "percentunit",
+        ),
+    ]
+
+
 def swaps_row() -> list[Panel]:
     return [
         loaded_models_table(),
@@ -455,6 +505,7 @@ ROWS: list[tuple[str, list[Panel], list[tuple[int, int]]]] = [
     ("Latency", latency_row(), [(8, 8)] * 6 + [(12, 8)] * 2),
     ("Load", load_row(), [(8, 8)] * 6 + [(12, 8)] * 2),
     ("Errors", errors_row(), [(12, 8)] * 2 + [(8, 8)] * 3 + [(24, 8)]),
+    ("Routing", routing_row(), [(8, 8)] * 3),
     ("Model swaps", swaps_row(), [(12, 8), (6, 8), (6, 8), (24, 8)]),
 ]
 
@@ -592,7 +643,7 @@ def dashboard() -> Panel:
         "id": None,
         "uid": "slm-server",
         "title": "slm-server",
-        "description": "Latency, load, errors and model swaps of slm-server (gateway and workers).",
+        "description": "Latency, load, errors, routing and model swaps of slm-server (gateway and workers).",
         "tags": ["slm-server", "llm", "inference"],
         "editable": True,
         "graphTooltip": 1,

@@ -8,10 +8,11 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import itertools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -26,6 +27,8 @@ from server.queue.client import QueueClient
 from server.registry import HostedModel, Registry, RouterModel
 from server.reload import OnReload, RegistryWatcher, diff
 from server.security import SecurityConfig, SecurityMiddleware
+from server.serving.dispatch import plan_for
+from server.serving.routing import Route
 from server.serving.service import Service
 from server.settings import Settings
 
@@ -36,15 +39,28 @@ PRESENCE_INTERVAL_S = 0.5
 
 
 def _declare_models(metrics: Metrics, registry: Registry) -> None:
+    def choosing(model: str) -> Callable[[str, RouterModel], Route]:
+        return lambda _router, _entry: Route(model, "objective")
+
+    hops: set[tuple[str, str]] = set()
     for name, entry in registry.models.items():
         if isinstance(entry, RouterModel):
-            metrics.declare_router(name, entry.targets)
-        elif isinstance(entry, HostedModel):
+            choices = list(dict.fromkeys([*entry.targets, *(rule.to for rule in entry.escalate)]))
+            metrics.declare_router(name, choices)
+            # every plan the router can make: one per model it may choose (a target or an escalation's)
+            for chosen in choices:
+                hops.update(itertools.pairwise(plan_for(registry, name, entry, choosing(chosen)).candidates))
+            continue
+        chain = registry.fallback_chain(name)
+        hops.update(itertools.pairwise(chain))
+        if isinstance(entry, HostedModel):
             metrics.declare_model(name, "hosted", file=entry.litellm_model, quant="", n_ctx=None)
         else:
             file = entry.gguf.rsplit("/", 1)[-1]
             quant = file.rsplit(".", 2)[-2] if file.count(".") >= 2 else ""
             metrics.declare_model(name, "local", file=file, quant=quant, n_ctx=entry.n_ctx)
+    # slm_fallbacks_total{model, to} for each hop from one candidate to the next that a plan can take
+    metrics.declare_fallbacks(hops)
 
 
 class RequestIdMiddleware:

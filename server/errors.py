@@ -10,6 +10,7 @@
     ├── RateLimitError             429 + Retry-After (per-key limits)
     ├── UpstreamError              502 (hosted provider failed)
     ├── ServiceUnavailableError    503 + Retry-After (Redis or workers down, queue timeout)
+    │   └── UpstreamUnavailableError  503 code=upstream_unavailable (a hosted model's circuit is open)
     ├── UpstreamTimeoutError       504
     └── GenerationError            500 (worker failed, request dead-lettered)
 
@@ -117,6 +118,12 @@ class ServiceUnavailableError(SlmError):
 class QueueTimeoutError(ServiceUnavailableError):
     default_code = "queue_timeout"
     metric_type = "timeout"
+
+
+class UpstreamUnavailableError(ServiceUnavailableError):
+    """A hosted model whose upstream failed repeatedly: refused at once, no call made (`backends/health.py`)."""
+
+    default_code = "upstream_unavailable"
 
 
 class UpstreamTimeoutError(SlmError):

@@ -6,6 +6,8 @@ request ids. Buckets put edges exactly on 0.1 / 0.5 / 1 / 2 s so objectives read
 
 from __future__ import annotations
 
+from collections.abc import Iterable
+
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
 
 LATENCY_BUCKETS = (
@@ -23,6 +25,11 @@ FINISH_REASONS = ("stop", "length")
 REDELIVERY_PHASES = ("before_first_token", "mid_stream")
 ML = ("model", "backend")
 ROUTE_REASONS = ("objective", "last_target", "escalated")
+# Why a request passed to the next candidate: the metric type of each error that may fall through
+# (`serving/dispatch.falls_through`: a 429, 500, 502, 503 or 504, or a 400 of a model the server picked).
+FALLBACK_REASONS = (
+    "unavailable", "overloaded", "rate_limited", "timeout", "upstream", "worker_lost", "internal", "validation",
+)
 
 
 class Metrics:
@@ -67,8 +74,11 @@ class Metrics:
                                  ["model", "to", "reason"], registry=r)
         self.router_decisions = Counter("slm_router_decisions", "Where each router sent its requests, and why.",
                                         ["router", "model", "reason"], registry=r)
+        self._fallback_edges: set[tuple[str, str]] = set()
         for result in ("success", "failure"):
             self.registry_reloads.labels(result)
+        self.upstream_up = Gauge("slm_upstream_up", "A hosted model's upstream: 1 reachable, 0 circuit open "
+                                 "(requests fail at once; server/backends/health.py).", ["model"], registry=r)
 
     def declare_model(self, model: str, backend: str, *, file: str, quant: str, n_ctx: int | None) -> None:
         """Create a model's series at zero so dashboards show it before its first request."""
@@ -94,8 +104,28 @@ class Metrics:
             for reason in ROUTE_REASONS:
                 self.router_decisions.labels(router, target, reason)
 
+    def declare_fallbacks(self, edges: Iterable[tuple[str, str]]) -> None:
+        """Every hop a request can take from one model to the next, each reason at zero. Hops declared
+        before and no longer possible (a reload changed the plans) are dropped."""
+        wanted = set(edges)
+        for model, to in self._fallback_edges - wanted:
+            for reason in FALLBACK_REASONS:
+                if (model, to, reason) in self.fallbacks._metrics:
+                    self.fallbacks.remove(model, to, reason)
+        for model, to in sorted(wanted):
+            for reason in FALLBACK_REASONS:
+                self.fallbacks.labels(model, to, reason)
+        self._fallback_edges = wanted
+
     def forget_model(self, model: str) -> None:
+        """Drop a removed (or changed) model's info, its fallback hops from and to it, and its router
+        decisions as a router or as a target; `declare_*` puts back what the new registry still has."""
         for gauge in (self.model_info,):
             for labels in list(gauge._metrics):
                 if labels[0] == model:
                     gauge.remove(*labels)
+        for counter in (self.fallbacks, self.router_decisions):
+            for labels in list(counter._metrics):
+                if model in labels[:2]:
+                    counter.remove(*labels)
+        self._fallback_edges = {edge for edge in self._fallback_edges if model not in edge}

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import socket
@@ -162,21 +163,30 @@ HOSTED_ENTRIES = """
 """
 
 
-@pytest.fixture(scope="session")
-def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+@contextlib.contextmanager
+def running_live_server(tmp: Path, extra_entries: str = "") -> Iterator[LiveServer]:
     """`slm-server serve` with SmolLM2 and Gemma 3 270M, embedded Redis, and two hosted entries (one
-    on a fake OpenAI-compatible upstream on 127.0.0.1, one on a closed port), for the whole session."""
+    on a fake OpenAI-compatible upstream on 127.0.0.1, one on a closed port); `extra_entries` (YAML
+    under `models:`) may name that closed port as `{dead_port}`."""
     from tests.hosted.fake_upstream import FakeUpstream
 
-    tmp = tmp_path_factory.mktemp("live")
     with FakeUpstream() as upstream:
-        registry = LIVE_REGISTRY + HOSTED_ENTRIES.format(api_base=upstream.api_base, dead_port=free_port())
+        dead_port = free_port()
+        registry = (LIVE_REGISTRY + HOSTED_ENTRIES.format(api_base=upstream.api_base, dead_port=dead_port)
+                    + extra_entries.format(dead_port=dead_port))
         server = start_server(tmp, registry, worker_port=free_port_block(4), env={
             "SLM_TEST_HOSTED_KEY": "sk-live-test-key", "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
         try:
             yield server
         finally:
             stop_server(server)
+
+
+@pytest.fixture(scope="session")
+def live_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """The session's `running_live_server`."""
+    with running_live_server(tmp_path_factory.mktemp("live")) as server:
+        yield server
 
 
 @pytest.fixture(scope="session")

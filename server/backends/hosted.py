@@ -9,6 +9,11 @@ Concurrency per model is bounded by `entry.max_concurrency`: a slot is held from
 `close()`; a request that finds no slot within `entry.timeout` gets 429 `hosted_busy`
 (a spill-over router can read `in_flight` / `waiting` to avoid that).
 
+Upstream health is passive (`server.backends.health`): each request's outcome before its first chunk
+feeds the backend's circuit; after `FAILURES_TO_OPEN` consecutive failures that are the upstream's fault
+the model is `unreachable` and requests fail at once (503 `upstream_unavailable`, so a fallback chain
+moves on) until, after the cool-down, one trial request finds it answering again.
+
 Errors are mapped in one place, `server.backends.upstream.map_upstream_error` (its docstring has
 the table); retries happen only for what it calls retryable (connection failures, 5xx).
 litellm invents `finish_reason="stop"` when a stream just ends: we check what the provider sent,
@@ -23,10 +28,11 @@ import asyncio
 import logging
 import os
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+from server.backends.health import DEFAULT_POLICY, HealthPolicy, UpstreamHealth
 from server.backends.upstream import (
     UpstreamFailure,
     load_litellm,
@@ -104,7 +110,8 @@ class HostedBackend:
     """One hosted registry entry: its concurrency slots, its key lookup, its metrics and error mapping."""
 
     def __init__(self, name: str, entry: HostedModel, metrics: Metrics, *, retry_backoff_s: float = 0.25,
-                 slot_timeout_s: float | None = None) -> None:
+                 slot_timeout_s: float | None = None, health: HealthPolicy = DEFAULT_POLICY,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.name = name
         self.entry = entry
         self.metrics = metrics
@@ -115,6 +122,11 @@ class HostedBackend:
         self.waiting = 0
         self._slots = asyncio.Semaphore(entry.max_concurrency)
         self.litellm = load_litellm()
+        self.health = UpstreamHealth(name, health, clock=clock, on_change=self._health_changed)
+        metrics.upstream_up.labels(name).set(1)
+
+    def _health_changed(self, up: bool) -> None:
+        self.metrics.upstream_up.labels(self.name).set(1 if up else 0)
 
     def problems(self) -> list[str]:
         """Readiness problems (never the key itself)."""
@@ -260,6 +272,7 @@ class HostedGeneration:
         self._holding = False
         self._cancelled = False
         self._first_at = 0.0
+        self._failure: UpstreamFailure | None = None  # the last attempt's, while `start()` runs
 
     @property
     def _param(self) -> str:
@@ -287,15 +300,24 @@ class HostedGeneration:
         began = time.monotonic()
         api_key = backend.api_key()
         self._secrets = (api_key,) if api_key else ()
-        await backend.acquire()
-        self._holding = True
-        acquired = time.monotonic()
-        self.result.queue_ms = (acquired - began) * 1000.0
+        trial = backend.health.admit()  # an open circuit refuses here: no slot waited for, no call made
         try:
+            await backend.acquire()
+            self._holding = True
+            acquired = time.monotonic()
+            self.result.queue_ms = (acquired - began) * 1000.0
             sent = await self._first_chunk(api_key)
         except BaseException:
+            failure, self._failure = self._failure, None
+            if failure is None:  # never reached the upstream (no slot, the client left, cancelled)
+                backend.health.abandoned(trial=trial)
+            elif failure.upstream_down:
+                backend.health.failed(trial=trial)
+            else:  # a 4xx: the upstream answered
+                backend.health.succeeded()
             await self.close()  # the slot goes back even if the caller forgets close()
             raise
+        backend.health.succeeded()
         self._first_at = time.monotonic()
         self._probe = _finish_probe(self._stream)
         backend.metrics.upstream_latency.labels(backend.name, backend.provider).observe(self._first_at - sent)
@@ -314,7 +336,7 @@ class HostedGeneration:
                 return sent
             except Exception as exc:
                 await self._drop_stream()
-                failure = self._fail(exc)
+                failure = self._failure = self._fail(exc)
                 if not failure.retryable or attempt == attempts - 1:
                     raise failure.error from None
             await asyncio.sleep(self.backend.retry_backoff_s * 2**attempt)

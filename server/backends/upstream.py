@@ -11,6 +11,10 @@
     other 5xx                                       -> UpstreamError 502, retryable
     anything else                                   -> UpstreamError 502, its text not shown
 
+A failure with no HTTP answer behind it (connection, timeout, an unexpected exception) or a 5xx also
+says the upstream is down (`UpstreamFailure.upstream_down`, what `backends/health.py` counts); a 4xx,
+429 included, is an answer: the upstream is reachable.
+
 Every message is scrubbed of the provider key (and of anything shaped like a bearer token)
 before it becomes an error, a log line or a metric label.
 """
@@ -77,6 +81,11 @@ class UpstreamFailure(NamedTuple):
     error: SlmError
     label: str  # the metric's `code`: an upstream HTTP status, "timeout", "connection", "truncated", "unknown"
     retryable: bool
+
+    @property
+    def upstream_down(self) -> bool:
+        """Whether this failure counts against the upstream's health: no answer or a 5xx (never a 4xx)."""
+        return self.label in ("connection", "timeout", "unknown") or (self.label.isdigit() and int(self.label) >= 500)
 
 
 def _retry_after(exc: BaseException) -> float:

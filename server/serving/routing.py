@@ -17,7 +17,9 @@ new request's first token is predicted at the moment a slot frees for it plus `t
 measured yet counts as zero: an idle, unmeasured target is predicted to meet any objective.
 
 A hosted target is predicted at its measured `ttft` while it has a free concurrency slot (never
-measured: assumed to meet the objective), and to miss when its slots are all taken.
+measured: assumed to meet the objective), and to miss when its slots are all taken, when it lacks its
+key, or while its upstream circuit refuses requests (`server.backends.health`: open, or its trial in
+flight; once the cool-down is over it is predicted as usual, so a router may send the trial).
 
 `choose` takes the first target predicted at or under the objective, else the last target.
 Escalation rules (`escalate` in the registry) are checked before any prediction.
@@ -99,9 +101,10 @@ def predict_local(load: LocalLoad, speed: Speed, pending: Sequence[Pending], now
     return free_at[0] + (speed.ttft.value or 0.0)
 
 
-def predict_hosted(speed: Speed, *, has_free_slot: bool, can_serve: bool = True) -> float:
-    """Predicted seconds to the first chunk of a hosted model (its measured TTFT while it has room)."""
-    if not can_serve or not has_free_slot:
+def predict_hosted(speed: Speed, *, has_free_slot: bool, can_serve: bool = True, reachable: bool = True) -> float:
+    """Predicted seconds to the first chunk of a hosted model (its measured TTFT while it has room and its
+    upstream is not known to be down)."""
+    if not can_serve or not has_free_slot or not reachable:
         return UNREACHABLE
     return speed.ttft.value or 0.0
 

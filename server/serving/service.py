@@ -21,6 +21,7 @@ from typing import Any, Literal
 
 import anyio
 
+from server.backends.health import DEFAULT_POLICY, HealthPolicy
 from server.backends.hosted import HostedBackend, HostedParams
 from server.errors import (
     GenerationError,
@@ -93,6 +94,7 @@ class Service:
         self.draining = False
         self.created = int(time.time())
         self._hosted: dict[str, HostedBackend] = {}
+        self.upstream_health: HealthPolicy = DEFAULT_POLICY  # for hosted backends built from now on
         self.routing = Measurements()
         self._closing: set[asyncio.Task[None]] = set()
 
@@ -173,9 +175,18 @@ class Service:
         """One backend (concurrency slots, client) per hosted entry, rebuilt when the entry changes."""
         backend = self._hosted.get(model)
         if backend is None or backend.entry != entry:
-            backend = HostedBackend(model, entry, self.metrics)
+            backend = HostedBackend(model, entry, self.metrics, health=self.upstream_health)
             self._hosted[model] = backend
         return backend
+
+    def _current_hosted(self, model: str, entry: HostedModel) -> HostedBackend | None:
+        backend = self._hosted.get(model)
+        return backend if backend is not None and backend.entry == entry else None
+
+    def upstream_up(self, model: str, entry: HostedModel) -> bool:
+        """Whether a hosted model's upstream is presumed reachable (its circuit closed; never called: yes)."""
+        backend = self._current_hosted(model, entry)
+        return backend is None or backend.health.up
 
     async def _serve_hosted(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest, model: str,
                             entry: HostedModel, payload: dict[str, Any], max_tokens: int | None, arrived: float,
@@ -212,11 +223,11 @@ class Service:
         """Seconds to a first token a new request to `model` is predicted to wait (see `routing`)."""
         speed = self.routing.speed(model)
         if isinstance(entry, HostedModel):
-            backend = self._hosted.get(model)
-            busy = backend is not None and backend.entry == entry and \
-                backend.in_flight + backend.waiting >= entry.max_concurrency
+            backend = self._current_hosted(model, entry)
+            busy = backend is not None and backend.in_flight + backend.waiting >= entry.max_concurrency
             return predict_hosted(speed, has_free_slot=not busy,
-                                  can_serve=entry.api_key_env is None or bool(env_key(entry)))
+                                  can_serve=entry.api_key_env is None or bool(env_key(entry)),
+                                  reachable=backend is None or backend.health.admits_now())
         workers = self.presence.counts.get(model, 0) if self.presence.redis_ok else 0
         load = LocalLoad(slots=entry.parallel * workers, depth=self.presence.depths.get(model, 0))
         return predict_local(load, speed, self.routing.pending(model), self.routing.clock())

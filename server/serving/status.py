@@ -2,7 +2,11 @@
 
 State of a model:
 - `draining`: the gateway is shutting down (it refuses new requests);
-- `ready`: a local model with at least one live worker, or a hosted model or router (no workers to wait for);
+- `ready`: a local model with at least one live worker, a hosted model whose upstream is presumed
+  reachable, or a router (no workers to wait for);
+- `unreachable`: a hosted model whose upstream failed `FAILURES_TO_OPEN` times in a row: its circuit is
+  open (requests fail at once with 503 `upstream_unavailable`) or its trial request is in flight
+  (`server.backends.health`; passive: no probe is sent);
 - `loading`: a local model with no live worker yet, while the gateway is young (workers load their
   GGUF after the gateway starts) and no worker of it has been seen since;
 - `unavailable`: otherwise (no worker, or Redis unreachable).
@@ -32,7 +36,7 @@ from typing import Any
 
 from prometheus_client import Metric
 
-from server.registry import LocalModel
+from server.registry import AnyEntry, HostedModel, LocalModel
 from server.serving.service import Service
 
 WINDOW_S = 300.0
@@ -145,9 +149,11 @@ class StatusReporter:
             snaps.popleft()
         return snaps[0]
 
-    def _state(self, name: str, hosted: bool, workers: int, age_s: float) -> str:
+    def _state(self, name: str, entry: AnyEntry, hosted: bool, workers: int, age_s: float) -> str:
         if self.service.draining:
             return "draining"
+        if isinstance(entry, HostedModel) and not self.service.upstream_up(name, entry):
+            return "unreachable"
         if hosted:
             return "ready"
         if workers >= 1:
@@ -183,7 +189,7 @@ class StatusReporter:
                 "backend": entry.backend,
                 "aliases": list(entry.aliases),
                 "description": entry.description,
-                "state": self._state(name, hosted, workers, age_s),
+                "state": self._state(name, entry, hosted, workers, age_s),
                 "workers": None if hosted else workers,
                 "queue_depth": None if hosted else depths.get(name),
                 "recent": {

@@ -35,6 +35,8 @@ GATEWAY_METRICS: dict[str, frozenset[str]] = {
         "slm_model_info": ("model", "backend", "file", "quant", "n_ctx"),
         "slm_upstream_latency_seconds": ("model", "provider"),
         "slm_upstream_errors_total": ("model", "provider", "code"),
+        "slm_fallbacks_total": ("model", "to", "reason"),
+        "slm_router_decisions_total": ("router", "model", "reason"),
     }.items()
 }
 

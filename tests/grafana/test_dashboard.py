@@ -27,7 +27,10 @@ from .promql import iter_selectors, labels_in_expr, names_in_expr, substitute, v
 DASHBOARD = load_dashboard()
 QUERIES = queries(DASHBOARD)
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-ROWS = ["SLO overview", "Latency", "Load", "Errors", "Model swaps"]
+ROWS = ["SLO overview", "Latency", "Load", "Errors", "Routing", "Model swaps"]
+# The one selector allowed to leave out $model: a router's share per target divides by all the
+# router's requests, whatever targets $model selects (else the shares would not add up to 1).
+ROUTER_TOTAL = 'sum by (router) (rate(slm_router_decisions_total{instance=~"$instance"}[$__rate_interval]))'
 
 
 def by_row(dashboard: Json) -> dict[str, list[Json]]:
@@ -207,6 +210,29 @@ def test_errors_row_shows_each_failure_kind() -> None:
     assert "provider" in grouped["slm_upstream_errors_total"]
 
 
+def test_routing_row_shows_fallbacks_router_decisions_and_shares() -> None:
+    panels = by_row(DASHBOARD)["Routing"]
+    exprs = exprs_of(panels)
+    grouped: dict[str, set[str]] = {}
+    for e in exprs:
+        for name, labels in labels_in_expr(e).items():
+            grouped.setdefault(name, set()).update(labels)
+    assert {"model", "to", "reason"} <= grouped["slm_fallbacks_total"]
+    assert {"router", "model", "reason"} <= grouped["slm_router_decisions_total"]
+    for counter in ("slm_fallbacks_total", "slm_router_decisions_total"):
+        assert any(f"rate({counter}{{" in e for e in exprs), counter
+    shares = [p for p in panels if p["fieldConfig"]["defaults"]["unit"] == "percentunit"]
+    assert len(shares) == 1
+    (share,) = shares[0]["targets"]
+    numerator, denominator = share["expr"].split(" / on (router) group_left ")
+    assert numerator.startswith("sum by (router, model) (rate(slm_router_decisions_total{")
+    assert denominator == ROUTER_TOTAL
+    for panel in panels:
+        assert panel["description"], panel["title"]
+        assert "$" not in panel["description"], panel["title"]  # Grafana would fill in the variable
+        assert panel["fieldConfig"]["defaults"]["unit"] in ("reqps", "percentunit"), panel["title"]
+
+
 def test_model_swaps_are_annotated() -> None:
     annotated = set().union(*(names_in_expr(q.expr) for q in QUERIES if q.kind == "annotation"))
     assert {"slm_model_info", "slm_registry_reloads_total"} <= annotated
@@ -267,7 +293,8 @@ def test_selectors_filter_by_the_dashboard_variables() -> None:
     for query in QUERIES:
         if query.kind == "variable":
             continue
-        for selector in iter_selectors(query.expr):
+        expr = query.expr.replace(f" / on (router) group_left {ROUTER_TOTAL}", "")
+        for selector in iter_selectors(expr):
             assert selector.name is not None
             base = re.sub(r"_(bucket|sum|count)$", "", selector.name)
             labels = EXPORTED_METRICS[base]

@@ -2,7 +2,8 @@
 
 Needs, from a conftest:
 - `live_server_url` (module or session scope): base URL of a running gateway, e.g.
-  http://127.0.0.1:8000, with at least one local and one hosted model;
+  http://127.0.0.1:8000, with at least one local and one hosted model, a model that falls back
+  whenever it is asked and a router (tests/grafana/conftest.py has one);
 - optionally `live_worker_metrics_urls` (same scope): base URLs of the workers' /metrics
   servers (job `slm-worker`); without it only the gateway is scraped.
 
@@ -102,6 +103,12 @@ def test_targets_are_up_and_traffic_was_served(scraped: Scraped) -> None:
         serving = [m for m in report.models if m != "dead-hosted"]
         assert report.succeeded >= 3 * len(serving), report.statuses
         assert any(400 <= status < 500 for status in report.statuses), report.statuses
+
+
+def test_routing_traffic_was_counted(scraped: Scraped) -> None:
+    """The Routing row shows real hops, not only the series declared at zero."""
+    for counter in ("slm_fallbacks_total", "slm_router_decisions_total"):
+        assert scraped.prometheus.value(f"sum({counter})") > 0, counter
 
 
 def test_alert_rules_load_and_evaluate_without_error(scraped: Scraped) -> None:

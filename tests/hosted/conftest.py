@@ -40,7 +40,8 @@ def fake() -> Iterator[FakeUpstream]:
 
 @pytest.fixture
 def make_backend(fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> MakeBackend:
-    """`make_backend(**entry_fields, slot_timeout_s=None)`: a backend for `openai/fake-model` at the fake.
+    """`make_backend(**entry_fields, slot_timeout_s=None, health=..., clock=...)`: a backend for
+    `openai/fake-model` at the fake (`health`, `clock`: its upstream circuit's policy and clock).
 
     The key is the canary, read from the environment like a real deployment's.
     """
@@ -50,8 +51,9 @@ def make_backend(fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch) -> MakeBac
         spec: dict[str, Any] = {"backend": "hosted", "litellm_model": "openai/fake-model", "api_base": fake.api_base,
                                 "api_key_env": KEY_ENV, "timeout": 5.0, "retries": 0, **fields}
         slot_timeout_s = spec.pop("slot_timeout_s", None)
+        health = {k: spec.pop(k) for k in ("health", "clock") if k in spec}
         return HostedBackend("big", HostedModel.model_validate(spec), Metrics(), retry_backoff_s=0.0,
-                             slot_timeout_s=slot_timeout_s)
+                             slot_timeout_s=slot_timeout_s, **health)
 
     return make
 

@@ -70,7 +70,8 @@ class Seen:
 
 
 class FakeUpstream:
-    def __init__(self) -> None:
+    def __init__(self, port: int = 0) -> None:
+        """`port`: 0 for a free one; a given port lets a test stop an upstream and start it again there."""
         self.default = Reply.ok()
         self.requests: list[Seen] = []
         self.in_flight = 0
@@ -78,7 +79,7 @@ class FakeUpstream:
         self._script: deque[Reply] = deque()
         self._lock = threading.Lock()
         self._release = threading.Event()
-        self._server = ThreadingHTTPServer(("127.0.0.1", 0), _handler_for(self))
+        self._server = ThreadingHTTPServer(("127.0.0.1", port), _handler_for(self))
         self._server.daemon_threads = True
         self._thread = threading.Thread(target=self._server.serve_forever, kwargs={"poll_interval": 0.02},
                                         name="fake-upstream", daemon=True)

@@ -19,6 +19,7 @@ import redis
 import yaml
 from prometheus_client.parser import text_string_to_metric_families
 
+from server.backends.health import HealthPolicy
 from server.queue import keys
 from server.registry import parse_registry
 from server.settings import Settings
@@ -64,12 +65,14 @@ class Gateway:
 
 
 @contextmanager
-def gateway_on(live_server: LiveServer, registry_yaml: str, upstream: FakeUpstream) -> Iterator[Gateway]:
+def gateway_on(live_server: LiveServer, registry_yaml: str, upstream: FakeUpstream, *,
+               upstream_health: HealthPolicy | None = None) -> Iterator[Gateway]:
     redis_url = live_server.redis_url()
     registry = parse_registry(yaml.safe_load(registry_yaml.format(api_base=upstream.api_base, key_env=KEY_ENV)))
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv(KEY_ENV, "sk-routing-test-key")
-        with running_gateway(Settings(redis_url=redis_url, reload_interval_s=0), registry) as url:
+        with running_gateway(Settings(redis_url=redis_url, reload_interval_s=0), registry,
+                             upstream_health=upstream_health) as url:
             client = redis.Redis.from_url(redis_url)
             try:
                 yield Gateway(url, client, upstream)
