@@ -91,6 +91,8 @@ class Metrics:
         self.in_flight.labels(model, backend)
         self.prompt_tokens.labels(model, backend)
         self.generation_tokens.labels(model, backend)
+        if backend == "hosted" and (model,) not in self.upstream_up._metrics:
+            self.upstream_up.labels(model).set(1)  # presumed reachable until its circuit opens (kept across reloads)
         if backend == "local":
             for phase in REDELIVERY_PHASES:
                 self.redeliveries.labels(model, phase)
@@ -120,7 +122,7 @@ class Metrics:
     def forget_model(self, model: str) -> None:
         """Drop a removed (or changed) model's info, its fallback hops from and to it, and its router
         decisions as a router or as a target; `declare_*` puts back what the new registry still has."""
-        for gauge in (self.model_info,):
+        for gauge in (self.model_info, self.upstream_up):
             for labels in list(gauge._metrics):
                 if labels[0] == model:
                     gauge.remove(*labels)
