@@ -128,6 +128,6 @@ def main(argv: list[str] | None = None) -> int:
         absorb_reraised_signals()
         app = create_app(settings, loaded)
         GatewayServer(uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
-                                     access_log=False, timeout_graceful_shutdown=30), app).run()
+                                     access_log=False, timeout_graceful_shutdown=30)).run()
         return 0
     return 2

@@ -42,14 +42,14 @@ class InFlight:
 
 
 class GatewayServer(uvicorn.Server):
-    def __init__(self, config: uvicorn.Config, app: FastAPI) -> None:
-        super().__init__(config)
-        self.app = app
+    """Serves `config.app`, an app of `server.app.create_app`."""
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         grace = self.config.timeout_graceful_shutdown  # None: wait as long as it takes, as uvicorn does
-        service = getattr(self.app.state, "service", None)  # absent when the lifespan never started
-        in_flight: InFlight = self.app.state.in_flight
+        app = self.config.app
+        assert isinstance(app, FastAPI), "GatewayServer serves the app of server.app.create_app"
+        service = getattr(app.state, "service", None)  # absent when the lifespan never started
+        in_flight: InFlight = app.state.in_flight
         began = time.monotonic()
         if service is not None and not self.force_exit:
             service.draining = True

@@ -74,7 +74,6 @@ class Metrics:
                                  ["model", "to", "reason"], registry=r)
         self.router_decisions = Counter("slm_router_decisions", "Where each router sent its requests, and why.",
                                         ["router", "model", "reason"], registry=r)
-        self._fallback_edges: set[tuple[str, str]] = set()
         for result in ("success", "failure"):
             self.registry_reloads.labels(result)
         self.upstream_up = Gauge("slm_upstream_up", "A hosted model's upstream: 1 reachable, 0 circuit open "
@@ -110,14 +109,12 @@ class Metrics:
         """Every hop a request can take from one model to the next, each reason at zero. Hops declared
         before and no longer possible (a reload changed the plans) are dropped."""
         wanted = set(edges)
-        for model, to in self._fallback_edges - wanted:
-            for reason in FALLBACK_REASONS:
-                if (model, to, reason) in self.fallbacks._metrics:
-                    self.fallbacks.remove(model, to, reason)
+        for labels in list(self.fallbacks._metrics):
+            if labels[:2] not in wanted:
+                self.fallbacks.remove(*labels)
         for model, to in sorted(wanted):
             for reason in FALLBACK_REASONS:
                 self.fallbacks.labels(model, to, reason)
-        self._fallback_edges = wanted
 
     def forget_model(self, model: str) -> None:
         """Drop a removed (or changed) model's info, its fallback hops from and to it, and its router
@@ -130,4 +127,3 @@ class Metrics:
             for labels in list(counter._metrics):
                 if model in labels[:2]:
                     counter.remove(*labels)
-        self._fallback_edges = {edge for edge in self._fallback_edges if model not in edge}

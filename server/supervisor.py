@@ -185,7 +185,7 @@ def serve(settings: Settings, registry: Registry) -> int:
         app = create_app(settings, registry, on_reload=[supervisor.apply_registry])
         config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                 timeout_graceful_shutdown=WORKER_GRACE_S, access_log=False)
-        server = GatewayServer(config, app)
+        server = GatewayServer(config)
 
         async def main() -> None:
             watcher = asyncio.create_task(supervisor.watch())

@@ -23,7 +23,7 @@ def running_gateway(settings: Settings, registry: Registry, *,
     """`upstream_health`: the circuit policy of its hosted models (`server.backends.health`), else the default."""
     port = free_port()
     app = create_app(settings, registry)
-    server = GatewayServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"), app)
+    server = GatewayServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"))
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     wait_until(lambda: server.started, timeout_s=20, what="the gateway to start")

@@ -59,6 +59,8 @@ from server.tool_format import parse_calls
 
 log = logging.getLogger("slm.serving")
 
+DISCONNECT_POLL_S = 0.5  # how often a queued request's client is checked (`server.queue.intake` relies on it)
+
 Endpoint = Literal["chat", "completions"]
 IsDisconnected = Callable[[], Coroutine[Any, Any, bool]]
 
@@ -80,9 +82,6 @@ class WorkerPresence:
         self.depths: dict[str, int] = {}
         self.redis_ok = False
         self.checked_at = 0.0
-
-
-DISCONNECT_POLL_S = 0.5  # how often a queued request's client is checked (`server.queue.intake` relies on it)
 
 class Service:
     def __init__(self, settings: Settings, registry: Registry, queue: QueueClient, metrics: Metrics) -> None:
@@ -422,23 +421,22 @@ class Service:
             timings = {"timings": track.timings(gen.result)}
             if not held_finishes:
                 held_finishes.append(Delta(0, "", None, gen.result.finish_reason))
-            tail = out  # the end of the answer goes out in one write, with what is still held
             for fin in held_finishes:
                 if fin.index in filters:
                     rest, calls = filters[fin.index].finish()
                     if rest:
-                        tail.append(shape.chunk(text=rest, index=fin.index))
+                        out.append(shape.chunk(text=rest, index=fin.index))
                     if calls:
-                        tail.append(shape.chunk(index=fin.index, tool_calls=calls))
+                        out.append(shape.chunk(index=fin.index, tool_calls=calls))
                         fin.finish_reason = "tool_calls"
             for i, fin in enumerate(held_finishes):
                 last = i == len(held_finishes) - 1
-                tail.append(shape.chunk(finish_reason=fin.finish_reason, index=fin.index,
-                                        extra=timings if last else None))
+                out.append(shape.chunk(finish_reason=fin.finish_reason, index=fin.index,
+                                       extra=timings if last else None))
             if include_usage:
-                tail.append(shape.usage_chunk(gen.result))
+                out.append(shape.usage_chunk(gen.result))
             complete = True
-            yield LastChunk(b"".join([*tail, DONE_FRAME]))
+            yield LastChunk(b"".join([*out, DONE_FRAME]))  # the end of the answer in one write
         except SlmError as exc:
             track.failed(exc)
             complete = True

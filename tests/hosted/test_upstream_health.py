@@ -5,7 +5,6 @@ brings it back. First the backend on an injected clock, then the real gateway ag
 from __future__ import annotations
 
 import asyncio
-import threading
 import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -15,13 +14,9 @@ from typing import Any
 
 import httpx
 import pytest
-import uvicorn
-from prometheus_client.parser import text_string_to_metric_families
 
-from server.app import create_app
 from server.backends.health import HealthPolicy
 from server.backends.hosted import HostedBackend, HostedParams
-from server.embedded_redis import free_port
 from server.errors import (
     RateLimitError,
     SlmError,
@@ -29,12 +24,13 @@ from server.errors import (
     UpstreamTimeoutError,
     UpstreamUnavailableError,
 )
-from server.http_server import GatewayServer
 from server.registry import parse_registry
 from server.settings import Settings
 from tests.conftest import wait_until
+from tests.gateway_thread import running_gateway
 from tests.hosted.conftest import CANARY_KEY, KEY_ENV, MakeBackend, until
 from tests.hosted.fake_upstream import FakeUpstream, Reply
+from tests.prometheus_text import scrape
 
 HI = [{"role": "user", "content": "hi"}]
 POLICY = HealthPolicy(failures_to_open=3, cool_down_s=10.0)
@@ -154,29 +150,16 @@ class Gateway:
         return str({m["name"]: m["state"] for m in status["models"]}[model])
 
     def metric(self, name: str, **labels: str) -> float | None:
-        text = httpx.get(self.url + "/metrics", timeout=10).text
-        for family in text_string_to_metric_families(text):
-            for sample in family.samples:
-                if sample.name == name and all(sample.labels.get(k) == v for k, v in labels.items()):
-                    return float(sample.value)
-        return None
+        """The sample with exactly these labels; None when it is not there."""
+        return scrape(self.url).get((name, frozenset(labels.items())))
 
 
 @contextmanager
 def gateway(redis_url: str, models: dict[str, Any], policy: HealthPolicy) -> Iterator[Gateway]:
     """The real gateway app under uvicorn in a thread, its hosted backends built with `policy`."""
-    port = free_port()
-    app = create_app(Settings(redis_url=redis_url, reload_interval_s=0), parse_registry({"models": models}))
-    server = GatewayServer(uvicorn.Config(app, host="127.0.0.1", port=port, log_level="warning"), app)
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    try:
-        wait_until(lambda: server.started, timeout_s=20, what="the gateway to start")
-        app.state.service.upstream_health = policy  # before any request: every backend is built with it
-        yield Gateway(f"http://127.0.0.1:{port}")
-    finally:
-        server.should_exit = True
-        thread.join(30)
+    with running_gateway(Settings(redis_url=redis_url, reload_interval_s=0), parse_registry({"models": models}),
+                         upstream_health=policy) as url:
+        yield Gateway(url)
 
 
 def hosted(upstream: FakeUpstream | str, **fields: Any) -> dict[str, Any]:
