@@ -1,18 +1,32 @@
 # The single entry point: `make serve` and `make test` work on a fresh clone.
+# Every Python dependency is installed from uv.lock (exact versions, verified by hash); `make lock`
+# refreshes the lock. uv itself is bootstrapped from tools/uv-requirements.txt, also by hash.
 PYTHON ?= python3
 VENV := .venv
 BIN := $(VENV)/bin
-STAMP := $(VENV)/.installed
+UV_HOME := .uv
+UV := $(UV_HOME)/bin/uv
+# uv: use this interpreter (never download one), keep the venv where the Makefile expects it.
+UV_ENV := UV_PROJECT_ENVIRONMENT=$(VENV) UV_PYTHON_DOWNLOADS=never
+SYNC := $(UV_ENV) $(UV) sync --frozen --python $(PYTHON)
 
-.PHONY: serve test lint typecheck bench system-deps clean
+.PHONY: serve test lint typecheck bench lock system-deps install install-test clean
 
-$(STAMP): pyproject.toml
-	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
-	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
-	touch $(STAMP)
+$(UV): tools/uv-requirements.txt
+	test -x $(UV_HOME)/bin/python || $(PYTHON) -m venv $(UV_HOME)
+	$(UV_HOME)/bin/pip install --quiet --disable-pip-version-check --no-deps --require-hashes \
+		-r tools/uv-requirements.txt
+	touch $(UV)
 
-serve: $(STAMP)
+# `uv sync --frozen` installs exactly the lock (and removes what it does not list); it fails
+# rather than re-resolve when pyproject.toml and uv.lock disagree. A no-op when nothing changed.
+install: $(UV)
+	$(SYNC)
+
+install-test: $(UV)
+	$(SYNC) --extra test
+
+serve: install
 	$(BIN)/slm-server serve
 
 # Debian tools the tests drive for real: Prometheus (promtool + server), Redis 7, and Chromium
@@ -25,18 +39,23 @@ system-deps:
 		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus redis-server chromium >/dev/null; \
 	fi
 
-test: $(STAMP) system-deps
+test: install-test system-deps
 	$(BIN)/ruff check server tests
 	$(BIN)/mypy
 	PATH="$$PATH:$(abspath $(BIN))" $(BIN)/pytest -q
 
-lint: $(STAMP)
+lint: install-test
 	$(BIN)/ruff check server tests
 	$(BIN)/mypy
 
-bench: $(STAMP)
-	$(BIN)/pip install --quiet -e '.[bench]'
+bench: $(UV)
+	$(SYNC) --extra test --extra bench
 	$(BIN)/python benchmarks/run_bench.py
 
+# Re-resolve every dependency to the newest versions pyproject.toml allows and rewrite uv.lock
+# (hashes included). Run it on purpose, then `make test`, and commit uv.lock with what it needed.
+lock: $(UV)
+	$(UV_ENV) $(UV) lock --upgrade --python $(PYTHON)
+
 clean:
-	rm -rf $(VENV) .pytest_cache .mypy_cache .ruff_cache
+	rm -rf $(VENV) $(UV_HOME) .pytest_cache .mypy_cache .ruff_cache

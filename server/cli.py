@@ -31,34 +31,42 @@ def _load(settings: Settings) -> Registry | None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="slm-server", description=__doc__)
-    parser.add_argument("--registry", type=Path, help="model_registry.yaml (env SLM_REGISTRY)")
+    # Global options are accepted before the subcommand and after it (`slm-server serve --registry F`):
+    # the subcommands share this parent, whose default SUPPRESS keeps an option given before the
+    # subcommand from being overwritten by the subparser's unset default.
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--registry", type=Path, default=argparse.SUPPRESS,
+                        help="model_registry.yaml (env SLM_REGISTRY)")
+    parser = argparse.ArgumentParser(prog="slm-server", description=__doc__, parents=[common])
     sub = parser.add_subparsers(dest="command", required=True)
 
-    serve = sub.add_parser("serve", help="embedded Redis + gateway + workers, all on this machine")
-    serve.add_argument("--host")
-    serve.add_argument("--port", type=int)
+    def add(name: str, help_text: str) -> argparse.ArgumentParser:
+        return sub.add_parser(name, help=help_text, parents=[common], description=help_text)
 
-    gateway = sub.add_parser("gateway", help="the HTTP gateway alone (needs SLM_REDIS_URL)")
-    gateway.add_argument("--host")
-    gateway.add_argument("--port", type=int)
+    serve = add("serve", "embedded Redis + gateway + workers, all on this machine")
+    serve.add_argument("--host", help="address the gateway listens on (env SLM_HOST)")
+    serve.add_argument("--port", type=int, help="port the gateway listens on (env SLM_PORT)")
 
-    worker = sub.add_parser("worker", help="one worker process for one local model (needs SLM_REDIS_URL)")
-    worker.add_argument("--model", required=True)
+    gateway = add("gateway", "the HTTP gateway alone (needs SLM_REDIS_URL)")
+    gateway.add_argument("--host", help="address the gateway listens on (env SLM_HOST)")
+    gateway.add_argument("--port", type=int, help="port the gateway listens on (env SLM_PORT)")
 
-    registry = sub.add_parser("registry", help="registry tools")
+    worker = add("worker", "one worker process for one local model (needs SLM_REDIS_URL)")
+    worker.add_argument("--model", required=True, help="the registry entry this worker serves")
+
+    registry = add("registry", "registry tools")
     registry_sub = registry.add_subparsers(dest="registry_command", required=True)
-    check = registry_sub.add_parser("check", help="validate a registry file and say what is wrong")
+    check = registry_sub.add_parser("check", help="validate a registry file and say what is wrong", parents=[common])
     check.add_argument("path", nargs="?", type=Path)
     registry_sub.add_parser("schema", help="print the registry's JSON schema (for editors)")
 
     from server.bench import add_arguments as add_bench_arguments
     from server.compare.command import add_arguments as add_compare_arguments
 
-    bench = sub.add_parser("bench", help="closed-loop load against any OpenAI-compatible server; one JSON line")
+    bench = add("bench", "closed-loop load against any OpenAI-compatible server; one JSON line")
     add_bench_arguments(bench)
 
-    compare = sub.add_parser("compare", help="chart speed against quality for each model")
+    compare = add("compare", "chart speed against quality for each model")
     add_compare_arguments(compare)
     return parser
 
@@ -69,7 +77,7 @@ def main(argv: list[str] | None = None) -> int:
     for name in ("host", "port"):
         if getattr(args, name, None) is not None:
             overrides[name] = getattr(args, name)
-    if args.registry is not None:
+    if getattr(args, "registry", None) is not None:
         overrides["registry"] = args.registry
     settings = Settings(**overrides)  # type: ignore[arg-type]
     setup_logging(settings.log_level, settings.log_format)

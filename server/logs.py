@@ -48,5 +48,7 @@ def setup_logging(level: str, fmt: str) -> None:
     root = logging.getLogger()
     root.handlers[:] = [handler]
     root.setLevel(level.upper())
-    for chatty in ("httpx", "httpcore"):  # a line for every HTTP call (bench, hosted upstreams) at INFO
+    # A line for every HTTP call (bench, compare, hosted upstreams) at INFO: httpx and httpcore, and
+    # httpx2/httpcore2, which newer openai clients use under those logger names.
+    for chatty in ("httpx", "httpcore", "httpx2", "httpcore2"):
         logging.getLogger(chatty).setLevel(max(logging.WARNING, root.level))

@@ -86,16 +86,20 @@ class LiveServer:
 
 
 def start_server(tmp: Path, registry_text: str, *, env: dict[str, str] | None = None,
-                 worker_port: int = 0, timeout_s: float = 180.0) -> LiveServer:
+                 worker_port: int = 0, timeout_s: float = 180.0, as_options: bool = False) -> LiveServer:
+    """`slm-server serve` on `registry_text`; its file and port given as SLM_* settings, or with
+    `as_options` as `serve --registry F --port P` (options after the subcommand)."""
     registry = tmp / "model_registry.yaml"
     registry.write_text(registry_text)
     port = free_port()
     log_path = tmp / "server.log"
     full_env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_")}
-    full_env.update({"SLM_PORT": str(port), "SLM_REGISTRY": str(registry), "SLM_WORKER_PORT": str(worker_port),
-                     "PYTHONUNBUFFERED": "1", **(env or {})})
+    full_env.update({"SLM_WORKER_PORT": str(worker_port), "PYTHONUNBUFFERED": "1", **(env or {})})
+    options = ["--registry", str(registry), "--port", str(port)] if as_options else []
+    if not as_options:
+        full_env.update({"SLM_PORT": str(port), "SLM_REGISTRY": str(registry)})
     with log_path.open("wb") as log:
-        proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], env=full_env, stdout=log,
+        proc = subprocess.Popen([sys.executable, "-m", "server", "serve", *options], env=full_env, stdout=log,
                                 stderr=subprocess.STDOUT, cwd=tmp)
     url = f"http://127.0.0.1:{port}"
 

@@ -1,4 +1,4 @@
-"""Validate bodies against the official OpenAI spec (`../shared/openai-openapi/openapi.yaml`).
+"""Validate bodies against the official OpenAI spec, vendored in `tests/data/openai-openapi/`.
 
 The spec is OpenAPI 3.1 with some `nullable: true` left over; those are read as "or null".
 """
@@ -15,8 +15,8 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-REPO = Path(__file__).resolve().parent.parent
-SPEC = Path(os.environ.get("SLM_OPENAPI_SPEC", REPO.parent / "shared" / "openai-openapi" / "openapi.yaml"))
+VENDORED = Path(__file__).resolve().parent / "data" / "openai-openapi" / "openapi.yaml"
+SPEC = Path(os.environ.get("SLM_OPENAPI_SPEC") or VENDORED)
 ROOT_URI = "urn:openai-openapi"
 
 

@@ -40,7 +40,7 @@ from server.backends.upstream import (
     provider_of,
     scrub,
 )
-from server.errors import InvalidRequestError, OverloadedError, UpstreamError
+from server.errors import InvalidRequestError, OverloadedError, SlmError, UpstreamError
 from server.metrics import Metrics
 from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.registry import HostedModel
@@ -236,6 +236,27 @@ def _finish_probe(stream: Any) -> Any:
     return None
 
 
+# What litellm's stream wrapper raises (wrapped in its MidStreamFallbackError) when an OpenAI-style
+# stream's body ends cleanly without a finish reason or [DONE]; older releases ended silently instead,
+# which `_provider_finished` catches. A body cut mid-chunk is another error: the stream broke.
+_CLEAN_EOF_WITHOUT_FINISH = "Stream ended before a finish_reason was received"
+
+
+def _ended_without_finish(exc: BaseException) -> bool:
+    seen: set[int] = set()
+    pending: list[BaseException | None] = [exc]
+    while pending:
+        item = pending.pop()
+        if item is None or id(item) in seen:
+            continue
+        seen.add(id(item))
+        if _CLEAN_EOF_WITHOUT_FINISH in str(item):
+            return True
+        original = getattr(item, "original_exception", None)
+        pending += [item.__cause__, item.__context__, original if isinstance(original, BaseException) else None]
+    return False
+
+
 def _provider_finished(probe: Any) -> bool:
     if probe is None:
         return True  # an unknown litellm shape: trust the chunks
@@ -366,19 +387,23 @@ class HostedGeneration:
         except Exception as exc:
             if self._cancelled:
                 return
+            if _ended_without_finish(exc):  # litellm's own word for a body that simply ended
+                raise self._truncated() from None
             error = self._fail(exc).error
             if error.code == "upstream_unreachable":
                 error = UpstreamError(f"The hosted model '{self.backend.name}' stream broke off mid-answer.",
                                       code="upstream_stream_broken")
             raise error from None
         if not _provider_finished(self._probe):
-            failure = self._fail(UpstreamError(f"The hosted model '{self.backend.name}' stream ended before it "
-                                               "finished.", code="upstream_truncated"))
-            raise failure.error
+            raise self._truncated()
         self.result.finish_reason = finish or "stop"
         self.result.prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         self.result.completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0) or pieces
         self.result.predicted_ms = (time.monotonic() - self._first_at) * 1000.0
+
+    def _truncated(self) -> SlmError:
+        message = f"The hosted model '{self.backend.name}' stream ended before it finished."
+        return self._fail(UpstreamError(message, code="upstream_truncated")).error
 
     async def _drop_stream(self) -> None:
         stream, self._stream = self._stream, None

@@ -16,7 +16,6 @@ from .project import (
     ROOT,
     command_problems,
     known_subcommands,
-    pinned_version,
     pyproject,
 )
 
@@ -72,10 +71,13 @@ def test_worker_port_is_what_compose_and_kubernetes_set() -> None:
             assert container["env"] == [{"name": "SLM_WORKER_PORT", "value": str(WORKER_PORT)}]
 
 
-def test_llama_cpp_python_pin_matches_pyproject(image: dockerfile.Dockerfile) -> None:
-    (build,) = [s for s in image.stages if "llama-cpp-python" in runs(s)]
-    assert build.args()["LLAMA_CPP_PYTHON_VERSION"] == pinned_version("llama-cpp-python")
-    assert '"llama-cpp-python==${LLAMA_CPP_PYTHON_VERSION}"' in runs(build)
+def test_dependencies_come_from_the_lock_by_hash(image: dockerfile.Dockerfile) -> None:
+    (build,) = [s for s in image.stages if "uv export" in runs(s)]
+    assert "uv export --frozen" in runs(build), "the lock as it is, never re-resolved"
+    from_files = re.findall(r"pip install ([^&\n]*?)-r (\S+)", runs(build))
+    assert {path for _, path in from_files} == {"/tmp/uv-requirements.txt", "/tmp/requirements.txt"}
+    assert all("--require-hashes" in options for options, _ in from_files), from_files
+    assert "pip install --no-deps ." in runs(build), "the project itself adds nothing the lock lacks"
     assert 'CMAKE_ARGS="${CMAKE_ARGS}' in runs(build), "the build flags reach pip"
     assert "-DGGML_NATIVE=OFF" in str(build.args()["CMAKE_ARGS"]), "no -march=native of the build host"
 
