@@ -4,7 +4,10 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import socket
+import subprocess
+import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -17,6 +20,8 @@ from server.compare.runner import RunConfig, Runner, choose_models, list_models,
 
 if TYPE_CHECKING:  # the fixture's type; conftest modules are not imported at run time
     from conftest import FakeOpenAI
+
+REPO = Path(__file__).resolve().parents[2]
 
 
 def parse(*argv: str) -> argparse.Namespace:
@@ -218,3 +223,15 @@ def test_interrupt_writes_partial_results(fake_openai: FakeOpenAI, tmp_path: Pat
     assert doc["meta"]["interrupted"] is True
     assert [m["model"] for m in doc["models"]] == ["fast"] and len(doc["requests"]) == 3
     assert "(interrupted: partial results)" in (tmp_path / "report.md").read_text(encoding="utf-8")
+
+
+def test_the_command_prints_no_line_per_http_request(fake_openai: FakeOpenAI, tmp_path: Path) -> None:
+    """`slm-server compare` at the default INFO level: the openai client's HTTP loggers (httpx, or httpx2 in
+    newer clients) print nothing between compare's own lines."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_")} | {"SLM_LOG_LEVEL": "INFO"}
+    result = subprocess.run([sys.executable, "-m", "server", "compare", "--url", fake_openai.url, "--models", "fast",
+                             "--limit", "2", "--repeats", "1", "--out", str(tmp_path / "out")], env=env,
+                            capture_output=True, text=True, timeout=300, cwd=REPO)
+    assert result.returncode == 0, result.stderr
+    assert (tmp_path / "out" / "results.json").is_file()
+    assert "HTTP Request" not in result.stdout + result.stderr, result.stdout + result.stderr
