@@ -58,7 +58,8 @@ class HostPolicy:
         return name in self.names or name.endswith(self.suffixes)
 
     def describe(self) -> str:
-        return ", ".join([*sorted(self.names), *("*" + s for s in self.suffixes), "IP addresses"])
+        names = sorted(n for n in self.names if not _is_ip(n))
+        return ", ".join([*names, *("*" + s for s in self.suffixes), "IP addresses"])
 
 
 def hostname(value: str) -> str | None:
