@@ -121,6 +121,14 @@ class GatewayHttpProtocol(HttpToolsProtocol):
             self.counted = None
         super().connection_lost(exc)
 
+    def handle_websocket_upgrade(self) -> None:
+        # the connection passes to another protocol, whose end this one never hears of
+        self._disarm()
+        if self.counted is not None:
+            self.limits.release(self.counted)
+            self.counted = None
+        super().handle_websocket_upgrade()
+
     def on_message_begin(self) -> None:
         super().on_message_begin()
         if self.header_deadline is None:  # a later request on a kept-alive connection: its first byte

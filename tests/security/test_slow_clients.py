@@ -116,6 +116,12 @@ def test_a_connection_past_the_cap_per_address_gets_429_and_others_are_served(op
         assert models("127.0.0.3")[0] == 200  # another address is not affected
         held.pop().close()
         wait_until(lambda: models("127.0.0.2")[0] == 200, timeout_s=5, what="a freed place to be given again")
+        for _ in range(MAX_CONNECTIONS_PER_CLIENT + 1):  # upgraded connections leave no place taken behind
+            with connect(open_server.url, "127.0.0.4") as sock:
+                sock.sendall(b"GET /ws HTTP/1.1\r\nHost: 127.0.0.1\r\nConnection: Upgrade\r\nUpgrade: websocket\r\n"
+                             b"Sec-WebSocket-Version: 13\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\r\n")
+                read_response(sock)
+        wait_until(lambda: models("127.0.0.4")[0] == 200, timeout_s=5, what="a connection after the upgrades")
     finally:
         for sock in held:
             sock.close()
