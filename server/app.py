@@ -18,9 +18,10 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import logs
-from server.api import health, openai_routes, web
+from server.api import docs, health, openai_routes, web
 from server.api.errors import install_error_handlers
 from server.backends.upstream import close_hosted_clients, load_litellm
+from server.http_protocol import ConnectionLimits
 from server.http_server import InFlight
 from server.metrics import Metrics
 from server.queue.client import QueueClient
@@ -153,13 +154,19 @@ def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnRelo
             await queue.close()
             await close_hosted_clients()
 
-    app = FastAPI(title="slm-server", version="0.1.0", lifespan=lifespan, docs_url="/docs", redoc_url=None)
+    # /docs and /openapi.json only when asked for (SLM_DOCS): Swagger UI comes from a CDN (`api/docs`)
+    app = FastAPI(title="slm-server", version="0.1.0", lifespan=lifespan, docs_url=None, redoc_url=None,
+                  openapi_url="/openapi.json" if settings.docs else None)
     install_error_handlers(app)
 
-    app.add_middleware(SecurityMiddleware, config=SecurityConfig.from_settings(settings))
+    security = SecurityConfig.from_settings(settings)
+    app.add_middleware(SecurityMiddleware, config=security)
+    app.state.connection_limits = ConnectionLimits.from_settings(settings, keys_configured=bool(security.keys))
     app.state.in_flight = InFlight()
     app.add_middleware(RequestIdMiddleware, in_flight=app.state.in_flight)
     app.include_router(health.router)
     app.include_router(openai_routes.router)
     app.include_router(web.router)
+    if settings.docs:
+        app.include_router(docs.router)
     return app

@@ -5,6 +5,7 @@
     │   └── ContextLengthError     400 code=context_length_exceeded
     ├── AuthenticationError        401
     ├── ModelNotFoundError         404 code=model_not_found
+    ├── RequestTimeoutError        408 code=request_timeout (headers or body too slow; the connection closes)
     ├── RequestTooLargeError       413
     ├── OverloadedError            429 + Retry-After (queue full)
     ├── RateLimitError             429 + Retry-After (per-key limits)
@@ -87,6 +88,13 @@ class RequestTooLargeError(SlmError):
     type = "invalid_request_error"
     default_code = "request_too_large"
     metric_type = "validation"
+
+
+class RequestTimeoutError(SlmError):
+    status = 408
+    type = "invalid_request_error"
+    default_code = "request_timeout"
+    metric_type = "timeout"
 
 
 class OverloadedError(SlmError):

@@ -5,6 +5,9 @@ refused", not an answer) and then waits for open connections. `GatewayServer` fi
 service turns new requests away with a 503 `shutting_down` (and `/ready` with a 503) while the
 API requests in flight finish; once none is left, or the grace period is over, uvicorn's own
 shutdown closes the listener and the idle connections and runs the lifespan's shutdown.
+
+Its connections are served by `server.http_protocol.GatewayHttpProtocol`: uvicorn's httptools
+protocol with a deadline on request headers and a cap on connections per client address.
 """
 
 from __future__ import annotations
@@ -16,6 +19,8 @@ import time
 
 import uvicorn
 from fastapi import FastAPI
+
+from server.http_protocol import GatewayHttpProtocol
 
 log = logging.getLogger("slm.gateway")
 
@@ -43,6 +48,11 @@ class InFlight:
 
 class GatewayServer(uvicorn.Server):
     """Serves `config.app`, an app of `server.app.create_app`."""
+
+    def __init__(self, config: uvicorn.Config) -> None:
+        if config.http == "auto":
+            config.http = GatewayHttpProtocol
+        super().__init__(config)
 
     async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
         grace = self.config.timeout_graceful_shutdown  # None: wait as long as it takes, as uvicorn does

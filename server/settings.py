@@ -50,6 +50,15 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Tokens (prompt + completion) per minute per API key (in Redis); 0 = off."
     )
     rate_limit_concurrency: int = Field(default=0, ge=0, description="Concurrent requests per API key; 0 = off.")
+    # browsers and slow clients (server/security/hosts.py, server/http_protocol.py)
+    allowed_hosts: str = Field(
+        default="", description="Comma-separated Host names served (`*` = any); empty: localhost and the bind "
+        "host when no API keys are set, any host when keys are. IP literals are always served.")
+    header_timeout_s: float = Field(default=10.0, gt=0, description="A request's headers must arrive within this.")
+    body_timeout_s: float = Field(default=30.0, gt=0, description="A request's body must arrive within this.")
+    max_connections_per_client: int = Field(
+        default=64, ge=0, description="Open connections per client address without API keys; 0 = no cap.")
+    docs: bool = Field(default=False, description="Serve /docs and /openapi.json (Swagger UI, sandboxed by CSP).")
 
     def model_dir_list(self) -> list[Path]:
         return [Path(p) for p in self.model_dirs.split(":") if p]

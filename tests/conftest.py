@@ -111,7 +111,17 @@ def start_server(tmp: Path, registry_text: str, *, env: dict[str, str] | None = 
         except httpx.HTTPError:
             return False
 
-    wait_until(ready, timeout_s=timeout_s, what="the server to be ready", interval_s=0.2)
+    try:
+        wait_until(ready, timeout_s=timeout_s, what="the server to be ready", interval_s=0.2)
+    except BaseException:  # never ready: stop it (and so its workers and Redis) rather than orphan it
+        if proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                proc.kill()
+                proc.wait()
+        raise
     n_workers = registry_text.count("gguf:") if worker_port else 0
     workers = [f"http://127.0.0.1:{worker_port + i}" for i in range(n_workers)]
     return LiveServer(url, proc, log_path, workers)

@@ -1,17 +1,26 @@
-"""The gateway's front door, as a pure ASGI middleware: API keys, per-key limits, body size.
+"""The gateway's front door, as a pure ASGI middleware: Host, API keys, content type, limits, body.
 
 For each HTTP request, in this order:
 
+0. **Host** — outside the allow-list of `hosts` (an open server serves localhost, its bind host
+   and IP literals): 400 `invalid_host`, against DNS rebinding. `/health`, `/ready` and `/metrics`
+   skip the check: Kubernetes probes and Prometheus name the pod by IP or by its own name.
 1. **API key** — when keys are configured, every path but the open ones (`/health`, `/ready`,
    `/metrics` unless `SLM_PROTECT_METRICS`, `/`, `/static/*`, the API docs) needs
    `Authorization: Bearer <key>`. The scheme is case-insensitive (RFC 7235), the key is not.
    The decision reads `scope["path"]`, never a URL rebuilt from `Host` or `X-Forwarded-*`.
 2. **Content-Length** — above `SLM_MAX_BODY_BYTES`: 413 before reading any of the body.
+   **Content-Type** — a request to `/v1/*` with a body must say `application/json` (or
+   `application/<x>+json`; parameters such as `charset` allowed), else 400
+   `unsupported_content_type`: a web page can send `text/plain` (or no type) without a CORS
+   preflight, never JSON, so no page elsewhere can post to the API from a visitor's browser.
 3. **Per-key limits** — requests and tokens per minute, concurrent requests, in Redis
    (`rate_limits`). A token-limited request gets a `usage.TokenUsage` in `usage.current`, which
    the serving layer fills; its total is charged to the key when the response is over.
 4. **Body** — read here, counting; 413 as soon as the count passes the limit (chunked bodies
-   included), then handed to the app in one piece.
+   included); 408 `request_timeout` when it is not all in within `SLM_BODY_TIMEOUT_S` (the
+   headers' own deadline is the connection's, `server.http_protocol`); then handed to the app in
+   one piece.
 
 Admitted requests carry their key's `x-ratelimit-*` headers (requests and tokens) on the response.
 
@@ -29,18 +38,26 @@ from dataclasses import dataclass, field
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from server.errors import AuthenticationError, InvalidRequestError, RequestTooLargeError, SlmError
+from server.errors import (
+    AuthenticationError,
+    InvalidRequestError,
+    RequestTimeoutError,
+    RequestTooLargeError,
+    SlmError,
+)
 from server.security import usage
 from server.security.api_keys import ApiKeys, key_id, mask
+from server.security.hosts import HostPolicy
 from server.security.rate_limits import Admission, RateLimiter
 from server.settings import Settings
 
 log = logging.getLogger("slm.security")
 
-OPEN_PATHS = frozenset({"/", "/health", "/ready", "/docs", "/docs/oauth2-redirect", "/openapi.json"})
+OPEN_PATHS = frozenset({"/", "/health", "/ready", "/docs", "/openapi.json"})
 OPEN_PREFIXES = ("/static/",)
 _DOT_SEGMENT = re.compile(r"(^|/)\.{1,2}(/|$)")
 METRICS_PATH = "/metrics"
+ANY_HOST_PATHS = frozenset({"/health", "/ready", METRICS_PATH})
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="slm-server"'}
 NO_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization header "
           "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
@@ -52,6 +69,8 @@ class SecurityConfig:
     max_body_bytes: int
     protect_metrics: bool = False
     limiter: RateLimiter | None = field(default=None, repr=False)
+    hosts: HostPolicy | None = None  # None: any Host
+    body_timeout_s: float = 30.0
 
     @classmethod
     def from_settings(cls, settings: Settings) -> SecurityConfig:
@@ -62,14 +81,21 @@ class SecurityConfig:
         if keys and settings.redis_url and limited:
             limiter = RateLimiter(settings.redis_url, rpm=settings.rate_limit_rpm, tpm=settings.rate_limit_tpm,
                                   concurrency=settings.rate_limit_concurrency, timeout_s=settings.redis_timeout_s)
+        hosts = HostPolicy.from_settings(settings, keys_configured=bool(keys))
         if keys:
             log.info("API keys: %d configured; /v1/* needs one", len(keys))
         else:
-            log.warning("NO API KEYS CONFIGURED: the API is OPEN to anyone who can reach %s:%s. "
-                        "Set SLM_API_KEYS or SLM_API_KEYS_FILE.", settings.host, settings.port)
+            log.warning(
+                "NO API KEYS CONFIGURED: the API is OPEN. Anyone who can reach %s:%s can use every model "
+                "(spending the keys of hosted providers), read the answers and see /v1/status. Web pages in "
+                "a visitor's browser are held off only by the Host allow-list (%s) and by requiring a JSON "
+                "Content-Type; connections per client address are capped at %s. "
+                "Set SLM_API_KEYS or SLM_API_KEYS_FILE.", settings.host, settings.port,
+                hosts.describe() if hosts is not None else "any host: SLM_ALLOWED_HOSTS=*",
+                settings.max_connections_per_client or "no limit")
             if limited:
                 log.warning("per-key rate limits are set but there are no API keys: they are not applied")
-        return cls(keys, settings.max_body_bytes, settings.protect_metrics, limiter)
+        return cls(keys, settings.max_body_bytes, settings.protect_metrics, limiter, hosts, settings.body_timeout_s)
 
 
 class _BodyTooLarge(Exception):
@@ -98,13 +124,17 @@ class SecurityMiddleware:
 
         headers: list[tuple[bytes, bytes]] = scope["headers"]
         might_have_body = _may_have_body(headers)
+        path: str = scope["path"]
         try:
-            kid = self._authenticate(scope["path"], headers)
+            self._check_host(path, headers)
+            kid = self._authenticate(path, headers)
             length = _content_length(headers)
             if length is not None and length > self.config.max_body_bytes:
                 raise _too_large(self.config.max_body_bytes)
+            if might_have_body and path.startswith("/v1/"):
+                _check_content_type(headers)
         except SlmError as exc:
-            await _reply(send, exc, close=might_have_body)
+            await reply(send, exc, close=might_have_body)
             return
 
         admission: Admission | None = None
@@ -114,13 +144,19 @@ class SecurityMiddleware:
                 try:
                     admission = await limiter.admit(kid)
                 except SlmError as exc:
-                    await _reply(send, exc, close=might_have_body)
+                    await reply(send, exc, close=might_have_body)
                     return
             if might_have_body:
                 try:
                     receive = await self._buffer_body(receive)
                 except _BodyTooLarge:
-                    await _reply(send, _too_large(self.config.max_body_bytes), close=True)
+                    await reply(send, _too_large(self.config.max_body_bytes), close=True)
+                    return
+                except _BodyTimeout:
+                    timeout = self.config.body_timeout_s
+                    log.info("request body not received within %s s: 408, connection closed", timeout)
+                    await reply(send, RequestTimeoutError(
+                        f"The request body did not arrive within {timeout:g} s.", code="request_timeout"), close=True)
                     return
                 except _ClientGone:
                     return
@@ -144,6 +180,17 @@ class SecurityMiddleware:
         if path in OPEN_PATHS or (path.startswith(OPEN_PREFIXES) and not _DOT_SEGMENT.search(path)):
             return False
         return not (path == METRICS_PATH and not self.config.protect_metrics)
+
+    def _check_host(self, path: str, headers: list[tuple[bytes, bytes]]) -> None:
+        hosts = self.config.hosts
+        if hosts is None or path in ANY_HOST_PATHS:
+            return
+        values = [v for k, v in headers if k.lower() == b"host"]
+        if not hosts.allows(values):
+            shown = b", ".join(values).decode("latin-1")[:200]
+            raise InvalidRequestError(
+                f"This server does not serve the host {shown!r} (the Host header). Its operator may add it "
+                "to SLM_ALLOWED_HOSTS.", code="invalid_host")
 
     def _authenticate(self, path: str, headers: list[tuple[bytes, bytes]]) -> str | None:
         """The key id of the request's valid key; None when the path is open or no keys are set."""
@@ -172,17 +219,20 @@ class SecurityMiddleware:
         chunks: list[bytes] = []
         total = 0
         limit = self.config.max_body_bytes
-        while True:
-            message = await receive()
-            if message["type"] == "http.disconnect":
-                raise _ClientGone
-            body: bytes = message.get("body", b"")
-            total += len(body)
-            if total > limit:
-                raise _BodyTooLarge
-            chunks.append(body)
-            if not message.get("more_body", False):
-                break
+        with anyio.move_on_after(self.config.body_timeout_s) as deadline:
+            while True:
+                message = await receive()
+                if message["type"] == "http.disconnect":
+                    raise _ClientGone
+                body: bytes = message.get("body", b"")
+                total += len(body)
+                if total > limit:
+                    raise _BodyTooLarge
+                chunks.append(body)
+                if not message.get("more_body", False):
+                    break
+        if deadline.cancelled_caught:
+            raise _BodyTimeout
         replayed = False
 
         async def replay() -> Message:
@@ -197,6 +247,21 @@ class SecurityMiddleware:
 
 class _ClientGone(Exception):
     pass
+
+
+class _BodyTimeout(Exception):
+    pass
+
+
+def _check_content_type(headers: list[tuple[bytes, bytes]]) -> None:
+    values = [v for k, v in headers if k.lower() == b"content-type"]
+    media = values[0].partition(b";")[0].strip().lower() if len(values) == 1 else b""
+    if media == b"application/json" or (media.startswith(b"application/") and media.endswith(b"+json")):
+        return
+    got = repr(b", ".join(values).decode("latin-1")[:100]) if values else "no Content-Type"
+    raise InvalidRequestError(
+        f"The request body must be JSON, sent with 'Content-Type: application/json' (got {got}).",
+        code="unsupported_content_type")
 
 
 def _too_large(limit: int) -> RequestTooLargeError:
@@ -245,7 +310,8 @@ def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
     return sender
 
 
-async def _reply(send: Send, exc: SlmError, *, close: bool) -> None:
+async def reply(send: Send, exc: SlmError, *, close: bool) -> None:
+    """Send `exc` in the OpenAI envelope; `close`: say `Connection: close` (the body was not read)."""
     body = json.dumps(exc.to_body()).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
     headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers().items()]

@@ -92,6 +92,24 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureServer]:
             stop_server(live)
 
 
+# the open server (no API keys) of the browser and slow-client tests: short deadlines, a small cap
+HEADER_TIMEOUT_S = 2.0
+BODY_TIMEOUT_S = 2.0
+MAX_CONNECTIONS_PER_CLIENT = 8
+
+
+@pytest.fixture(scope="package")
+def open_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    """A real `slm-server serve` without API keys (the default), with its own embedded Redis."""
+    env = {"SLM_HEADER_TIMEOUT_S": str(HEADER_TIMEOUT_S), "SLM_BODY_TIMEOUT_S": str(BODY_TIMEOUT_S),
+           "SLM_MAX_CONNECTIONS_PER_CLIENT": str(MAX_CONNECTIONS_PER_CLIENT)}
+    live = start_server(tmp_path_factory.mktemp("open"), REGISTRY, env=env)
+    try:
+        yield live
+    finally:
+        stop_server(live)
+
+
 def raw_exchange(url: str, head: bytes, body: bytes = b"", *, timeout_s: float = 10.0) -> tuple[int, bytes]:
     """Send bytes exactly as given (no client normalising paths or headers); return (status, raw response)."""
     parts = urlsplit(url)

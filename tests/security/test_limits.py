@@ -101,7 +101,8 @@ def test_a_100mb_chunked_body_is_refused_without_being_read(secure: SecureServer
             yield block
 
     started = time.monotonic()
-    response = httpx.post(secure.url + "/v1/chat/completions", content=body(), headers=secure.auth("body"),
+    response = httpx.post(secure.url + "/v1/chat/completions", content=body(),
+                          headers={**secure.auth("body"), "Content-Type": "application/json"},
                           timeout=30)
     assert response.status_code == 413, response.text
     assert response.json()["error"]["code"] == "request_too_large"
@@ -124,7 +125,7 @@ def test_a_100mb_content_length_is_refused_before_any_byte_of_it(secure: SecureS
 def test_a_body_over_the_limit_in_small_chunks_is_cut_off_at_the_limit(secure: SecureServer) -> None:
     port = int(secure.url.rsplit(":", 1)[1])
     head = (f"POST /v1/chat/completions HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: Bearer {secure.keys['body']}"
-            f"\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
+            f"\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n").encode()
     with socket.create_connection(("127.0.0.1", port), timeout=10) as sock:
         sock.sendall(head)
         block = b"y" * 65536
