@@ -131,6 +131,10 @@ class BatchEngine:
                 "or completion.",
                 param="max_tokens",
             )
+        unknown = next((t for t in params.logit_bias if not 0 <= t < self.model.n_vocab), None)
+        if unknown is not None:
+            raise InvalidRequestError(f"Invalid key in 'logit_bias': {unknown} is not a token id of this model "
+                                      f"(its vocabulary has {self.model.n_vocab} tokens).", param="logit_bias")
         free = [s for s in self._slots if s.seq is None]
         if not free:
             raise RuntimeError("no free slot")  # the worker only takes work for free slots

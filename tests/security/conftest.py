@@ -35,7 +35,8 @@ models:
     embeddings: true
 """
 ENV_KEYS = ("auth", "burst", "other", "conc", "conc-other", "body", "smuggle", "canary", "headers",
-            "tpm", "tpm-other", "tpm-stream", "tpm-gone", "tpm-embed", "tpm-trace", "hostile", "errors")
+            "tpm", "tpm-other", "tpm-stream", "tpm-gone", "tpm-embed", "tpm-trace", "hostile", "errors",
+            "inputs", "inputs-stream")
 FILE_KEYS = ("filed",)
 HASHED_KEYS = ("hashed",)
 
