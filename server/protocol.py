@@ -6,6 +6,8 @@ Every parameter of the spec is either honoured or refused with a 400 naming it
 
 from __future__ import annotations
 
+import json
+import re
 from typing import Any, Literal
 
 from jsonschema import Draft202012Validator
@@ -13,10 +15,14 @@ from jsonschema.exceptions import SchemaError
 from pydantic import BaseModel, ConfigDict, Field, field_validator, model_validator
 
 from server.errors import InvalidRequestError
+from server.json_checks import check_schema_depth
 from server.tool_format import history_message
 
 MAX_MESSAGES = 4096
 MAX_TEXT_CHARS = 1_000_000
+# A token id is a llama_token (int32): ASCII digits only (str.isdigit() also passes '²', which int() refuses).
+TOKEN_ID = re.compile(r"[0-9]{1,10}")
+MAX_TOKEN_ID = 2**31 - 1
 
 # Provider settings a client must never choose (hosted entries take them from the registry only).
 PROVIDER_FIELDS = frozenset({
@@ -32,12 +38,41 @@ class TextPart(BaseModel):
     text: str = Field(max_length=MAX_TEXT_CHARS)
 
 
+class CalledFunction(BaseModel):
+    model_config = ConfigDict(extra="allow")
+    name: str
+    arguments: str = ""
+
+    @field_validator("arguments")
+    @classmethod
+    def _json_arguments(cls, value: str) -> str:
+        """The arguments are written back into the prompt as JSON, so they must be JSON."""
+        if value:
+            try:
+                json.loads(value)
+            except ValueError:
+                raise ValueError("the arguments must be a JSON value encoded as a string") from None
+            except RecursionError:
+                raise ValueError("the arguments are nested too deeply") from None
+        return value
+
+
+class AssistantToolCall(BaseModel):
+    """A call an assistant made earlier in the conversation (the client sends it back as history)."""
+
+    model_config = ConfigDict(extra="allow")
+    id: str | None = None
+    type: Literal["function"] = "function"
+    function: CalledFunction
+
+
 class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
     content: str | list[TextPart] | None = None
     name: str | None = None
+    tool_calls: list[AssistantToolCall] | None = None
 
     @field_validator("content")
     @classmethod
@@ -56,9 +91,9 @@ class ChatMessage(BaseModel):
 
     def for_template(self) -> dict[str, Any]:
         role = "system" if self.role == "developer" else self.role
-        extra = self.model_extra or {}
-        if role == "assistant" and extra.get("tool_calls"):
-            return history_message({"content": self.text(), "tool_calls": extra["tool_calls"]})
+        if role == "assistant" and self.tool_calls:
+            return history_message({"content": self.text(),
+                                    "tool_calls": [call.model_dump() for call in self.tool_calls]})
         return {"role": role, "content": self.text()}
 
 
@@ -93,8 +128,10 @@ class _Sampling(BaseModel):
     @classmethod
     def _biases(cls, value: dict[str, float] | None) -> dict[str, float] | None:
         for token, bias in (value or {}).items():
-            if not token.isdigit():
-                raise ValueError(f"keys must be token ids, got '{token}'")
+            if not TOKEN_ID.fullmatch(token) or int(token) > MAX_TOKEN_ID:
+                shown = token if len(token) <= 20 else token[:20] + "..."
+                raise ValueError(f"keys must be token ids (decimal integers from 0 to {MAX_TOKEN_ID}), "
+                                 f"got {json.dumps(shown, ensure_ascii=False)}")
             if not -100 <= bias <= 100:
                 raise ValueError("biases must be between -100 and 100")
         return value
@@ -161,6 +198,7 @@ class FunctionDef(BaseModel):
     @classmethod
     def _schema(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
         if value is not None:
+            check_schema_depth(value)  # before the recursive schema check, which a deep schema overflows
             try:
                 Draft202012Validator.check_schema(value)
             except SchemaError as exc:
@@ -193,6 +231,13 @@ class JsonSchemaFormat(BaseModel):
     schema_: dict[str, Any] | None = Field(default=None, alias="schema")
     strict: bool | None = None
     description: str | None = None
+
+    @field_validator("schema_")
+    @classmethod
+    def _schema_depth(cls, value: dict[str, Any] | None) -> dict[str, Any] | None:
+        if value is not None:
+            check_schema_depth(value)
+        return value
 
 
 class ResponseFormat(BaseModel):

@@ -10,6 +10,7 @@ from pydantic import BaseModel, ValidationError
 
 from server.api.errors import from_validation
 from server.errors import InvalidRequestError
+from server.json_checks import check_body, check_decodable
 from server.serving.service import Service
 
 M = TypeVar("M", bound=BaseModel)
@@ -27,13 +28,19 @@ async def read_json(request: Request) -> Any:
     """The body as JSON, or an OpenAI-style 400 saying why it is not a JSON object."""
     raw = await request.body()
     try:
-        data: Any = json.loads(raw) if raw else None
-    except (ValueError, UnicodeDecodeError):
+        text = raw.decode("utf-8-sig")  # JSON on the wire is UTF-8 (RFC 8259); a leading BOM is tolerated
+    except UnicodeDecodeError:
+        raise InvalidRequestError("The request body is not valid UTF-8.", code="invalid_json") from None
+    try:
+        data: Any = json.loads(text) if text else None
+    except ValueError:
         raise InvalidRequestError("The request body is not valid JSON.", code="invalid_json") from None
     except RecursionError:
+        check_decodable(text)  # names the parameter nested too deeply
         raise InvalidRequestError("The request body is nested too deeply.", code="invalid_json") from None
     if not isinstance(data, dict):
         raise InvalidRequestError("The request body must be a JSON object.", code="invalid_json")
+    check_body(data, text)
     return data
 
 

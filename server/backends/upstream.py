@@ -15,8 +15,10 @@ A failure with no HTTP answer behind it (connection, timeout, an unexpected exce
 says the upstream is down (`UpstreamFailure.upstream_down`, what `backends/health.py` counts); a 4xx,
 429 included, is an answer: the upstream is reachable.
 
-Every message is scrubbed of the provider key (and of anything shaped like a bearer token)
-before it becomes an error, a log line or a metric label.
+Every message is scrubbed before it becomes an error, a log line or a metric label (`scrub`): of
+the provider key and of transformed copies of it (any 8 characters of it in a row, in any letter
+case, forwards or reversed), and of anything shaped like a secret (a bearer token, `sk-...`, a run
+of 20 or more letters and digits that mixes them like a key does).
 """
 
 from __future__ import annotations
@@ -25,8 +27,10 @@ import email.utils
 import functools
 import inspect
 import logging
+import math
 import os
 import re
+import string
 import time
 import warnings
 from types import ModuleType
@@ -45,6 +49,12 @@ log = logging.getLogger("slm.hosted")
 
 _OFFLINE_ENV = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS": "True"}
 _TOKEN = re.compile(r"(?i)\b(bearer\s+)[^\s,;\"']+|\b(?:sk|pk|rk)-[A-Za-z0-9_\-]{8,}")
+# A run of key characters, kept or dropped by `_looks_secret`.
+_RUN = re.compile(r"[A-Za-z0-9_\-+/=]{20,}")
+# Copies of a key are found by its 8-character pieces: shorter runs match ordinary words too often.
+KEY_PIECE = 8
+_LOWER = str.maketrans(string.ascii_uppercase, string.ascii_lowercase)  # keeps every index in place
+_REDACTED = "[redacted]"
 _PREFIX = re.compile(r"^(?:\s*(?:litellm\.)?[A-Za-z]+(?:Error|Exception)\s*(?::|-)\s*)+")
 
 
@@ -70,11 +80,43 @@ def provider_of(litellm_model: str) -> str:
     return litellm_model.split("/", 1)[0] if "/" in litellm_model else "default"
 
 
+def _copies(text: str, secret: str) -> list[tuple[int, int]]:
+    """Spans of `text` that copy `KEY_PIECE` or more characters of `secret` in a row, in any letter case,
+    forwards or reversed (the whole secret when it is shorter)."""
+    piece = min(KEY_PIECE, len(secret))
+    folded_secret = secret.translate(_LOWER)
+    pieces = {s[i:i + piece] for s in (folded_secret, folded_secret[::-1]) for i in range(len(s) - piece + 1)}
+    folded = text.translate(_LOWER)
+    spans: list[tuple[int, int]] = []
+    for i in range(len(folded) - piece + 1):
+        if folded[i:i + piece] in pieces:
+            if spans and spans[-1][1] >= i:
+                spans[-1] = (spans[-1][0], i + piece)
+            else:
+                spans.append((i, i + piece))
+    return spans
+
+
+def _looks_secret(run: str) -> bool:
+    """A run of 20+ key characters that is shaped like a key, not like a word or a model name: letters of
+    both cases and digits, or (hex ids, lower-case keys) letters and digits over 32 characters; and not
+    repetitive (at least 3 bits of entropy per character)."""
+    alnum = [c for c in run if c.isalnum()]
+    upper, lower, digit = (any(f(c) for c in alnum) for f in (str.isupper, str.islower, str.isdigit))
+    if not (upper and lower and digit) and not (digit and (upper or lower) and len(alnum) >= 32):
+        return False
+    counts = [alnum.count(c) for c in set(alnum)]
+    return -sum(n / len(alnum) * math.log2(n / len(alnum)) for n in counts) >= 3.0
+
+
 def scrub(text: str, secrets: tuple[str, ...] = ()) -> str:
+    """`text` without the secrets, transformed copies of them, or anything else shaped like a secret."""
     for secret in secrets:
         if secret:
-            text = text.replace(secret, "[redacted]")
-    return _TOKEN.sub(lambda m: (m.group(1) or "") + "[redacted]", text)
+            for start, end in reversed(_copies(text, secret)):
+                text = text[:start] + _REDACTED + text[end:]
+    text = _TOKEN.sub(lambda m: (m.group(1) or "") + _REDACTED, text)
+    return _RUN.sub(lambda m: _REDACTED if _looks_secret(m.group()) else m.group(), text)
 
 
 class UpstreamFailure(NamedTuple):

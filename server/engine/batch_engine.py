@@ -104,9 +104,15 @@ class BatchEngine:
 
     # -- prompts --------------------------------------------------------------------------------
     def chat_tokens(self, messages: list[dict[str, Any]]) -> list[int]:
-        text = self.template.render(messages)
-        has_bos = bool(self.model.bos_text) and text.startswith(self.model.bos_text)
-        return self.model.tokenize(text, add_special=not has_bos, parse_special=True)
+        """The prompt's tokens: the template's markup read for special tokens, the messages' text never
+        (`<|im_end|>` typed in a message is text, not the end of a turn)."""
+        parts = self.template.render_parts(messages)
+        bos = self.model.bos_text
+        has_bos = bool(parts) and not parts[0].is_message and bool(bos) and parts[0].text.startswith(bos)
+        tokens = [self.model.bos] if self.model.add_bos and not has_bos and self.model.bos >= 0 else []
+        for part in parts:
+            tokens += self.model.tokenize(part.text, add_special=False, parse_special=not part.is_message)
+        return tokens
 
     def completion_tokens(self, prompt: str) -> list[int]:
         return self.model.tokenize(prompt, add_special=True, parse_special=False)
@@ -131,6 +137,10 @@ class BatchEngine:
                 "or completion.",
                 param="max_tokens",
             )
+        unknown = next((t for t in params.logit_bias if not 0 <= t < self.model.n_vocab), None)
+        if unknown is not None:
+            raise InvalidRequestError(f"Invalid key in 'logit_bias': {unknown} is not a token id of this model "
+                                      f"(its vocabulary has {self.model.n_vocab} tokens).", param="logit_bias")
         free = [s for s in self._slots if s.seq is None]
         if not free:
             raise RuntimeError("no free slot")  # the worker only takes work for free slots

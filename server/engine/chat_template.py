@@ -2,12 +2,17 @@
 
 Templates come from GGUF files, which are data from elsewhere: they are rendered in Jinja's
 `ImmutableSandboxedEnvironment`, so a template cannot reach Python internals or mutate inputs.
+
+`render_parts` keeps the template's markup apart from the messages' text, so that only the markup
+is read for special tokens: `<|im_end|>` typed in a message is text, never the end of a turn.
 """
 
 from __future__ import annotations
 
 import datetime
-from typing import Any
+import re
+import secrets
+from typing import Any, NamedTuple
 
 from jinja2 import TemplateError
 from jinja2.sandbox import ImmutableSandboxedEnvironment
@@ -50,6 +55,39 @@ def _strftime_now(fmt: str) -> str:
     return datetime.datetime.now().strftime(fmt)
 
 
+# A placeholder's ends: private-use characters no template markup uses.
+_PLACEHOLDER = re.compile("[\ue000\ue001]")
+
+
+class Part(NamedTuple):
+    text: str
+    is_message: bool  # a message's text (never read for special tokens), else the template's markup
+
+
+def _candidates(text: str) -> list[str]:
+    """How templates commonly pass a message's text on: as it is, or trimmed (Gemma's `| trim`)."""
+    return list(dict.fromkeys((text, text.strip(), text.lstrip(), text.rstrip())))
+
+
+def _fit(rendered: str, markup: list[str], texts: list[str]) -> list[Part] | None:
+    """`rendered` as the template's markup pieces (exactly as rendered with placeholders) around each
+    message's text as passed on (`_candidates`); None when it is not that."""
+    parts = [Part(markup[0], False)]
+    pos = len(markup[0])
+    if not rendered.startswith(markup[0]):
+        return None
+    for text, after in zip(texts, markup[1:], strict=True):
+        for candidate in _candidates(text):
+            end = pos + len(candidate)
+            if rendered.startswith(candidate, pos) and rendered.startswith(after, end):
+                parts += [Part(candidate, True), Part(after, False)]
+                pos = end + len(after)
+                break
+        else:
+            return None
+    return parts if pos == len(rendered) else None
+
+
 class ChatTemplate:
     def __init__(self, source: str | None, *, bos_token: str = "", eos_token: str = "") -> None:
         env = ImmutableSandboxedEnvironment(trim_blocks=True, lstrip_blocks=True, autoescape=False)
@@ -59,6 +97,40 @@ class ChatTemplate:
         self._template = env.from_string(self.source)
         self._bos = bos_token
         self._eos = eos_token
+
+    def render_parts(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> list[Part]:
+        """The prompt as the template's markup and the messages' text, in order (empty parts left out).
+
+        The template is rendered twice: as is, and with each message's text replaced by a placeholder
+        no client can guess (digits between private-use characters, which case changes and trimming
+        leave alone); what surrounds the placeholders is markup. When the template passed the text on
+        as sent (or trimmed, or dropped it) the parts join into exactly the first rendering. A template
+        that rewrites message text gets its markup and each message's text as sent; one that rewrote a
+        placeholder beyond recognition is refused (a 400), never guessed at.
+        """
+        rendered = self.render(messages, add_generation_prompt=add_generation_prompt)
+        nonce = str(secrets.randbits(96))
+        texts: dict[str, str] = {}
+        marked: list[dict[str, Any]] = []
+        for i, message in enumerate(messages):
+            content = message.get("content")
+            if isinstance(content, str) and content:
+                placeholder = f"\ue000{nonce}.{i}\ue001"
+                texts[placeholder] = content
+                message = {**message, "content": placeholder}
+            marked.append(message)
+        if not texts:
+            return [Part(rendered, False)] if rendered else []
+        pieces = re.split("(" + "|".join(map(re.escape, texts)) + ")",
+                          self.render(marked, add_generation_prompt=add_generation_prompt))
+        markup, found = pieces[0::2], [texts[p] for p in pieces[1::2]]
+        parts = _fit(rendered, markup, found)
+        if parts is None:
+            if any(_PLACEHOLDER.search(p) for p in markup):
+                raise InvalidRequestError("The model's chat template rewrites message text in a way that cannot "
+                                          "be kept apart from its markup.", param="messages")
+            parts = [Part(p, False) if i % 2 == 0 else Part(texts[p], True) for i, p in enumerate(pieces)]
+        return [part for part in parts if part.text]
 
     def render(self, messages: list[dict[str, Any]], *, add_generation_prompt: bool = True) -> str:
         try:

@@ -8,6 +8,7 @@ import socket
 import time
 from email.utils import formatdate
 
+import httpx
 import pytest
 from prometheus_client import generate_latest
 
@@ -21,6 +22,9 @@ from server.errors import (
     UpstreamError,
     UpstreamTimeoutError,
 )
+from server.registry import parse_registry
+from server.settings import Settings
+from tests.gateway_thread import running_gateway
 from tests.hosted.conftest import CANARY_KEY, KEY_ENV, MakeBackend
 from tests.hosted.fake_upstream import FakeUpstream, Reply
 
@@ -183,3 +187,85 @@ def test_unknown_exceptions_are_a_502_without_their_text() -> None:
     failure = map_upstream_error(ValueError(f"boom {CANARY_KEY}"), model="big", timeout=5.0, param="messages")
     assert (failure.error.status, failure.label, failure.retryable) == (502, "unknown", False)
     assert "boom" not in failure.error.message
+
+
+def key_pieces(key: str) -> set[str]:
+    """Every 8 characters of the key in a row, forwards and reversed, lower-cased."""
+    folded = key.lower()
+    return {s[i:i + 8] for s in (folded, folded[::-1]) for i in range(len(s) - 7)}
+
+
+def assert_no_piece_of(key: str, text: str, where: str) -> None:
+    found = sorted(p for p in key_pieces(key) if p in text.lower())
+    assert not found, f"pieces of the key leaked into {where}: {found}"
+
+
+OTHER_SECRET = "Xq7LmN2pR9sT4vW8yZ3bC6dF"  # not the provider key, and not sk-/bearer shaped
+TRANSFORMED = (f"upper {CANARY_KEY.upper()}; lower {CANARY_KEY.lower()}; reversed {CANARY_KEY[::-1]}; "
+               f"partial ...{CANARY_KEY[9:19]}...; tail {CANARY_KEY[-8:]}; other token {OTHER_SECRET}")
+
+
+async def test_transformed_copies_of_the_key_and_secret_shaped_tokens_never_reach_clients_or_logs(
+        make_backend: MakeBackend, fake: FakeUpstream, caplog: pytest.LogCaptureFixture,
+        capfd: pytest.CaptureFixture[str]) -> None:
+    caplog.set_level(logging.DEBUG)
+    fake.script(
+        Reply.error(400, TRANSFORMED, code="invalid_request", param="messages"),
+        Reply.error(400, TRANSFORMED, code="context_length_exceeded", param="messages"),
+        Reply.error(429, TRANSFORMED, headers={"Retry-After": "1"}),
+        Reply.error(401, TRANSFORMED, code="invalid_api_key"),
+        Reply.error(500, TRANSFORMED),
+    )
+    backend = make_backend()
+    errors = [await failure_of(backend) for _ in range(5)]
+    assert [e.status for e in errors] == [400, 400, 429, 502, 502]
+    texts = "\n".join(json.dumps(e.to_body()) + str(e) + repr(e) for e in errors)
+    assert texts.count("[redacted]") >= 6 * 3  # each copy was there, and was scrubbed (two 400s and a 429)
+    assert "upper" in texts and "reversed" in texts  # the rest of the upstream's message still reached the client
+    out, err = capfd.readouterr()
+    for where, text in [("errors", texts), ("logs", caplog.text), ("stdout", out), ("stderr", err)]:
+        assert_no_piece_of(CANARY_KEY, text, where)
+        assert OTHER_SECRET not in text, f"a secret-shaped token reached {where}"
+
+
+def test_a_real_gateway_answers_an_upstream_400_without_copies_of_its_key(
+        redis_url: str, fake: FakeUpstream, monkeypatch: pytest.MonkeyPatch, capfd: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.setenv(KEY_ENV, CANARY_KEY)
+    fake.script(Reply.error(400, TRANSFORMED, code="invalid_request", param="messages"))
+    models = {"big": {"backend": "hosted", "litellm_model": "openai/fake-model", "api_base": fake.api_base,
+                      "api_key_env": KEY_ENV, "retries": 0}}
+    with running_gateway(Settings(redis_url=redis_url, reload_interval_s=0), parse_registry({"models": models})) as url:
+        response = httpx.post(url + "/v1/chat/completions", timeout=30,
+                              json={"model": "big", "messages": [{"role": "user", "content": "hi"}]})
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "messages" and "[redacted]" in error["message"]
+    assert fake.requests[0].headers["authorization"] == f"Bearer {CANARY_KEY}"  # the key was the real one
+    out, err = capfd.readouterr()
+    for where, text in [("the answer", response.text), ("the gateway's output", out + err)]:
+        assert_no_piece_of(CANARY_KEY, text, where)
+        assert OTHER_SECRET not in text
+
+
+@pytest.mark.parametrize("kept", [
+    "The model gpt-4o-mini-2024-07-18 does not support 'logprobs'.",
+    "claude-3-5-sonnet-20241022: max_tokens must be at most 8192",
+    "See https://platform.openai.com/docs/guides/error-codes/api-errors for internationalization_details.",
+    "'temperature' is out of range",
+])
+def test_scrub_keeps_ordinary_upstream_text(kept: str) -> None:
+    assert scrub(kept, (CANARY_KEY,)) == kept
+
+
+@pytest.mark.parametrize("secret", [
+    "Xq7LmN2pR9sT4vW8yZ3bC6dF",  # mixed-case base62
+    "wJalrXUtnFEMI/K7MDENG/bPxRfiCYEXAMPLEKEY",  # base64 with slashes
+    "hf_AbCdEfGhIjKlMnOpQrStUvWxYz012345",
+    "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08",  # a lower-case hex secret
+])
+def test_scrub_strips_secret_shaped_tokens_it_was_not_told_about(secret: str) -> None:
+    assert scrub(f"upstream said: token {secret} is invalid") == "upstream said: token [redacted] is invalid"
+
+
+def test_scrub_finds_short_keys_whole_in_any_case_and_reversed() -> None:
+    assert scrub("a AbC123x b x321CbA c abc123X d", ("AbC123x",)) == "a [redacted] b [redacted] c [redacted] d"

@@ -35,7 +35,8 @@ models:
     embeddings: true
 """
 ENV_KEYS = ("auth", "burst", "other", "conc", "conc-other", "body", "smuggle", "canary", "headers",
-            "tpm", "tpm-other", "tpm-stream", "tpm-gone", "tpm-embed", "tpm-trace", "hostile", "errors")
+            "tpm", "tpm-other", "tpm-stream", "tpm-gone", "tpm-embed", "tpm-trace", "hostile", "errors",
+            "inputs", "inputs-stream")
 FILE_KEYS = ("filed",)
 HASHED_KEYS = ("hashed",)
 
@@ -85,7 +86,7 @@ def secure(tmp_path_factory: pytest.TempPathFactory) -> Iterator[SecureServer]:
             "SLM_RATE_LIMIT_TPM": str(TPM),
             "SLM_RATE_LIMIT_CONCURRENCY": str(CONCURRENCY),
         }
-        live = start_server(tmp, REGISTRY, env=env, timeout_s=60)
+        live = start_server(tmp, REGISTRY, env=env)  # the default 180 s: a loaded machine needs it
         try:
             yield SecureServer(live, store.url, keys)
         finally:
