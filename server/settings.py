@@ -50,6 +50,10 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Tokens (prompt + completion) per minute per API key (in Redis); 0 = off."
     )
     rate_limit_concurrency: int = Field(default=0, ge=0, description="Concurrent requests per API key; 0 = off.")
+    rate_limit_window_s: float = Field(
+        default=60.0, gt=0, le=86400,
+        description="Length of the sliding window of the RPM and TPM limits (both are per this many seconds).",
+    )
 
     def model_dir_list(self) -> list[Path]:
         return [Path(p) for p in self.model_dirs.split(":") if p]

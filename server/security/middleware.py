@@ -7,8 +7,8 @@ For each HTTP request, in this order:
    `Authorization: Bearer <key>`. The scheme is case-insensitive (RFC 7235), the key is not.
    The decision reads `scope["path"]`, never a URL rebuilt from `Host` or `X-Forwarded-*`.
 2. **Content-Length** — above `SLM_MAX_BODY_BYTES`: 413 before reading any of the body.
-3. **Per-key limits** — requests and tokens per minute, concurrent requests, in Redis
-   (`rate_limits`). A token-limited request gets a `usage.TokenUsage` in `usage.current`, which
+3. **Per-key limits** — requests and tokens per minute (sliding windows), concurrent requests,
+   in Redis (`rate_limits`). A token-limited request gets a `usage.TokenUsage` in `usage.current`, which
    the serving layer fills; its total is charged to the key when the response is over.
 4. **Body** — read here, counting; 413 as soon as the count passes the limit (chunked bodies
    included), then handed to the app in one piece.
@@ -61,7 +61,8 @@ class SecurityConfig:
         limited = settings.rate_limit_rpm or settings.rate_limit_tpm or settings.rate_limit_concurrency
         if keys and settings.redis_url and limited:
             limiter = RateLimiter(settings.redis_url, rpm=settings.rate_limit_rpm, tpm=settings.rate_limit_tpm,
-                                  concurrency=settings.rate_limit_concurrency, timeout_s=settings.redis_timeout_s)
+                                  concurrency=settings.rate_limit_concurrency, timeout_s=settings.redis_timeout_s,
+                                  window_s=settings.rate_limit_window_s)
         if keys:
             log.info("API keys: %d configured; /v1/* needs one", len(keys))
         else:
