@@ -12,10 +12,16 @@ from collections.abc import AsyncIterator, Iterator
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
 
+import anyio
 import httpx
 import pytest
 import redis
 from pydantic import SecretStr
+from starlette.applications import Starlette
+from starlette.requests import Request
+from starlette.responses import JSONResponse
+from starlette.routing import Route
+from starlette.types import ASGIApp
 
 from server.queue import keys as redis_keys
 from server.registry import parse_registry
@@ -122,11 +128,12 @@ class Limited(NamedKeys):
 
 
 @asynccontextmanager
-async def limited_app(redis_url: str, *, rpm: int = 0, tpm: int = 0) -> AsyncIterator[Limited]:
+async def limited_app(redis_url: str, *, rpm: int = 0, tpm: int = 0, concurrency: int = 0,
+                      app: ASGIApp = APP) -> AsyncIterator[Limited]:
     keys = {"a": f"sk-a-{secrets.token_hex(16)}"}
-    limiter = RateLimiter(redis_url, rpm=rpm, tpm=tpm, concurrency=0, window_s=WINDOW_S)
+    limiter = RateLimiter(redis_url, rpm=rpm, tpm=tpm, concurrency=concurrency, window_s=WINDOW_S)
     config = SecurityConfig(ApiKeys.load(",".join(keys.values())), 1 << 20, limiter=limiter)
-    transport = httpx.ASGITransport(app=SecurityMiddleware(APP, config))
+    transport = httpx.ASGITransport(app=SecurityMiddleware(app, config))
     r = redis.Redis.from_url(redis_url)
     try:
         async with httpx.AsyncClient(transport=transport, base_url="http://test") as client:
@@ -200,3 +207,34 @@ async def test_tokens_leave_the_window_charge_by_charge(redis_url: str) -> None:
         # the 600 have left, the 500 have not: neither a fresh window (1000) nor a full one (0)
         assert served.headers["x-ratelimit-remaining-tokens"] == str(tpm - 500)
         assert int(r.get(redis_keys.token_window_total(limited.key_id("a"))) or 0) == 501
+
+
+async def test_a_request_refused_for_concurrency_takes_no_place_in_the_window(redis_url: str) -> None:
+    entered, release = anyio.Event(), anyio.Event()
+
+    async def hold(request: Request) -> JSONResponse:
+        entered.set()
+        await release.wait()
+        return JSONResponse({"ok": True})
+
+    app = Starlette(routes=[Route("/v1/hold", hold), Route("/v1/quick", lambda request: JSONResponse({}))])
+    async with limited_app(redis_url, rpm=2, concurrency=1, app=app) as limited:
+        c, auth = limited.client, limited.auth("a")
+        log = redis_keys.request_window(limited.key_id("a"))
+        held: list[httpx.Response] = []
+
+        async def first() -> None:
+            held.append(await c.get("/v1/hold", headers=auth))
+
+        async with anyio.create_task_group() as tasks:
+            tasks.start_soon(first)
+            with anyio.fail_after(10):
+                await entered.wait()
+            refused = await c.get("/v1/quick", headers=auth)
+            assert refused.status_code == 429
+            assert refused.json()["error"]["code"] == "concurrency_limit_exceeded"
+            assert limited.redis.zcard(log) == 1, "a request refused for concurrency was counted"
+            release.set()
+        assert held[0].status_code == 200
+        second = await c.get("/v1/quick", headers=auth)  # the second of two: admitted
+        assert second.status_code == 200 and second.headers["x-ratelimit-remaining-requests"] == "0"
