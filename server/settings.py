@@ -50,6 +50,10 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Tokens (prompt + completion) per minute per API key (in Redis); 0 = off."
     )
     rate_limit_concurrency: int = Field(default=0, ge=0, description="Concurrent requests per API key; 0 = off.")
+    rate_limit_window_s: float = Field(
+        default=60.0, gt=0, le=86400,
+        description="Length of the sliding window of the RPM and TPM limits (both are per this many seconds).",
+    )
     # browsers and slow clients (server/security/hosts.py, server/http_protocol.py)
     allowed_hosts: str = Field(
         default="", description="Comma-separated Host names served (`*` = any); empty: localhost and the bind "

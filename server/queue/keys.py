@@ -36,15 +36,20 @@ def worker_info(worker_id: str) -> str:
     return f"{PREFIX}:worker:{worker_id}"
 
 
-# Per-API-key limits (server/security/rate_limits.py). `kid` is `api_keys.key_id()`, never the key.
-def requests_per_minute(kid: str, window: int) -> str:
-    """Requests of one key in one minute (fixed window `unix time // 60`); expires after two windows."""
-    return f"{PREFIX}:ratelimit:rpm:{kid}:{window}"
+# Per-API-key limits (server/security/rate_limits.py, windows.py). `kid` is `api_keys.key_id()`, never the key.
+def request_window(kid: str) -> str:
+    """Sorted set: the requests of one key admitted within the rate window, scored by Redis time (µs)."""
+    return f"{PREFIX}:ratelimit:rpm:{kid}"
 
 
-def tokens_per_minute(kid: str, window: int) -> str:
-    """Tokens (prompt + completion) one key's finished requests used in one minute; expires after two."""
-    return f"{PREFIX}:ratelimit:tpm:{kid}:{window}"
+def token_window(kid: str) -> str:
+    """Sorted set: the token charges (`<nonce>:<tokens>`) of one key within the window, by Redis time (µs)."""
+    return f"{PREFIX}:ratelimit:tpm:{kid}"
+
+
+def token_window_total(kid: str) -> str:
+    """The sum of `token_window(kid)`'s charges; expires with it."""
+    return f"{PREFIX}:ratelimit:tpm-total:{kid}"
 
 
 def concurrent_requests(kid: str) -> str:

@@ -14,8 +14,8 @@ For each HTTP request, in this order:
    `application/<x>+json`; parameters such as `charset` allowed), else 400
    `unsupported_content_type`: a web page can send `text/plain` (or no type) without a CORS
    preflight, never JSON, so no page elsewhere can post to the API from a visitor's browser.
-3. **Per-key limits** — requests and tokens per minute, concurrent requests, in Redis
-   (`rate_limits`). A token-limited request gets a `usage.TokenUsage` in `usage.current`, which
+3. **Per-key limits** — requests and tokens per minute (sliding windows), concurrent requests,
+   in Redis (`rate_limits`). A token-limited request gets a `usage.TokenUsage` in `usage.current`, which
    the serving layer fills; its total is charged to the key when the response is over.
 4. **Body** — read here, counting; 413 as soon as the count passes the limit (chunked bodies
    included); 408 `request_timeout` when it is not all in within `SLM_BODY_TIMEOUT_S` (the
@@ -80,7 +80,8 @@ class SecurityConfig:
         limited = settings.rate_limit_rpm or settings.rate_limit_tpm or settings.rate_limit_concurrency
         if keys and settings.redis_url and limited:
             limiter = RateLimiter(settings.redis_url, rpm=settings.rate_limit_rpm, tpm=settings.rate_limit_tpm,
-                                  concurrency=settings.rate_limit_concurrency, timeout_s=settings.redis_timeout_s)
+                                  concurrency=settings.rate_limit_concurrency, timeout_s=settings.redis_timeout_s,
+                                  window_s=settings.rate_limit_window_s)
         hosts = HostPolicy.from_settings(settings, keys_configured=bool(keys))
         if keys:
             log.info("API keys: %d configured; /v1/* needs one", len(keys))

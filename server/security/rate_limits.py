@@ -1,17 +1,25 @@
 """Per-key limits kept in Redis, so that they hold across every gateway sharing it.
 
-    requests per minute   a fixed window: `INCR` + `EXPIRE` on `keys.requests_per_minute(kid, minute)`
-    tokens per minute     a fixed window: `GET` on admission, refused once the window holds `limit`
-                          tokens or more; the request's usage (`usage.TokenUsage`, prompt +
-                          completion) `INCRBY`'d into the window current when the response is over
+    requests per minute   a sliding window (`windows`): admitted while fewer than `limit` requests
+                          were admitted in the last `window_s` seconds (60 unless
+                          `SLM_RATE_LIMIT_WINDOW_S` says otherwise), so no such interval admits more
+    tokens per minute     a sliding window of charges: refused while the tokens charged in the last
+                          `window_s` seconds reach `limit`; the request's usage (`usage.TokenUsage`,
+                          prompt + completion) is charged when the response is over
     concurrent requests   a counter: `INCR` on admission (undone past the limit), `DECR` when the
                           response is over; its TTL (refreshed on every admission) bounds what a
                           gateway that died mid-request can leave behind
 
 A token limit is checked before the request's own size is known (the body is not read yet, and
-usage is only known at the end), so one admitted request may take the window past its limit —
-the next one is refused until the window turns, as OpenAI's headers report it. Concurrent
+usage is only known at the end), so the requests admitted while the window was under its limit
+may take it past the limit together — the next one is refused until enough of their charges have
+left the window, as the headers report it. Concurrent
 requests of one key can overshoot together; the concurrency limit bounds by how much.
+
+`x-ratelimit-reset-*` and `Retry-After` are the whole seconds until a slot frees: until the oldest
+request in the window leaves it (refused: until the count falls under the limit), and for tokens
+until the oldest charge leaves (refused: until what stays is under the limit). Both windows are
+on Redis's clock (`TIME`), never the gateway's.
 
 Keys are named in `server.queue.keys` by `api_keys.key_id()`, never by the API key. When Redis
 cannot be reached the limits are not applied (the request is let through and a warning logged,
@@ -21,11 +29,8 @@ at most every 30 s): the queue itself answers 503 then, and hosted models keep b
 from __future__ import annotations
 
 import logging
-import math
 import time
-from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -33,10 +38,11 @@ from redis.exceptions import RedisError
 from server.errors import RateLimitError
 from server.queue import keys
 from server.security.usage import TokenUsage
+from server.security.windows import Reading, SlidingWindows
 
 log = logging.getLogger("slm.security")
 
-WINDOW_S = 60
+WINDOW_S = 60.0  # the default window; `SLM_RATE_LIMIT_WINDOW_S`
 CONCURRENCY_TTL_S = 3600
 WARN_EVERY_S = 30.0
 
@@ -65,7 +71,8 @@ class Admission:
 
     kid: str
     holds_slot: bool = False
-    reset_s: int = 0
+    reset_s: int = 0  # until a request slot frees
+    tokens_reset_s: int = 0  # until tokens free up
     limit: int = 0
     remaining: int = 0
     token_limit: int = 0
@@ -74,23 +81,22 @@ class Admission:
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         out = []
-        reset = f"{self.reset_s}s".encode()
         if self.limit:
             out += [(b"x-ratelimit-limit-requests", str(self.limit).encode()),
                     (b"x-ratelimit-remaining-requests", str(self.remaining).encode()),
-                    (b"x-ratelimit-reset-requests", reset)]
+                    (b"x-ratelimit-reset-requests", f"{self.reset_s}s".encode())]
         if self.token_limit:
             out += [(b"x-ratelimit-limit-tokens", str(self.token_limit).encode()),
                     (b"x-ratelimit-remaining-tokens", str(self.tokens_remaining).encode()),
-                    (b"x-ratelimit-reset-tokens", reset)]
+                    (b"x-ratelimit-reset-tokens", f"{self.tokens_reset_s}s".encode())]
         return out
 
 
 class RateLimiter:
     def __init__(self, redis_url: str, *, rpm: int, concurrency: int, tpm: int = 0, timeout_s: float = 1.0,
-                 clock: Callable[[], float] = time.time) -> None:
+                 window_s: float = WINDOW_S) -> None:
         self.redis_url = redis_url
-        self.clock = clock  # unix seconds; the windows are its minutes
+        self.windows = SlidingWindows(window_s)
         self.rpm = rpm
         self.tpm = tpm
         self.concurrency = concurrency
@@ -124,12 +130,13 @@ class RateLimiter:
         """Count one request of key `kid`; raises `RateLimitError` past a limit."""
         admission = Admission(kid, usage=TokenUsage() if self.tpm else None)
         try:
-            if self.rpm or self.tpm:
-                await self._check_windows(admission)
+            reading = await self._check_windows(admission) if self.rpm or self.tpm else None
             if self.concurrency:
                 n = await self._client().eval(_ACQUIRE, 1, keys.concurrent_requests(kid), self.concurrency,
                                               CONCURRENCY_TTL_S)
                 if not int(n):
+                    if reading is not None and self.rpm:  # not admitted after all: not counted
+                        await self.windows.forget(self._client(), kid, reading)
                     raise RateLimitError(
                         f"Too many concurrent requests for this API key (limit {self.concurrency}); "
                         "wait for one to finish.",
@@ -140,50 +147,39 @@ class RateLimiter:
             self._unavailable(exc)
         return admission
 
-    async def _check_windows(self, admission: Admission) -> None:
-        """One round trip: count this request in its minute, read the tokens used in it."""
-        now = self.clock()
-        window = int(now // WINDOW_S)
-        admission.reset_s = max(1, math.ceil((window + 1) * WINDOW_S - now))
-        pipe = self._client().pipeline(transaction=True)
-        if self.rpm:
-            counter = keys.requests_per_minute(admission.kid, window)
-            pipe.incr(counter)
-            pipe.expire(counter, 2 * WINDOW_S)
-        if self.tpm:
-            pipe.get(keys.tokens_per_minute(admission.kid, window))
-        replies: list[Any] = await pipe.execute()
-        count = int(replies[0]) if self.rpm else 0
-        used = int(replies[-1] or 0) if self.tpm else 0
+    async def _check_windows(self, admission: Admission) -> Reading:
+        """One script: count this request in the key's window unless a limit is reached, read its tokens."""
+        reading = await self.windows.admit(self._client(), admission.kid, rpm=self.rpm, tpm=self.tpm)
         if self.rpm:
             admission.limit = self.rpm
-            admission.remaining = max(0, self.rpm - count)
+            admission.remaining = max(0, self.rpm - reading.requests)
+            admission.reset_s = reading.seconds(reading.requests_free_s)
         if self.tpm:
             admission.token_limit = self.tpm
-            admission.tokens_remaining = max(0, self.tpm - used)
-        if self.rpm and count > self.rpm:
+            admission.tokens_remaining = max(0, self.tpm - reading.tokens)
+            admission.tokens_reset_s = reading.seconds(reading.tokens_free_s)
+        per = "per minute" if self.windows.window_s == 60 else f"per {self.windows.window_s:g} s"
+        if reading.refused_by == "requests":
+            wait = max(1, admission.reset_s)
             raise RateLimitError(
-                f"Rate limit reached for this API key: {self.rpm} requests per minute; "
-                f"try again in {admission.reset_s}s.",
-                retry_after=admission.reset_s, headers=_as_str(admission.headers()), code="rate_limit_exceeded",
+                f"Rate limit reached for this API key: {self.rpm} requests {per}; try again in {wait}s.",
+                retry_after=wait, headers=_as_str(admission.headers()), code="rate_limit_exceeded",
             )
-        if self.tpm and used >= self.tpm:
+        if reading.refused_by == "tokens":
+            wait = max(1, admission.tokens_reset_s)
             raise RateLimitError(
-                f"Rate limit reached for this API key: {self.tpm} tokens per minute, {used} used; "
-                f"try again in {admission.reset_s}s.",
-                retry_after=admission.reset_s, headers=_as_str(admission.headers()), code="tokens_limit_exceeded",
+                f"Rate limit reached for this API key: {self.tpm} tokens {per}, {reading.tokens} used; "
+                f"try again in {wait}s.",
+                retry_after=wait, headers=_as_str(admission.headers()), code="tokens_limit_exceeded",
             )
+        return reading
 
     async def finish(self, admission: Admission) -> None:
-        """The response is over: add the tokens it used to the key's current window, free its slot."""
+        """The response is over: charge the tokens it used to the key's window, now; free its slot."""
         tokens = admission.usage.take() if admission.usage is not None else 0
         try:
             if tokens:
-                key = keys.tokens_per_minute(admission.kid, int(self.clock() // WINDOW_S))
-                pipe = self._client().pipeline(transaction=True)
-                pipe.incrby(key, tokens)
-                pipe.expire(key, 2 * WINDOW_S)
-                await pipe.execute()
+                await self.windows.charge(self._client(), admission.kid, tokens)
         except (RedisError, OSError) as exc:
             self._unavailable(exc)
         if admission.holds_slot:

@@ -1,0 +1,175 @@
+"""Sliding windows in Redis for the per-key request and token limits, on Redis's clock.
+
+    requests   a sliding log: a sorted set `keys.request_window(kid)` holding one member per admitted
+               request, scored by the Redis time (µs) it was admitted at
+    tokens     a sliding log of charges: a sorted set `keys.token_window(kid)` holding one member
+               `<nonce>:<tokens>` per finished request, scored by the Redis time it was charged at,
+               and its running total under `keys.token_window_total(kid)`
+
+An entry counts while it is at most `window` old (`score >= now - window`), so no interval of
+`window` seconds, closed at both ends, holds more than `limit` admitted requests: at the last
+admission inside any such interval, every earlier one in it was still counted, and that admission
+was let in only while fewer than `limit` were. A fixed window lets twice the limit through around
+its boundary; this does not. A request refused is not counted.
+
+Tokens are only known when a request ends, so admission reads the tokens charged within the
+window and refuses once they reach the limit; the charges of requests admitted before then may
+take the window past it (`rate_limits` says by how much).
+
+Every read and write is one Lua script: it reads `TIME` itself, so gateways whose clocks disagree
+still agree on the window, and it is atomic, so gateways sharing the Redis cannot both take the last
+slot. Old entries are removed as each script runs (`ZREMRANGEBYSCORE`), the total is kept by
+subtracting what left, and every key expires `window + 1 s` after its last write (PEXPIRE), so a key
+that stops sending leaves nothing behind. Needs Redis >= 5 (scripts that write after reading TIME).
+"""
+
+from __future__ import annotations
+
+import math
+import secrets
+from dataclasses import dataclass
+from typing import Any
+
+import redis.asyncio as aioredis
+
+from server.queue import keys
+
+KEY_SLACK_MS = 1000  # keys outlive their newest entry's window by this much
+
+# Shared by both scripts: the clock, and the token log trimmed to the window with its total.
+_PRELUDE = """
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000000 + tonumber(t[2])
+local window = tonumber(ARGV[1])
+local oldest_kept = now - window  -- entries scored below this have left the window
+local ttl_ms = math.ceil(window / 1000) + SLACK_MS
+
+local function charge_of(member)
+  return tonumber(string.match(member, ':(%d+)$')) or 0
+end
+
+-- the tokens charged within the window, after removing older charges
+local function tokens_in_window(log, total_key)
+  local gone = redis.call('ZRANGEBYSCORE', log, '-inf', oldest_kept - 1)
+  local stored = redis.call('GET', total_key)
+  if #gone > 0 then
+    redis.call('ZREMRANGEBYSCORE', log, '-inf', oldest_kept - 1)
+  end
+  if redis.call('ZCARD', log) == 0 then
+    redis.call('DEL', total_key)
+    return 0
+  end
+  if not stored then  -- lost (never, while both expire together): recount
+    local total = 0
+    for _, member in ipairs(redis.call('ZRANGE', log, 0, -1)) do total = total + charge_of(member) end
+    redis.call('SET', total_key, total, 'PX', ttl_ms)
+    return total
+  end
+  local freed = 0
+  for _, member in ipairs(gone) do freed = freed + charge_of(member) end
+  if freed > 0 then return redis.call('DECRBY', total_key, freed) end  -- DECRBY keeps the TTL
+  return tonumber(stored)
+end
+""".replace("SLACK_MS", str(KEY_SLACK_MS))
+
+# KEYS = request log, token log, token total; ARGV = window µs, request limit, token limit (0 = off),
+# member. Admits (adds the member to the request log) unless a limit is reached.
+# Returns {refused (0, 1 = requests, 2 = tokens), requests counted, µs until a request slot frees,
+#          tokens in the window, µs until tokens free up (0: none counted)}.
+_ADMIT = _PRELUDE + """
+local rpm = tonumber(ARGV[2])
+local tpm = tonumber(ARGV[3])
+local count, used, refused = 0, 0, 0
+if rpm > 0 then
+  redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', oldest_kept - 1)
+  count = redis.call('ZCARD', KEYS[1])
+  if count >= rpm then refused = 1 end
+end
+if tpm > 0 then
+  used = tokens_in_window(KEYS[2], KEYS[3])
+  if refused == 0 and used >= tpm then refused = 2 end
+end
+if refused == 0 and rpm > 0 then
+  redis.call('ZADD', KEYS[1], now, ARGV[4])
+  redis.call('PEXPIRE', KEYS[1], ttl_ms)
+  count = count + 1
+end
+
+-- a request slot frees when the entry whose leaving brings the count below the limit leaves
+local requests_free = 0
+if rpm > 0 and count > 0 then
+  local at = redis.call('ZRANGE', KEYS[1], math.max(0, count - rpm), math.max(0, count - rpm), 'WITHSCORES')
+  requests_free = tonumber(at[2]) + window + 1 - now
+end
+-- tokens free up when the oldest charge leaves; past the limit, when enough have left to be under it
+local tokens_free = 0
+if tpm > 0 and used > 0 then
+  local left = used
+  local charges = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
+  for i = 1, #charges, 2 do
+    left = left - charge_of(charges[i])
+    if left < tpm then
+      tokens_free = tonumber(charges[i + 1]) + window + 1 - now
+      break
+    end
+  end
+end
+return {refused, count, requests_free, used, tokens_free}
+"""
+
+# KEYS = token log, token total; ARGV = window µs, tokens (> 0), nonce. Returns the new total.
+_CHARGE = _PRELUDE + """
+tokens_in_window(KEYS[1], KEYS[2])
+redis.call('ZADD', KEYS[1], now, ARGV[3] .. ':' .. ARGV[2])
+local total = redis.call('INCRBY', KEYS[2], ARGV[2])
+redis.call('PEXPIRE', KEYS[1], ttl_ms)
+redis.call('PEXPIRE', KEYS[2], ttl_ms)
+return total
+"""
+
+REFUSED_BY = {0: None, 1: "requests", 2: "tokens"}
+
+
+@dataclass(frozen=True)
+class Reading:
+    """One key's windows as one admission found them (after counting it, when it was admitted)."""
+
+    refused_by: str | None  # "requests", "tokens" or None (admitted)
+    requests: int  # requests counted in the window
+    requests_free_s: float  # until a request slot frees
+    tokens: int  # tokens charged in the window
+    tokens_free_s: float  # until tokens free up (0 when none are counted)
+    member: str  # the request's entry in the request log
+
+    @staticmethod
+    def seconds(free_s: float) -> int:
+        """Whole seconds to wait, rounded up (what `Retry-After` and `x-ratelimit-reset-*` say)."""
+        return math.ceil(free_s - 1e-9) if free_s > 0 else 0
+
+
+class SlidingWindows:
+    """The request and token windows of every key, `window_s` seconds long, in one Redis."""
+
+    def __init__(self, window_s: float) -> None:
+        self.window_s = window_s
+        self.window_us = max(1, round(window_s * 1_000_000))
+
+    async def admit(self, client: aioredis.Redis, kid: str, *, rpm: int, tpm: int) -> Reading:
+        """Count one request of `kid` unless a limit (0 = off) is reached; read both windows."""
+        member = secrets.token_hex(8)
+        reply: Any = await client.eval(
+            _ADMIT, 3, keys.request_window(kid), keys.token_window(kid), keys.token_window_total(kid),
+            self.window_us, rpm, tpm, member,
+        )
+        refused, count, requests_free, used, tokens_free = (int(v) for v in reply)
+        return Reading(REFUSED_BY[refused], count, requests_free / 1e6, used, tokens_free / 1e6, member)
+
+    async def forget(self, client: aioredis.Redis, kid: str, reading: Reading) -> None:
+        """Take back an admission that was refused afterwards (by the concurrency limit)."""
+        await client.zrem(keys.request_window(kid), reading.member)
+
+    async def charge(self, client: aioredis.Redis, kid: str, tokens: int) -> int:
+        """Add `tokens` to `kid`'s token window, now; returns the window's total."""
+        reply: Any = await client.eval(_CHARGE, 2, keys.token_window(kid), keys.token_window_total(kid),
+                                       self.window_us, tokens, secrets.token_hex(8))
+        return int(reply)
