@@ -6,11 +6,14 @@ Settings are built by the command line or by tests, never at import time.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.registry import DEFAULT_KEY_ENV_PATTERN
 
 
 class Settings(BaseSettings):
@@ -50,6 +53,19 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Tokens (prompt + completion) per minute per API key (in Redis); 0 = off."
     )
     rate_limit_concurrency: int = Field(default=0, ge=0, description="Concurrent requests per API key; 0 = off.")
+    provider_key_env_pattern: str = Field(
+        default=DEFAULT_KEY_ENV_PATTERN,
+        description="Regex every hosted entry's `api_key_env` must fully match (`SLM_*` names never do).",
+    )
+
+    @field_validator("provider_key_env_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
 
     def model_dir_list(self) -> list[Path]:
         return [Path(p) for p in self.model_dirs.split(":") if p]

@@ -151,13 +151,13 @@ HOSTED_ENTRIES = """
     backend: hosted
     litellm_model: openai/fake-model
     api_base: {api_base}
-    api_key_env: SLM_TEST_HOSTED_KEY
+    api_key_env: HOSTED_TEST_API_KEY
     timeout: 20
   dead-hosted:
     backend: hosted
     litellm_model: openai/fake-model
     api_base: http://127.0.0.1:{dead_port}/v1
-    api_key_env: SLM_TEST_HOSTED_KEY
+    api_key_env: HOSTED_TEST_API_KEY
     timeout: 5
     retries: 0
 """
@@ -175,7 +175,7 @@ def running_live_server(tmp: Path, extra_entries: str = "") -> Iterator[LiveServ
         registry = (LIVE_REGISTRY + HOSTED_ENTRIES.format(api_base=upstream.api_base, dead_port=dead_port)
                     + extra_entries.format(dead_port=dead_port))
         server = start_server(tmp, registry, worker_port=free_port_block(4), env={
-            "SLM_TEST_HOSTED_KEY": "sk-live-test-key", "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+            "HOSTED_TEST_API_KEY": "sk-live-test-key", "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
         try:
             yield server
         finally:
