@@ -86,7 +86,8 @@ class LiveServer:
 
 
 def start_server(tmp: Path, registry_text: str, *, env: dict[str, str] | None = None,
-                 worker_port: int = 0, timeout_s: float = 180.0) -> LiveServer:
+                 worker_port: int = 0, timeout_s: float = 180.0, new_session: bool = False) -> LiveServer:
+    """`slm-server serve` on `registry_text`, ready; `new_session`: in a process group of its own."""
     registry = tmp / "model_registry.yaml"
     registry.write_text(registry_text)
     port = free_port()
@@ -96,7 +97,7 @@ def start_server(tmp: Path, registry_text: str, *, env: dict[str, str] | None = 
                      "PYTHONUNBUFFERED": "1", **(env or {})})
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "server", "serve"], env=full_env, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=tmp)
+                                stderr=subprocess.STDOUT, cwd=tmp, start_new_session=new_session)
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -111,6 +112,29 @@ def start_server(tmp: Path, registry_text: str, *, env: dict[str, str] | None = 
     n_workers = registry_text.count("gguf:") if worker_port else 0
     workers = [f"http://127.0.0.1:{worker_port + i}" for i in range(n_workers)]
     return LiveServer(url, proc, log_path, workers)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # exited while we looked
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """`pid` exists and has not exited (a zombie waiting to be reaped has exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
 
 
 def stop_server(server: LiveServer) -> int:
