@@ -121,7 +121,7 @@ def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnRelo
         await service.refresh_presence()
 
         async def refresh_forever() -> None:
-            while True:
+            while not service.draining:  # not only cancellation: a Redis call may swallow the cancel
                 await asyncio.sleep(PRESENCE_INTERVAL_S)
                 await service.refresh_presence()
 

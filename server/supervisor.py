@@ -20,6 +20,7 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
@@ -236,6 +237,17 @@ class SupervisedServer(GatewayServer):
     def handle_exit(self, sig: int, frame: FrameType | None) -> None:
         self.supervisor.request_stop()
         super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn bounds its wait for connections but not the app's lifespan shutdown: bound the
+        whole stop by the grace period counted from the signal, so the workers and Redis are
+        still stopped in time if anything in it hangs."""
+        began = self.supervisor.stop_requested_at or time.monotonic()
+        budget = max(began + WORKER_GRACE_S + EXIT_FLOOR_S - time.monotonic(), EXIT_FLOOR_S)
+        try:
+            await asyncio.wait_for(super().shutdown(sockets), timeout=budget)
+        except TimeoutError:
+            log.error("the gateway did not stop within %.0f s; stopping the workers regardless", budget)
 
 
 def serve(settings: Settings, registry: Registry) -> int:

@@ -26,7 +26,8 @@ models:
     n_threads: 1
     parallel: 1
 """
-EXIT_BOUND_S = WORKER_GRACE_S + 10  # the grace period, Redis's own 5 s stop, and a margin for a loaded machine
+# the grace period (gateway and workers), the gateway's and the workers' 5 s floors, Redis's own 5 s stop
+EXIT_BOUND_S = WORKER_GRACE_S + 20
 
 
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
