@@ -122,7 +122,7 @@ def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnRelo
         await service.refresh_presence()
 
         async def refresh_forever() -> None:
-            while True:
+            while not service.draining:  # not only cancellation: a Redis call may swallow the cancel
                 await asyncio.sleep(PRESENCE_INTERVAL_S)
                 await service.refresh_presence()
 
@@ -137,7 +137,8 @@ def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnRelo
         tasks = [asyncio.create_task(refresh_forever())]
         if settings.reload_interval_s > 0:
             watcher = RegistryWatcher(settings.registry, registry, model_dirs=settings.model_dir_list(),
-                                      metrics=metrics, interval_s=settings.reload_interval_s)
+                                      metrics=metrics, interval_s=settings.reload_interval_s,
+                                      key_env_pattern=settings.provider_key_env_pattern)
             watcher.listeners = [apply, *(on_reload or [])]
             watcher.install_sighup()
             app.state.watcher = watcher

@@ -9,7 +9,7 @@ from pathlib import Path
 
 from server.errors import RegistryError
 from server.logs import setup_logging
-from server.registry import Registry, check_files, load_registry
+from server.registry import Registry, check_files, check_key_envs, load_registry
 from server.security import ApiKeyConfigError, ApiKeys
 from server.settings import Settings
 
@@ -22,8 +22,9 @@ def _load(settings: Settings) -> Registry | None:
     except RegistryError as exc:
         log.error("invalid registry:\n%s", exc)
         return None
-    problems = check_files(registry, registry_dir=settings.registry.resolve().parent,
-                           model_dirs=settings.model_dir_list())
+    problems = check_key_envs(registry, settings.provider_key_env_pattern)
+    problems += check_files(registry, registry_dir=settings.registry.resolve().parent,
+                            model_dirs=settings.model_dir_list())
     if problems:
         log.error("invalid registry:\n%s", "\n".join(f"{settings.registry}: {p}" for p in problems))
         return None

@@ -12,8 +12,6 @@ fallbacks are tried after it), form no cycle.
 
 from __future__ import annotations
 
-import importlib.resources
-import importlib.util
 import os
 import re
 from pathlib import Path
@@ -23,7 +21,11 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from server.errors import RegistryError
+from server.model_packages import assemble, package_dir, parted_model
 
+# What `api_key_env` may name (SLM_PROVIDER_KEY_ENV_PATTERN): variables that look like provider keys,
+# so that a registry edit cannot send any other variable of the server's environment upstream.
+DEFAULT_KEY_ENV_PATTERN = r"^[A-Z][A-Z0-9_]*_(API_KEY|KEY|TOKEN)$"
 NAME_PATTERN = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._:/@+-]{0,127}$")
 
 
@@ -70,7 +72,10 @@ class HostedModel(_Entry):
     backend: Literal["hosted"]
     litellm_model: str = Field(description="litellm model string, e.g. `openai/gpt-4o-mini`.")
     api_base: str | None = None
-    api_key_env: str | None = Field(default=None, description="Name of the env var holding the key.")
+    api_key_env: str | None = Field(
+        default=None,
+        description="NAME of the env var holding the provider key; it must match SLM_PROVIDER_KEY_ENV_PATTERN "
+                    f"(default `{DEFAULT_KEY_ENV_PATTERN}`) and may never be an `SLM_*` variable.")
     timeout: float = Field(default=60.0, gt=0)
     max_concurrency: int = Field(default=16, ge=1)
     retries: int = Field(default=1, ge=0, le=10)
@@ -80,6 +85,8 @@ class HostedModel(_Entry):
     def _env_name(cls, value: str | None) -> str | None:
         if value is not None and not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", value):
             raise ValueError("must be the NAME of an environment variable, not a key")
+        if value is not None and value.upper().startswith("SLM_"):
+            raise ValueError(f"'{value}' is one of the server's own settings (SLM_*), never a provider key")
         return value
 
 
@@ -271,26 +278,25 @@ def load_registry(path: Path) -> Registry:
     return parse_registry(data, source=str(path))
 
 
-def _package_dir(package: str) -> Path | None:
-    if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", package):
+def _in_package(spec: str, candidate: Path, roots: list[Path]) -> Path | None:
+    """`package/file.gguf` inside an installed package (or joined from its parts), found without
+    importing anything; the package's directory (or the cache) joins `roots`."""
+    pkg_dir = package_dir(candidate.parts[0])
+    if pkg_dir is None:
         return None
-    if importlib.util.find_spec(package) is None:
-        return None
-    return Path(str(importlib.resources.files(package))).resolve()
-
-
-def _assemble_from_package(package: str, filename: str) -> Path | None:
-    """Some wheels ship a model in parts and an `assemble()` that joins them (once, into a cache)."""
-    module = importlib.import_module(package)
-    assemble = getattr(module, "assemble", None)
-    if assemble is None or getattr(module, "MODEL_NAME", None) != filename:
-        return None
-    target = Path(module.default_output_path())
-    if not target.exists():
-        partial = target.with_name(f"{target.name}.{os.getpid()}.part")
-        assemble(partial)
-        os.replace(partial, target)  # atomic: concurrent workers never see a half-written file
-    return target
+    roots.append(pkg_dir)
+    found = pkg_dir.joinpath(*candidate.parts[1:])
+    parted = None if found.exists() or len(candidate.parts) != 2 else parted_model(*candidate.parts)
+    if parted is None:
+        return found
+    try:
+        assembled = assemble(parted)
+    except (OSError, ValueError) as exc:
+        raise RegistryError(f"gguf '{spec}': cannot join the parts of this model: {exc}") from None
+    if assembled is None:
+        return found
+    roots.append(assembled.parent.resolve())
+    return assembled
 
 
 def resolve_gguf(spec: str, *, registry_dir: Path, model_dirs: list[Path]) -> Path:
@@ -313,15 +319,7 @@ def resolve_gguf(spec: str, *, registry_dir: Path, model_dirs: list[Path]) -> Pa
                 found = root / candidate
                 break
         if found is None and len(candidate.parts) >= 2:
-            pkg_dir = _package_dir(candidate.parts[0])
-            if pkg_dir is not None:
-                found = pkg_dir.joinpath(*candidate.parts[1:])
-                roots.append(pkg_dir)
-                if not found.exists():
-                    assembled = _assemble_from_package(candidate.parts[0], candidate.parts[-1])
-                    if assembled is not None:
-                        found = assembled
-                        roots.append(assembled.parent.resolve())
+            found = _in_package(spec, candidate, roots)
     if found is None:
         raise RegistryError(f"gguf '{spec}': no such file in {', '.join(map(str, roots))} or a package")
     real = found.resolve()
@@ -341,6 +339,16 @@ def check_files(registry: Registry, *, registry_dir: Path, model_dirs: list[Path
         except RegistryError as exc:
             problems.append(f"models.{name}.{exc}")
     return problems
+
+
+def check_key_envs(registry: Registry, pattern: str = DEFAULT_KEY_ENV_PATTERN) -> list[str]:
+    """Problems with the env vars hosted entries name (`api_key_env` must fully match `pattern`)."""
+    allowed = re.compile(pattern)
+    return [f"models.{name}.api_key_env: '{entry.api_key_env}' is not an allowed provider key variable "
+            f"(SLM_PROVIDER_KEY_ENV_PATTERN: {pattern})"
+            for name, entry in registry.models.items()
+            if isinstance(entry, HostedModel) and entry.api_key_env is not None
+            and not allowed.fullmatch(entry.api_key_env)]
 
 
 def env_key(entry: HostedModel) -> str | None:

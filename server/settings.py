@@ -6,11 +6,14 @@ Settings are built by the command line or by tests, never at import time.
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Literal
 
-from pydantic import Field, SecretStr
+from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from server.registry import DEFAULT_KEY_ENV_PATTERN
 
 
 class Settings(BaseSettings):
@@ -63,6 +66,19 @@ class Settings(BaseSettings):
     max_connections_per_client: int = Field(
         default=64, ge=0, description="Open connections per client address without API keys; 0 = no cap.")
     docs: bool = Field(default=False, description="Serve /docs and /openapi.json (Swagger UI, sandboxed by CSP).")
+    provider_key_env_pattern: str = Field(
+        default=DEFAULT_KEY_ENV_PATTERN,
+        description="Regex every hosted entry's `api_key_env` must fully match (`SLM_*` names never do).",
+    )
+
+    @field_validator("provider_key_env_pattern")
+    @classmethod
+    def _compiles(cls, value: str) -> str:
+        try:
+            re.compile(value)
+        except re.error as exc:
+            raise ValueError(f"not a regular expression: {exc}") from None
+        return value
 
     def model_dir_list(self) -> list[Path]:
         return [Path(p) for p in self.model_dirs.split(":") if p]

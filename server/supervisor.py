@@ -3,6 +3,15 @@
 Starts an embedded Redis (unless `SLM_REDIS_URL` names one), one worker process per replica of
 every local model, and the gateway in this process. Crashed workers are restarted. Ctrl-C or
 SIGTERM stops the gateway, then the workers (SIGTERM, then SIGKILL after a grace period), then Redis.
+
+Signals may reach every process of the group at once (Ctrl-C in a terminal, `kill -- -PGID`,
+systemd's control-group kill), so Redis and the workers can be gone before the gateway has even
+begun to drain. The signal handler therefore marks the supervisor as stopping before anything
+else: from then on nothing is started or restarted, and every child is gone within the grace
+period counted from the signal (SIGKILL after it), whatever order they exit in.
+
+Workers start with only the environment they need (`worker_environment`): never the API keys of
+the gateway, nor any provider key.
 """
 
 from __future__ import annotations
@@ -11,10 +20,13 @@ import asyncio
 import logging
 import os
 import signal
+import socket
 import subprocess
 import sys
 import time
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
+from types import FrameType
 from typing import Any
 
 import redis.asyncio
@@ -33,6 +45,31 @@ log = logging.getLogger("slm.serve")
 WORKER_GRACE_S = 30
 RESTART_BACKOFF_MAX_S = 10.0
 SWAP_READY_TIMEOUT_S = 300.0
+EXIT_FLOOR_S = 5.0  # what a worker is given after SIGTERM at least, even when the grace period is spent
+
+# The environment of a worker: these names and prefixes, plus every SLM_* setting except the
+# gateway's client keys. Provider keys (registry `api_key_env`) are never SLM_* and never listed.
+WORKER_ENV_NAMES = frozenset({
+    "PATH", "HOME", "USER", "LOGNAME", "LANG", "LANGUAGE", "TZ", "TMPDIR", "TEMP", "TMP", "VIRTUAL_ENV",
+    "LD_LIBRARY_PATH", "LD_PRELOAD", "SSL_CERT_FILE", "SSL_CERT_DIR", "COVERAGE_PROCESS_START",
+})
+WORKER_ENV_PREFIXES = ("LC_", "PYTHON", "XDG_", "OMP_", "KMP_", "OPENBLAS_", "MKL_", "BLIS_", "GOMP_", "MALLOC_",
+                       "CUDA_", "NVIDIA_", "HIP_", "ROCR_", "ROCM_", "HSA_", "GPU_", "VK_", "GGML_", "LLAMA_")
+WORKER_ENV_WITHHELD = frozenset({"SLM_API_KEYS", "SLM_API_KEYS_FILE"})
+
+
+def worker_environment(parent: Mapping[str, str]) -> dict[str, str]:
+    """What a worker inherits of `parent`: the allow-list above (settings are matched as pydantic
+    reads them, ignoring case)."""
+    kept = {}
+    for name, value in parent.items():
+        upper = name.upper()
+        if upper.startswith("SLM_"):
+            if upper not in WORKER_ENV_WITHHELD:
+                kept[name] = value
+        elif name in WORKER_ENV_NAMES or name.startswith(WORKER_ENV_PREFIXES):
+            kept[name] = value
+    return kept
 
 
 @dataclass
@@ -52,6 +89,7 @@ class Supervisor:
         models = [(name, entry.replicas) for name, entry in registry.local_models().items()]
         self.slots = [WorkerSlot(name, i) for i, name in enumerate(n for n, r in models for _ in range(r))]
         self.stopping = False
+        self.stop_requested_at: float | None = None  # monotonic time of the first stop signal
         self._next_index = len(self.slots)
         self._transitions: set[asyncio.Task[None]] = set()
 
@@ -67,9 +105,17 @@ class Supervisor:
             if slot.process is not None and slot.process.poll() is None:
                 slot.process.terminate()  # the worker finishes what it holds, then exits
 
+    def request_stop(self) -> None:
+        """Told to stop (from a signal handler: a flag and a time, nothing that could block)."""
+        self.stopping = True
+        if self.stop_requested_at is None:
+            self.stop_requested_at = time.monotonic()
+
     def apply_registry(self, old: Registry, new: Registry) -> None:
         """Registry edit: start workers for added models, drain removed ones, and for a changed
         model start new workers and drain the old ones once a new one is ready."""
+        if self.stopping:
+            return
         added, removed, changed = diff(old, new)
         self.registry = new
         local = new.local_models()
@@ -105,7 +151,7 @@ class Supervisor:
             await client.aclose()
 
     def _env(self, slot: WorkerSlot) -> dict[str, str]:
-        env = dict(os.environ)
+        env = worker_environment(os.environ)
         env["SLM_REDIS_URL"] = self.settings.redis_url or ""
         env["SLM_REGISTRY"] = str(self.settings.registry.resolve())
         # each worker gets its own health/metrics port, counting up from SLM_WORKER_PORT (0 = none)
@@ -116,6 +162,8 @@ class Supervisor:
         return env
 
     def spawn(self, slot: WorkerSlot) -> None:
+        if self.stopping:
+            return
         slot.process = subprocess.Popen(
             [sys.executable, "-m", "server", "worker", "--model", slot.model], env=self._env(slot)
         )
@@ -129,7 +177,7 @@ class Supervisor:
                 if slot.retiring and (proc is None or proc.poll() is not None):
                     self.slots.remove(slot)
                     continue
-                if proc is None or proc.poll() is None:
+                if proc is None or proc.poll() is None or self.stopping:
                     continue
                 wait = min(RESTART_BACKOFF_MAX_S, 0.5 * (2 ** min(slot.restarts, 5)))
                 if time.monotonic() - slot.started_at > 60:
@@ -146,11 +194,14 @@ class Supervisor:
             self.spawn(slot)
 
     def stop_workers(self) -> None:
-        self.stopping = True
+        """SIGTERM every worker, SIGKILL those still there when the grace period (counted from the
+        stop signal) is over."""
+        self.request_stop()
         procs = [s.process for s in self.slots if s.process is not None and s.process.poll() is None]
         for proc in procs:
             proc.terminate()
-        deadline = time.monotonic() + WORKER_GRACE_S
+        began = self.stop_requested_at if self.stop_requested_at is not None else time.monotonic()
+        deadline = max(began + WORKER_GRACE_S, time.monotonic() + EXIT_FLOOR_S)
         for proc in procs:
             try:
                 proc.wait(timeout=max(0.1, deadline - time.monotonic()))
@@ -165,34 +216,74 @@ def _note_signal(signum: int, _frame: object) -> None:
     log.info("signal %d: stopping", signum)
 
 
-def absorb_reraised_signals() -> None:
-    signal.signal(signal.SIGTERM, _note_signal)
-    signal.signal(signal.SIGINT, _note_signal)
+def absorb_reraised_signals(on_signal: Callable[[], None] | None = None) -> None:
+    def handler(signum: int, frame: FrameType | None) -> None:
+        if on_signal is not None:
+            on_signal()  # first: whatever else happens, nothing is (re)started from here on
+        _note_signal(signum, frame)
+
+    signal.signal(signal.SIGTERM, handler)
+    signal.signal(signal.SIGINT, handler)
+
+
+class SupervisedServer(GatewayServer):
+    """The gateway of `serve`: uvicorn's own signal handler (installed while it serves) tells the
+    supervisor first, so that it restarts nothing that exits during the drain."""
+
+    def __init__(self, config: uvicorn.Config, supervisor: Supervisor) -> None:
+        super().__init__(config)
+        self.supervisor = supervisor
+
+    def handle_exit(self, sig: int, frame: FrameType | None) -> None:
+        self.supervisor.request_stop()
+        super().handle_exit(sig, frame)
+
+    async def shutdown(self, sockets: list[socket.socket] | None = None) -> None:
+        """uvicorn bounds its wait for connections but not the app's lifespan shutdown: bound the
+        whole stop by the grace period counted from the signal, so the workers and Redis are
+        still stopped in time if anything in it hangs."""
+        began = self.supervisor.stop_requested_at or time.monotonic()
+        budget = max(began + WORKER_GRACE_S + EXIT_FLOOR_S - time.monotonic(), EXIT_FLOOR_S)
+        try:
+            await asyncio.wait_for(super().shutdown(sockets), timeout=budget)
+        except TimeoutError:
+            log.error("the gateway did not stop within %.0f s; stopping the workers regardless", budget)
 
 
 def serve(settings: Settings, registry: Registry) -> int:
-    absorb_reraised_signals()
-    redis_server: EmbeddedRedis | None = None
-    if not settings.redis_url:
-        redis_server = EmbeddedRedis()
-        redis_server.start()
-        settings = settings.model_copy(update={"redis_url": redis_server.url})
-        log.info("embedded redis on %s", redis_server.url)
     supervisor = Supervisor(settings, registry)
+    gateway: list[SupervisedServer] = []  # once built: a signal before uvicorn takes over stops it too
+
+    def on_stop_signal() -> None:
+        supervisor.request_stop()
+        for server in gateway:
+            server.should_exit = True
+
+    absorb_reraised_signals(on_stop_signal)
+    redis_server: EmbeddedRedis | None = None
     try:
+        if not settings.redis_url:
+            redis_server = EmbeddedRedis()
+            redis_server.start()
+            settings = settings.model_copy(update={"redis_url": redis_server.url})
+            supervisor.settings = settings
+            log.info("embedded redis on %s", redis_server.url)
         for slot in supervisor.slots:
             supervisor.spawn(slot)
         app = create_app(settings, registry, on_reload=[supervisor.apply_registry])
         config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                 timeout_graceful_shutdown=WORKER_GRACE_S, access_log=False)
-        server = GatewayServer(config)
+        server = SupervisedServer(config, supervisor)
+        gateway.append(server)
 
         async def main() -> None:
+            if supervisor.stopping:  # a signal came while starting: serve nothing
+                return
             watcher = asyncio.create_task(supervisor.watch())
             try:
                 await server.serve()
             finally:
-                supervisor.stopping = True
+                supervisor.request_stop()
                 watcher.cancel()
 
         log.info("serving on http://%s:%d/v1", settings.host, settings.port)

@@ -92,7 +92,14 @@ def _entry_watch(settings: Settings, model: str, entry: LocalModel) -> Callable[
     return changed
 
 
+def _exit_while_starting(signum: int, _frame: FrameType | None) -> None:
+    log.info("signal %d while starting: exiting", signum)
+    raise SystemExit(0)  # nothing is held yet; Ctrl-C gives no KeyboardInterrupt traceback
+
+
 def run_worker(settings: Settings, model: str) -> int:
+    signal.signal(signal.SIGTERM, _exit_while_starting)
+    signal.signal(signal.SIGINT, _exit_while_starting)
     try:
         registry = load_registry(settings.registry)
     except RegistryError as exc:

@@ -86,9 +86,11 @@ class LiveServer:
 
 
 def start_server(tmp: Path, registry_text: str, *, env: dict[str, str] | None = None,
-                 worker_port: int = 0, timeout_s: float = 180.0, as_options: bool = False) -> LiveServer:
-    """`slm-server serve` on `registry_text`; its file and port given as SLM_* settings, or with
-    `as_options` as `serve --registry F --port P` (options after the subcommand)."""
+                 worker_port: int = 0, timeout_s: float = 180.0, as_options: bool = False,
+                 new_session: bool = False) -> LiveServer:
+    """`slm-server serve` on `registry_text`, ready; its file and port given as SLM_* settings, or with
+    `as_options` as `serve --registry F --port P` (options after the subcommand); `new_session`: in a
+    process group of its own."""
     registry = tmp / "model_registry.yaml"
     registry.write_text(registry_text)
     port = free_port()
@@ -100,7 +102,7 @@ def start_server(tmp: Path, registry_text: str, *, env: dict[str, str] | None = 
         full_env.update({"SLM_PORT": str(port), "SLM_REGISTRY": str(registry)})
     with log_path.open("wb") as log:
         proc = subprocess.Popen([sys.executable, "-m", "server", "serve", *options], env=full_env, stdout=log,
-                                stderr=subprocess.STDOUT, cwd=tmp)
+                                stderr=subprocess.STDOUT, cwd=tmp, start_new_session=new_session)
     url = f"http://127.0.0.1:{port}"
 
     def ready() -> bool:
@@ -125,6 +127,29 @@ def start_server(tmp: Path, registry_text: str, *, env: dict[str, str] | None = 
     n_workers = registry_text.count("gguf:") if worker_port else 0
     workers = [f"http://127.0.0.1:{worker_port + i}" for i in range(n_workers)]
     return LiveServer(url, proc, log_path, workers)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is `pid` (from /proc)."""
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue  # exited while we looked
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                found.append(int(entry.name))
+    return found
+
+
+def running(pid: int) -> bool:
+    """`pid` exists and has not exited (a zombie waiting to be reaped has exited)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state not in ("Z", "X")
 
 
 def stop_server(server: LiveServer) -> int:
@@ -165,13 +190,13 @@ HOSTED_ENTRIES = """
     backend: hosted
     litellm_model: openai/fake-model
     api_base: {api_base}
-    api_key_env: SLM_TEST_HOSTED_KEY
+    api_key_env: HOSTED_TEST_API_KEY
     timeout: 20
   dead-hosted:
     backend: hosted
     litellm_model: openai/fake-model
     api_base: http://127.0.0.1:{dead_port}/v1
-    api_key_env: SLM_TEST_HOSTED_KEY
+    api_key_env: HOSTED_TEST_API_KEY
     timeout: 5
     retries: 0
 """
@@ -189,7 +214,7 @@ def running_live_server(tmp: Path, extra_entries: str = "") -> Iterator[LiveServ
         registry = (LIVE_REGISTRY + HOSTED_ENTRIES.format(api_base=upstream.api_base, dead_port=dead_port)
                     + extra_entries.format(dead_port=dead_port))
         server = start_server(tmp, registry, worker_port=free_port_block(4), env={
-            "SLM_TEST_HOSTED_KEY": "sk-live-test-key", "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+            "HOSTED_TEST_API_KEY": "sk-live-test-key", "LITELLM_LOCAL_MODEL_COST_MAP": "True"})
         try:
             yield server
         finally:

@@ -205,8 +205,11 @@ class Worker:
                 self.tick()
                 backoff = 0.1
             except (redis.ConnectionError, redis.TimeoutError) as exc:
-                log.warning("redis unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
                 self._abandon_all()
+                if self.stopping:  # without Redis nothing held can be answered: waiting would only delay the exit
+                    log.warning("redis unavailable (%s) while stopping; exiting now", type(exc).__name__)
+                    break
+                log.warning("redis unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
                 time.sleep(backoff)  # reconnect backoff, not synchronisation
                 backoff = min(backoff * 2, 2.0)
 

@@ -19,7 +19,7 @@ ROUTING_ENTRIES = """
     backend: hosted
     litellm_model: openai/fake-model
     api_base: http://127.0.0.1:{dead_port}/v1
-    api_key_env: SLM_TEST_HOSTED_KEY
+    api_key_env: HOSTED_TEST_API_KEY
     timeout: 5
     retries: 0
     fallbacks: [big-hosted]

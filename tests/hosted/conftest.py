@@ -21,7 +21,7 @@ os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
 os.environ.setdefault("LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS", "True")
 
 CANARY_KEY = "AIzaCanary7f3a9c1e5b2d4f6a8c0e91"  # not token-shaped: only the exact-key scrub can catch it
-KEY_ENV = "SLM_TEST_HOSTED_KEY"
+KEY_ENV = "HOSTED_TEST_API_KEY"
 MakeBackend = Callable[..., HostedBackend]
 
 

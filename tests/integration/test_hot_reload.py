@@ -149,3 +149,35 @@ def test_sighup_reloads_at_once(tmp_path: Path) -> None:
         wait_until(lambda: "renamed" in model_ids(srv), timeout_s=10, what="SIGHUP to apply the edit")
     finally:
         stop_server(srv)
+
+
+def hosted(api_base: str, key_env: str = "OPENAI_API_KEY") -> str:
+    return registry() + f"""  up:
+    backend: hosted
+    litellm_model: openai/x
+    api_base: {api_base}
+    api_key_env: {key_env}
+"""
+
+
+def test_a_reload_naming_a_server_secret_is_refused_and_upstream_changes_are_logged(
+        server: LiveServer, tmp_path: Path) -> None:
+    path = tmp_path / "model_registry.yaml"
+    failures = reloads(server, "failure")
+    path.write_text(hosted("http://127.0.0.1:9/v1", key_env="SLM_API_KEYS"))
+    wait_until(lambda: reloads(server, "failure") > failures, timeout_s=10, what="the refused reload")
+    assert "models.up.api_key_env" in server.log() and "up" not in model_ids(server)
+
+    path.write_text(hosted("http://127.0.0.1:9/v1", key_env="HOME"))
+    wait_until(lambda: reloads(server, "failure") > failures + 1, timeout_s=10, what="the second refused reload")
+    assert "models.up.api_key_env: 'HOME' is not an allowed provider key variable" in server.log()
+    assert "up" not in model_ids(server) and "smollm2" in model_ids(server)
+
+    path.write_text(hosted("http://user:hunter2@127.0.0.1:9/v1?token=tok-secret"))
+    wait_until(lambda: "up" in model_ids(server), timeout_s=10, what="the hosted model to appear")
+    path.write_text(hosted("http://127.0.0.1:10/v1", key_env="OTHER_API_KEY"))
+    line = "WARNING slm.reload [-] registry reload: models.up.api_base changed: " \
+           "http://***@127.0.0.1:9/v1?*** -> http://127.0.0.1:10/v1"
+    wait_until(lambda: line in server.log(), timeout_s=10, what="the api_base change in the log")
+    assert "models.up.api_key_env changed: OPENAI_API_KEY -> OTHER_API_KEY" in server.log()
+    assert "hunter2" not in server.log() and "tok-secret" not in server.log()

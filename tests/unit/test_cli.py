@@ -1,5 +1,6 @@
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -67,7 +68,7 @@ models:
     backend: hosted
     litellm_model: openai/fake-model
     api_base: http://127.0.0.1:{free_port()}/v1
-    api_key_env: SLM_TEST_HOSTED_KEY
+    api_key_env: HOSTED_TEST_API_KEY
 """
     server = start_server(tmp_path, registry, as_options=True, env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"})
     try:
@@ -75,3 +76,38 @@ models:
         assert [m["id"] for m in models["data"]] == ["only-in-this-file"]
     finally:
         assert stop_server(server) == 0
+
+
+def check_hosted(tmp_path: Path, *env_names: str, **environ: str) -> subprocess.CompletedProcess[str]:
+    """`registry check` of hosted entries `e0`, `e1`... naming `env_names` as their `api_key_env`."""
+    path = tmp_path / "hosted.yaml"
+    path.write_text("models:\n" + "".join(
+        f"  e{i}:\n    backend: hosted\n    litellm_model: openai/x\n    api_base: http://127.0.0.1:9/v1\n"
+        f"    api_key_env: {name}\n" for i, name in enumerate(env_names)))
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_")} | environ
+    return subprocess.run([sys.executable, "-m", "server", "registry", "check", str(path)], capture_output=True,
+                          text=True, timeout=120, cwd=REPO, env=env)
+
+
+def test_registry_check_refuses_key_variables_that_are_not_provider_keys(tmp_path: Path) -> None:
+    own = ("SLM_API_KEYS", "SLM_API_KEYS_FILE", "slm_api_keys", "SLM_REDIS_KEY")
+    result = check_hosted(tmp_path, *own)
+    assert result.returncode == 1
+    for i in range(len(own)):
+        assert f"models.e{i}.api_key_env: " in result.stderr, (own[i], result.stderr)
+    refused = ("HOME", "PATH", "AWS_SECRET_ACCESS_KEY_ID", "openai_api_key")
+    allowed = ("OPENAI_API_KEY", "ANTHROPIC_API_KEY", "GROQ_KEY", "HF_TOKEN")
+    result = check_hosted(tmp_path, *refused, *allowed)
+    assert result.returncode == 1
+    for i, name in enumerate((*refused, *allowed)):
+        assert (f"models.e{i}.api_key_env: '{name}' is not an allowed" in result.stderr) == (name in refused), \
+            (name, result.stderr)
+
+
+def test_the_key_variable_pattern_is_a_setting_but_never_admits_slm_names(tmp_path: Path) -> None:
+    wide = {"SLM_PROVIDER_KEY_ENV_PATTERN": ".*"}
+    assert check_hosted(tmp_path, "PROVIDER_SECRET", **wide).returncode == 0
+    refused = check_hosted(tmp_path, "SLM_API_KEYS", **wide)
+    assert refused.returncode == 1 and "models.e0.api_key_env" in refused.stderr
+    narrow = check_hosted(tmp_path, "OPENAI_API_KEY", SLM_PROVIDER_KEY_ENV_PATTERN="^ACME_[A-Z]+_TOKEN$")
+    assert narrow.returncode == 1 and "SLM_PROVIDER_KEY_ENV_PATTERN: ^ACME_[A-Z]+_TOKEN$" in narrow.stderr

@@ -172,7 +172,7 @@ models:
     backend: hosted
     litellm_model: openai/fake-model
     api_base: {api_base}
-    api_key_env: SLM_TEST_HOSTED_KEY
+    api_key_env: HOSTED_TEST_API_KEY
     timeout: 20
 """
 
@@ -195,7 +195,7 @@ def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyedServ
     key = "sk-web-" + os.urandom(12).hex()
     with FakeUpstream() as upstream:
         live = start_server(tmp, KEYED_REGISTRY.format(api_base=upstream.api_base), timeout_s=60, env={
-            "SLM_API_KEYS": key, "SLM_TEST_HOSTED_KEY": "sk-upstream-test",
+            "SLM_API_KEYS": key, "HOSTED_TEST_API_KEY": "sk-upstream-test",
             "LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS": "True"})
         try:
             assert httpx.get(live.url + "/v1/status", timeout=10).status_code == 401
