@@ -62,7 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     registry_sub.add_parser("schema", help="print the registry's JSON schema (for editors)")
 
     from server.bench import add_arguments as add_bench_arguments
-    from server.compare.command import add_arguments as add_compare_arguments
+    from server.compare.arguments import add_arguments as add_compare_arguments
 
     bench = add("bench", "closed-loop load against any OpenAI-compatible server; one JSON line")
     add_bench_arguments(bench)

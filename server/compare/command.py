@@ -11,6 +11,7 @@ import os
 import sys
 from pathlib import Path
 
+from server.compare.arguments import DEFAULT_URL, add_arguments
 from server.compare.errors import CompareError, UsageError
 from server.compare.evalset import EvalSet, load_eval_set
 from server.compare.plot import plot_comparison, png_metadata, save_png
@@ -26,29 +27,8 @@ from server.compare.runner import (
 )
 from server.compare.stats import ModelSummary, summarise
 
-DEFAULT_URL = "http://127.0.0.1:8000/v1"
-DEFAULT_OUT = "compare-out"
 PNG, REPORT, RESULTS = "compare.png", "report.md", "results.json"
-
-
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.description = (
-        "Run an evaluation set through the running server for each model and chart median total "
-        "time (prompt evaluation + generation) against answer quality."
-    )
-    parser.add_argument("--url", help=f"server base URL (default: $SLM_URL or {DEFAULT_URL})")
-    parser.add_argument("--api-key", help="API key (default: $SLM_API_KEY or 'none')")
-    parser.add_argument("--models", type=_model_list, help="comma-separated model ids (default: all listed)")
-    parser.add_argument(
-        "--eval", type=Path, metavar="FILE.jsonl", help="evaluation set (default: the built-in set)"
-    )
-    parser.add_argument("--out", type=Path, default=Path(DEFAULT_OUT), help=f"output folder ({DEFAULT_OUT})")
-    parser.add_argument("--limit", type=_positive_int, metavar="N", help="only the first N items")
-    parser.add_argument("--max-tokens", type=_positive_int, default=128, help="per answer (128)")
-    parser.add_argument("--repeats", type=_positive_int, default=1, help="runs of each item (1)")
-    parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0)")
-    parser.add_argument("--warmup", type=_non_negative_int, default=1, help="untimed requests per model (1)")
-    parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request (300)")
+__all__ = ["add_arguments", "run", "write_outputs"]
 
 
 def run(args: argparse.Namespace, progress: Progress | None = None) -> int:
@@ -103,30 +83,6 @@ def write_outputs(
     save_png(plot_comparison(summaries, title), out / PNG, png_metadata(summaries, title))
     write_report_md(out / REPORT, meta, runs, summaries, eval_set.items, chart=PNG)
     write_results_json(out / RESULTS, results_document(meta, runs, summaries))
-
-
-def _model_list(text: str) -> list[str]:
-    models = [m.strip() for m in text.split(",") if m.strip()]
-    if not models:
-        raise argparse.ArgumentTypeError("give at least one model id")
-    return models
-
-
-def _positive_int(text: str) -> int:
-    value = _non_negative_int(text)
-    if value < 1:
-        raise argparse.ArgumentTypeError(f"must be at least 1; got {text}")
-    return value
-
-
-def _non_negative_int(text: str) -> int:
-    try:
-        value = int(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"not a whole number: {text!r}") from None
-    if value < 0:
-        raise argparse.ArgumentTypeError(f"must not be negative; got {text}")
-    return value
 
 
 def _stderr(message: str) -> None:
