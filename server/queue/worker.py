@@ -42,6 +42,7 @@ from server.queue.intake import Intake, IntakeConfig, Taken
 from server.queue.messages import Job, SamplingParams
 from server.queue.outbox import Outbox
 from server.queue.replies import Command
+from server.schema_limits import check_schema
 from server.tool_format import CALL_OPEN
 
 log = logging.getLogger("slm.worker")
@@ -103,6 +104,7 @@ def grammar_for(response_format: dict[str, Any]) -> str | None:
         return JSON_GBNF
     spec = response_format.get("json_schema") or {}
     schema = spec.get("schema", {"type": "object"})
+    check_schema(schema, "response_format.json_schema.schema")  # the gateway checked; a guard for any other
     try:
         return str(json_schema_to_gbnf(json.dumps(schema)))
     except Exception as exc:
