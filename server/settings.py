@@ -29,6 +29,9 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(default=120.0, gt=0, description="How long a request may wait queued.")
     lease_s: float = Field(default=10.0, gt=0, description="A worker's hold on a request before redelivery.")
     max_deliveries: int = Field(default=3, ge=1, description="Deliveries before a request is dead-lettered.")
+    dlq_maxlen: int = Field(default=1000, ge=1, description="Entries kept per model's dead-letter stream (approx).")
+    dlq_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="A dead-letter stream expires this long "
+                           "after its last entry.")
     stall_timeout_s: float = Field(default=30.0, gt=0, description="Silence from a worker that ends a stream.")
     heartbeat_s: float = Field(default=1.0, gt=0, description="How often a worker says it is alive.")
     redis_timeout_s: float = Field(default=1.0, gt=0, description="Connect/command timeout towards Redis.")

@@ -50,6 +50,7 @@ log = logging.getLogger("slm.worker")
 FLUSH_INTERVAL_S = 0.02
 CANCEL_CHECK_INTERVAL_S = 0.05
 IDLE_WAIT_S = 0.1  # an idle decode thread waits this long at most for the intake, then ticks again
+RUNNING_MARK_TTL_S = 600  # outlives any redelivery of the request (leases are seconds)
 
 
 @dataclass
@@ -60,6 +61,10 @@ class WorkerConfig:
     heartbeat_s: float = 1.0
     heartbeat_ttl_s: float = 5.0
     model_file: str = ""
+    log_prompts: bool = False  # dead-letter entries keep the request's text only then
+    dlq_maxlen: int = 1000
+    dlq_ttl_s: int = 7 * 24 * 3600
+    crash_marker: str = ""  # tests only (SLM_TEST_CRASH_MARKER): a prompt holding it aborts the process
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
 
@@ -124,7 +129,8 @@ class Worker:
         self.holdings = Holdings()
         self.outbox = Outbox(client)
         self.intake = Intake(client, IntakeConfig(config.model, config.worker_id, config.lease_s,
-                                                  config.max_deliveries), self.holdings, self._room)
+                                                  config.max_deliveries, config.log_prompts, config.dlq_maxlen,
+                                                  config.dlq_ttl_s), self.holdings, self._room)
         self._closed = threading.Event()
         self.last_tick = time.monotonic()
         self.orphan_check: Callable[[], bool] = lambda: False
@@ -308,6 +314,12 @@ class Worker:
     # -- requests -------------------------------------------------------------------------------
     def _admit(self, taken: Taken) -> None:
         job, entry_id, attempt = taken.job, taken.entry_id, taken.attempt
+        # Before running anything of the request's own (template, tokenizer, grammar, sampler): a worker
+        # that dies from here until `started` is out leaves this mark for the next to find (poison).
+        self.redis.set(keys.job_running(job.id), attempt, ex=RUNNING_MARK_TTL_S)
+        if self.config.crash_marker and self.config.crash_marker in (job.model_dump_json()):
+            log.critical("test crash marker found in request %s: aborting", job.id)
+            os.abort()
         if job.kind == "embedding":
             self._embed(entry_id, job, attempt)
             return
