@@ -53,6 +53,8 @@ class Settings(BaseSettings):
         default=0, ge=0, description="Tokens (prompt + completion) per minute per API key (in Redis); 0 = off."
     )
     rate_limit_concurrency: int = Field(default=0, ge=0, description="Concurrent requests per API key; 0 = off.")
+    max_n: int = Field(default=8, ge=1, le=128, description="Largest `n` (choices) one request may ask for.")
+    max_n_tokens: int = Field(default=16384, ge=1, description="Largest `n` x `max_tokens` of one request.")
 
     def model_dir_list(self) -> list[Path]:
         return [Path(p) for p in self.model_dirs.split(":") if p]

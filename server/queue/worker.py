@@ -94,6 +94,7 @@ class _Active:
     finish_reason: str = "stop"
     cancelled: bool = False
     error: bool = False
+    running: int = 0  # its sequences in the engine now
 
 
 def _finish_reason(fin: Finish) -> str:
@@ -125,6 +126,7 @@ class Worker:
         self.active: dict[str, _Active] = {}
         self.embedder: Embedder | None = None
         self.waiting: deque[tuple[str, list[int], SamplingParams]] = deque()
+        self.claimable = 0  # waiting choices that may take the next free slot (read by the intake thread)
         self.stopping = False  # set by a signal handler or the keep-alive thread: plain flag, no lock
         self.holdings = Holdings()
         self.outbox = Outbox(client)
@@ -142,7 +144,7 @@ class Worker:
 
     def _room(self) -> int:
         """Free slots not yet spoken for (read by the intake thread)."""
-        return self.engine.free_slots() - len(self.waiting) - self.intake.inbox.qsize()
+        return self.engine.free_slots() - self.claimable - self.intake.inbox.qsize()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -232,6 +234,7 @@ class Worker:
         for request_id in self.engine.request_ids():
             self.engine.cancel(request_id)
         self.waiting.clear()
+        self.claimable = 0
         while self.engine.active():
             self.engine.step()
         self.active.clear()
@@ -255,7 +258,7 @@ class Worker:
 
     def _take_new(self, *, block: bool) -> None:
         """Admit what the intake took, while there are free slots; wait a little for it when idle."""
-        while self.engine.free_slots() - len(self.waiting) > 0:
+        while self.engine.free_slots() - self.claimable > 0:
             try:
                 taken = self.intake.inbox.get(timeout=IDLE_WAIT_S) if block else self.intake.inbox.get_nowait()
             except queue.Empty:
@@ -286,6 +289,7 @@ class Worker:
         for item in queued:  # never started: finish them here as cancelled
             self.waiting.remove(item)
             act.remaining.discard(int(item[0].rpartition("#")[2]))
+        self._admit_waiting()
         if not act.remaining:
             act.cancelled = True
             self._finish(act, self._event(act, self._final_event(act)))
@@ -347,9 +351,10 @@ class Worker:
             self._fail(entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
                        error_type=exc.type)
             return
+        act.running = 1
+        self.active[job.id] = act
         self.waiting.extend((seq_id, tokens, p) for seq_id, p in seqs[1:])
         self._admit_waiting()
-        self.active[job.id] = act
         self.outbox.put(replies.event(job.id, {"type": "started", "attempt": attempt,
                                                "worker": self.config.worker_id, "prompt_tokens": len(tokens)}))
 
@@ -378,10 +383,27 @@ class Worker:
         self._settle(job.id, entry_id, started + done)
 
     def _admit_waiting(self) -> None:
-        """Choices of `n > 1` requests wait here for a free slot."""
-        while self.waiting and self.engine.free_slots() > 0:
-            seq_id, tokens, params = self.waiting.popleft()
-            self.engine.add(seq_id, tokens, params)
+        """Choices of `n > 1` requests wait here for a free slot. One request's choices hold at most
+        `parallel - 1` slots (the one slot when `parallel` is 1), so however large its `n`, a slot is
+        left for other requests: the intake counts only the choices under that cap (`claimable`)."""
+        cap = max(1, self.engine.parallel - 1)
+        kept: deque[tuple[str, list[int], SamplingParams]] = deque()
+        claimed: dict[str, int] = {}  # per request: choices that would take the next free slots
+        while self.waiting:
+            item = self.waiting.popleft()
+            job_id = item[0].rpartition("#")[0]
+            act = self.active.get(job_id)
+            running = (act.running if act is not None else 0) + claimed.get(job_id, 0)
+            if running < cap and self.engine.free_slots() > 0:
+                self.engine.add(*item)
+                if act is not None:
+                    act.running += 1
+                continue
+            kept.append(item)
+            if running < cap:
+                claimed[job_id] = claimed.get(job_id, 0) + 1
+        self.waiting = kept
+        self.claimable = sum(claimed.values())
 
     def _emit(self, outputs: list[Output]) -> None:
         """Hand what a step produced to the outbox: every sequence's text at most every
@@ -407,6 +429,7 @@ class Worker:
                 commands += self._flush_choice(act, index, choice)
                 fin = out.finish
                 act.remaining.discard(index)
+                act.running -= 1
                 act.completion_tokens += fin.completion_tokens
                 act.prompt_tokens = fin.prompt_tokens
                 act.cached_tokens = max(act.cached_tokens, fin.cached_tokens)

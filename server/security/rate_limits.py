@@ -8,9 +8,11 @@
                           response is over; its TTL (refreshed on every admission) bounds what a
                           gateway that died mid-request can leave behind
 
-A token limit is checked before the request's own size is known (the body is not read yet, and
-usage is only known at the end), so one admitted request may take the window past its limit —
-the next one is refused until the window turns, as OpenAI's headers report it. Concurrent
+A token limit is checked twice: before the body is read (the window already full: 429), and once
+the request is parsed, when the serving layer reserves the most it may use (`reserve`: prompt
+estimate + `n` x `max_tokens`, atomically added to the window if it fits, else 429). When the
+response is over, the window is corrected by what was really used (or, if the minute turned, the
+use is charged to the new one). So one request cannot take the window far past its limit. Concurrent
 requests of one key can overshoot together; the concurrency limit bounds by how much.
 
 Keys are named in `server.queue.keys` by `api_keys.key_id()`, never by the API key. When Redis
@@ -51,6 +53,15 @@ redis.call('EXPIRE', KEYS[1], ARGV[2])
 return n
 """
 
+# KEYS[1] = tokens window; ARGV = tokens, limit, ttl. Adds them if they fit; returns the window's use then.
+_RESERVE = """
+local used = tonumber(redis.call('GET', KEYS[1]) or '0')
+if used + tonumber(ARGV[1]) > tonumber(ARGV[2]) then return -1 - used end
+redis.call('INCRBY', KEYS[1], ARGV[1])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return used + tonumber(ARGV[1])
+"""
+
 # KEYS[1] = counter. Never leaves it below zero (it may have expired while the request ran).
 _RELEASE = """
 local n = redis.call('DECR', KEYS[1])
@@ -71,6 +82,7 @@ class Admission:
     token_limit: int = 0
     tokens_remaining: int = 0
     usage: TokenUsage | None = None  # set when the key's tokens are limited
+    reserved_window: int = -1  # the minute the reservation was added to
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         out = []
@@ -122,7 +134,9 @@ class RateLimiter:
 
     async def admit(self, kid: str) -> Admission:
         """Count one request of key `kid`; raises `RateLimitError` past a limit."""
-        admission = Admission(kid, usage=TokenUsage() if self.tpm else None)
+        admission = Admission(kid)
+        if self.tpm:
+            admission.usage = TokenUsage(lambda tokens: self.reserve(admission, tokens))
         try:
             if self.rpm or self.tpm:
                 await self._check_windows(admission)
@@ -174,12 +188,43 @@ class RateLimiter:
                 retry_after=admission.reset_s, headers=_as_str(admission.headers()), code="tokens_limit_exceeded",
             )
 
+    async def reserve(self, admission: Admission, tokens: int) -> None:
+        """Add `tokens` to the key's window now if they fit under the limit, else RateLimitError."""
+        now = self.clock()
+        window = int(now // WINDOW_S)
+        reset = max(1, math.ceil((window + 1) * WINDOW_S - now))
+        try:
+            result = int(await self._client().eval(_RESERVE, 1, keys.tokens_per_minute(admission.kid, window),
+                                                    tokens, self.tpm, 2 * WINDOW_S))
+        except (RedisError, OSError) as exc:
+            self._unavailable(exc)
+            return
+        if result >= 0:
+            admission.reserved_window = window
+            admission.tokens_remaining = max(0, self.tpm - result)
+            return
+        used = -1 - result
+        if tokens > self.tpm:
+            message = (f"This request may use up to {tokens} tokens (its prompt, estimated, plus n x max_tokens), "
+                       f"more than this API key's limit of {self.tpm} tokens per minute; lower max_tokens or n.")
+        else:
+            message = (f"Rate limit reached for this API key: {self.tpm} tokens per minute, {used} used, "
+                       f"this request may use up to {tokens}; try again in {reset}s.")
+        raise RateLimitError(message, retry_after=reset, code="tokens_limit_exceeded",
+                             headers={"x-ratelimit-limit-tokens": str(self.tpm),
+                                      "x-ratelimit-remaining-tokens": str(max(0, self.tpm - used)),
+                                      "x-ratelimit-reset-tokens": f"{reset}s"})
+
     async def finish(self, admission: Admission) -> None:
-        """The response is over: add the tokens it used to the key's current window, free its slot."""
+        """The response is over: correct the key's window by the tokens it used, free its slot."""
         tokens = admission.usage.take() if admission.usage is not None else 0
+        reserved = admission.usage.reserved if admission.usage is not None else 0
+        window = int(self.clock() // WINDOW_S)
+        if reserved and admission.reserved_window == window:
+            tokens -= reserved  # the window holds the reservation: correct it by what was used
         try:
             if tokens:
-                key = keys.tokens_per_minute(admission.kid, int(self.clock() // WINDOW_S))
+                key = keys.tokens_per_minute(admission.kid, window)
                 pipe = self._client().pipeline(transaction=True)
                 pipe.incrby(key, tokens)
                 pipe.expire(key, 2 * WINDOW_S)
