@@ -210,15 +210,12 @@ class RateLimiter:
         else:
             message = (f"Rate limit reached for this API key: {self.tpm} tokens per minute, {used} used, "
                        f"this request may use up to {tokens}; try again in {reset}s.")
-        raise RateLimitError(message, retry_after=reset, code="tokens_limit_exceeded",
-                             headers={"x-ratelimit-limit-tokens": str(self.tpm),
-                                      "x-ratelimit-remaining-tokens": str(max(0, self.tpm - used)),
-                                      "x-ratelimit-reset-tokens": f"{reset}s"})
+        # the response carries the key's x-ratelimit-* headers already (the middleware adds them)
+        raise RateLimitError(message, retry_after=reset, code="tokens_limit_exceeded")
 
     async def finish(self, admission: Admission) -> None:
         """The response is over: correct the key's window by the tokens it used, free its slot."""
-        tokens = admission.usage.take() if admission.usage is not None else 0
-        reserved = admission.usage.reserved if admission.usage is not None else 0
+        tokens, reserved = admission.usage.settle() if admission.usage is not None else (0, 0)
         window = int(self.clock() // WINDOW_S)
         if reserved and admission.reserved_window == window:
             tokens -= reserved  # the window holds the reservation: correct it by what was used

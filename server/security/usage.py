@@ -33,6 +33,11 @@ class TokenUsage:
         if tokens > 0:
             self.tokens += tokens
 
+    def settle(self) -> tuple[int, int]:
+        """(tokens used, tokens reserved), leaving both zero (so they are accounted for once)."""
+        reserved, self.reserved = self.reserved, 0
+        return self.take(), reserved
+
     def take(self) -> int:
         """The tokens counted so far, leaving zero (so a total is charged once)."""
         tokens, self.tokens = self.tokens, 0

@@ -14,7 +14,7 @@ import redis
 
 from server.embedded_redis import EmbeddedRedis
 from server.queue import keys as redis_keys
-from tests.conftest import SMOLLM2, LiveServer, start_server, stop_server
+from tests.conftest import SMOLLM2, LiveServer, start_server, stop_server, wait_until
 from tests.integration.test_faults import STORY
 from tests.security.conftest import NamedKeys
 
@@ -76,25 +76,24 @@ def test_n_times_max_tokens_is_reserved_against_the_token_limit(served: Served) 
     assert never_fits.json()["error"]["code"] == "tokens_limit_exceeded"
     assert "more than this API key's limit" in never_fits.json()["error"]["message"]
     assert served.window_total("reserve") == 0, "a refused request holds nothing"
-    usages: list[int] = []
-    held = dict(chat(n=2, max_tokens=200, stream=True, stream_options={"include_usage": True}))
+    held = dict(chat(n=2, max_tokens=200, stream=True))
+    reserved = 2 * 425  # each: n x max_tokens + a prompt of ~25 tokens (estimated)
     with httpx.stream("POST", served.live.url + "/v1/chat/completions", json=held, headers=served.auth("reserve"),
                       timeout=120) as first, \
             httpx.stream("POST", served.live.url + "/v1/chat/completions", json=held,
                          headers=served.auth("reserve"), timeout=120) as second:
         assert first.status_code == 200 and second.status_code == 200
-        third = served.post("reserve", chat(n=2, max_tokens=200))  # both streams still hold ~420 each
+        assert served.window_total("reserve") >= reserved - 20, "both requests hold their reservations"
+        third = served.post("reserve", chat(n=2, max_tokens=200))  # both streams still hold theirs
         assert third.status_code == 429, third.text
         assert third.json()["error"]["code"] == "tokens_limit_exceeded"
-        for stream in (first, second):
-            frames = [json.loads(line[6:]) for line in stream.iter_lines()
-                      if line.startswith("data: {")]
-            usages.append(frames[-1]["usage"]["total_tokens"])
-    assert served.window_total("reserve") == sum(usages), "the reservations were replaced by what was used"
+    # both clients hung up after a few tokens: each is charged what it used, its reservation returned
+    wait_until(lambda: 0 < served.window_total("reserve") < reserved // 2, timeout_s=30,
+               what="the reservations replaced by what was used")
 
 
 def test_a_large_n_leaves_a_slot_for_another_key(served: Served) -> None:
-    big = chat(n=4, max_tokens=60, stream=True)
+    big = chat(n=3, max_tokens=40, stream=True)
     with httpx.stream("POST", served.live.url + "/v1/chat/completions", json=big, headers=served.auth("big"),
                       timeout=120) as stream:
         lines = stream.iter_lines()
@@ -104,4 +103,4 @@ def test_a_large_n_leaves_a_slot_for_another_key(served: Served) -> None:
         assert small.status_code == 200, small.text
         later = [line for line in lines if '"content"' in line]
     assert later, "the large-n request had finished before the other key's request was served"
-    assert {json.loads(line[6:])["choices"][0]["index"] for line in later} >= {3}
+    assert {json.loads(line[6:])["choices"][0]["index"] for line in later} >= {2}
