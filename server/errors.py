@@ -2,7 +2,8 @@
 
     SlmError                       500 server_error
     ├── InvalidRequestError        400 invalid_request_error      (param names the field)
-    │   └── ContextLengthError     400 code=context_length_exceeded
+    │   ├── ContextLengthError     400 code=context_length_exceeded
+    │   └── SchemaLimitError       400 code=schema_too_complex (a JSON schema past the grammar's bounds)
     ├── AuthenticationError        401
     ├── ModelNotFoundError         404 code=model_not_found
     ├── RequestTimeoutError        408 code=request_timeout (headers or body too slow; the connection closes)
@@ -64,6 +65,10 @@ class InvalidRequestError(SlmError):
 
 class ContextLengthError(InvalidRequestError):
     default_code = "context_length_exceeded"
+
+
+class SchemaLimitError(InvalidRequestError):
+    default_code = "schema_too_complex"
 
 
 class AuthenticationError(SlmError):

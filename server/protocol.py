@@ -16,6 +16,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from server.errors import InvalidRequestError
 from server.json_checks import check_schema_depth
+from server.schema_limits import check_request
 from server.tool_format import history_message
 
 MAX_MESSAGES = 4096
@@ -270,6 +271,13 @@ class ChatCompletionRequest(_Sampling):
     tools: list[Tool] | None = Field(default=None, max_length=128)
     tool_choice: Literal["none", "auto", "required"] | NamedToolChoice | None = None
     parallel_tool_calls: bool | None = None
+
+    @model_validator(mode="before")
+    @classmethod
+    def _schemas_within_bounds(cls, data: Any) -> Any:
+        """Schemas the grammar could not handle safely are refused before anything else reads them."""
+        check_request(data)
+        return data
 
     @model_validator(mode="after")
     def _tool_choice_names_a_tool(self) -> ChatCompletionRequest:

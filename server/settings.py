@@ -32,6 +32,9 @@ class Settings(BaseSettings):
     queue_timeout_s: float = Field(default=120.0, gt=0, description="How long a request may wait queued.")
     lease_s: float = Field(default=10.0, gt=0, description="A worker's hold on a request before redelivery.")
     max_deliveries: int = Field(default=3, ge=1, description="Deliveries before a request is dead-lettered.")
+    dlq_maxlen: int = Field(default=1000, ge=1, description="Entries kept per model's dead-letter stream (approx).")
+    dlq_ttl_s: int = Field(default=7 * 24 * 3600, ge=60, description="A dead-letter stream expires this long "
+                           "after its last entry.")
     stall_timeout_s: float = Field(default=30.0, gt=0, description="Silence from a worker that ends a stream.")
     heartbeat_s: float = Field(default=1.0, gt=0, description="How often a worker says it is alive.")
     redis_timeout_s: float = Field(default=1.0, gt=0, description="Connect/command timeout towards Redis.")
@@ -70,6 +73,9 @@ class Settings(BaseSettings):
         default=DEFAULT_KEY_ENV_PATTERN,
         description="Regex every hosted entry's `api_key_env` must fully match (`SLM_*` names never do).",
     )
+
+    max_n: int = Field(default=8, ge=1, le=128, description="Largest `n` (choices) one request may ask for.")
+    max_n_tokens: int = Field(default=16384, ge=1, description="Largest `n` x `max_tokens` of one request.")
 
     @field_validator("provider_key_env_pattern")
     @classmethod

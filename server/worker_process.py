@@ -133,6 +133,8 @@ def run_worker(settings: Settings, model: str) -> int:
     worker = Worker(engine, client, WorkerConfig(
         model=model, lease_s=settings.lease_s, max_deliveries=settings.max_deliveries,
         heartbeat_s=settings.heartbeat_s, heartbeat_ttl_s=settings.heartbeat_ttl_s, model_file=path.name,
+        log_prompts=settings.log_prompts, dlq_maxlen=settings.dlq_maxlen, dlq_ttl_s=settings.dlq_ttl_s,
+        crash_marker=os.environ.get("SLM_TEST_CRASH_MARKER", ""),
     ))
 
     supervisor = int(os.environ.get("SLM_SUPERVISOR_PID", "0"))

@@ -14,6 +14,7 @@ from typing import Any
 from llama_cpp.llama_grammar import json_schema_to_gbnf
 
 from server.errors import InvalidRequestError
+from server.schema_limits import Budget, check_schema
 from server.tool_format import CALL_CLOSE, CALL_OPEN
 
 MAX_PARALLEL_CALLS = 4
@@ -52,6 +53,9 @@ def _selected(tools: list[dict[str, Any]], choice: Any) -> list[dict[str, Any]]:
 
 def call_grammar(tools: list[dict[str, Any]], choice: Any, *, parallel: bool) -> str:
     """GBNF for one (or, with `parallel`, several) well-formed calls of the selected tools."""
+    budget = Budget()  # the gateway checked; a guard for jobs from any other
+    for i, tool in enumerate(tools):
+        check_schema(tool["function"].get("parameters"), f"tools[{i}].function.parameters", budget)
     variants = [
         {"type": "object",
          "properties": {"name": {"const": t["function"]["name"]},

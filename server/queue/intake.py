@@ -5,6 +5,9 @@ every `lease_s / 2` the intake also reclaims (`XAUTOCLAIM`) requests whose worke
 its lease. Each request taken is screened before the decode thread sees it:
 
     already answered      its worker died after sending `done` but before the ack: acknowledged
+    crashed a worker      its previous worker died while running the request's own work (the
+                          `keys.job_running` mark of that attempt is set, its `started` never came):
+                          dead-lettered at once, the client gets a 500 `worker_crashed`
     delivered too often   more than `max_deliveries` times: dead-lettered, the client gets a 500
     past its deadline     dropped with a 503 `queue_timeout`
     cancelled             its client left while it was queued: acknowledged (looked up for requests
@@ -12,6 +15,10 @@ its lease. Each request taken is screened before the decode thread sees it:
 
 What passes is held (the keep-alive thread renews its lease from now on) and put in the inbox,
 which the decode thread empties as slots free up.
+
+A dead-letter entry records what happened, not what was asked: ids, model, kind, reason, attempt,
+times and sizes; the request itself only with `SLM_LOG_PROMPTS`. The stream is capped
+(`XADD MAXLEN ~ SLM_DLQ_MAXLEN`) and expires `SLM_DLQ_TTL_S` after its last entry.
 """
 
 from __future__ import annotations
@@ -54,6 +61,9 @@ class IntakeConfig:
     worker_id: str
     lease_s: float
     max_deliveries: int
+    log_prompts: bool = False
+    dlq_maxlen: int = 1000
+    dlq_ttl_s: int = 7 * 24 * 3600
 
 
 class Intake:
@@ -175,8 +185,17 @@ class Intake:
             if last and _event_type(last[0][1]) in ("done", "error"):
                 replies.send(self.client, replies.ack(self.stream, entry_id))  # finished before a crash lost the ack
                 return
+            if self._crashed_its_worker(job, attempt, last):
+                log.error("request %s: its worker died while starting it (attempt %d); dead-lettered, not retried",
+                          job.id, attempt - 1)
+                self._dead_letter(entry_id, job, attempt, "worker_crashed",
+                                  "A worker crashed while starting this request; it was dead-lettered and will "
+                                  "not be retried.")
+                return
             if attempt > self.config.max_deliveries:
-                self._dead_letter(entry_id, job, attempt)
+                log.error("request %s failed on %d deliveries; dead-lettered", job.id, attempt - 1)
+                self._dead_letter(entry_id, job, attempt, "generation_failed",
+                                  f"The request failed on {attempt - 1} workers and was dead-lettered.")
                 return
         if time.time() > job.deadline:
             self._settle(entry_id, replies.error(job.id, attempt, 503, "queue_timeout",
@@ -188,13 +207,30 @@ class Intake:
         self.holdings.hold(job.id, entry_id)
         self.inbox.put(Taken(entry_id, job, attempt))
 
-    def _dead_letter(self, entry_id: str, job: Job, attempt: int) -> None:
-        log.error("request %s failed on %d deliveries; dead-lettered", job.id, attempt - 1)
-        record: dict[Any, Any] = {"job": job.model_dump_json(), "deliveries": attempt - 1}
-        self.client.xadd(keys.dead_letters(self.config.model), record)
-        self._settle(entry_id, replies.error(
-            job.id, attempt, 500, "generation_failed",
-            f"The request failed on {attempt - 1} workers and was dead-lettered.", error_type="server_error"))
+    def _crashed_its_worker(self, job: Job, attempt: int, last: Any) -> bool:
+        """Did the previous delivery's worker die inside the request's own work? Its mark says it began;
+        no event of that attempt (the first is `started`) says it never got through."""
+        mark: Any = self.client.get(keys.job_running(job.id))
+        if mark is None or int(mark) != attempt - 1:
+            return False  # lost before it began (or a worker that never marked): redeliver
+        return not last or _event_attempt(last[0][1]) < attempt - 1
+
+    def _dead_letter(self, entry_id: str, job: Job, attempt: int, reason: str, message: str) -> None:
+        key = keys.dead_letters(self.config.model)
+        record: dict[Any, Any] = {
+            "id": job.id, "model": job.model, "kind": job.kind, "reason": reason, "attempt": attempt - 1,
+            "enqueued_at": job.enqueued_at, "dead_at": round(time.time(), 3), "worker": self.config.worker_id,
+            "n": job.n, "max_tokens": job.params.max_tokens or 0, "messages": len(job.messages or []),
+            "prompt_chars": _prompt_chars(job), "tools": len(job.tools or []),
+            "response_format": (job.response_format or {}).get("type", "text"),
+        }
+        if self.config.log_prompts:
+            record["job"] = job.model_dump_json()
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(key, record, maxlen=self.config.dlq_maxlen, approximate=True)
+        pipe.expire(key, self.config.dlq_ttl_s)
+        pipe.execute()
+        self._settle(entry_id, replies.error(job.id, attempt, 500, reason, message, error_type="server_error"))
 
     def _settle(self, entry_id: str, answer: list[replies.Command]) -> None:
         replies.send(self.client, answer + replies.ack(self.stream, entry_id))
@@ -202,6 +238,18 @@ class Intake:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _prompt_chars(job: Job) -> int:
+    texts = [str(m.get("content") or "") for m in job.messages or []]
+    return sum(map(len, texts)) + len(job.prompt or "") + sum(len(i) for i in job.inputs or [])
+
+
+def _event_attempt(fields: dict[bytes, bytes]) -> int:
+    try:
+        return int(decode_event(fields).get("attempt", 1))
+    except (KeyError, ValueError):
+        return 0
 
 
 def _event_type(fields: dict[bytes, bytes]) -> str | None:

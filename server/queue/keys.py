@@ -22,8 +22,13 @@ def cancel_flag(request_id: str) -> str:
 
 
 def dead_letters(model: str) -> str:
-    """Requests that failed on every delivery."""
+    """Requests dead-lettered (crashed a worker, or failed on every delivery); capped, expires."""
     return f"{PREFIX}:dlq:{model}"
+
+
+def job_running(request_id: str) -> str:
+    """The attempt whose worker began the request's own work (template, tokens, grammar); expires."""
+    return f"{PREFIX}:running:{request_id}"
 
 
 def worker_heartbeats(model: str) -> str:

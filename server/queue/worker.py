@@ -42,6 +42,7 @@ from server.queue.intake import Intake, IntakeConfig, Taken
 from server.queue.messages import Job, SamplingParams
 from server.queue.outbox import Outbox
 from server.queue.replies import Command
+from server.schema_limits import check_schema
 from server.tool_format import CALL_OPEN
 
 log = logging.getLogger("slm.worker")
@@ -49,6 +50,7 @@ log = logging.getLogger("slm.worker")
 FLUSH_INTERVAL_S = 0.02
 CANCEL_CHECK_INTERVAL_S = 0.05
 IDLE_WAIT_S = 0.1  # an idle decode thread waits this long at most for the intake, then ticks again
+RUNNING_MARK_TTL_S = 600  # outlives any redelivery of the request (leases are seconds)
 
 
 @dataclass
@@ -59,6 +61,10 @@ class WorkerConfig:
     heartbeat_s: float = 1.0
     heartbeat_ttl_s: float = 5.0
     model_file: str = ""
+    log_prompts: bool = False  # dead-letter entries keep the request's text only then
+    dlq_maxlen: int = 1000
+    dlq_ttl_s: int = 7 * 24 * 3600
+    crash_marker: str = ""  # tests only (SLM_TEST_CRASH_MARKER): a prompt holding it aborts the process
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
 
@@ -88,6 +94,7 @@ class _Active:
     finish_reason: str = "stop"
     cancelled: bool = False
     error: bool = False
+    running: int = 0  # its sequences in the engine now
 
 
 def _finish_reason(fin: Finish) -> str:
@@ -103,6 +110,7 @@ def grammar_for(response_format: dict[str, Any]) -> str | None:
         return JSON_GBNF
     spec = response_format.get("json_schema") or {}
     schema = spec.get("schema", {"type": "object"})
+    check_schema(schema, "response_format.json_schema.schema")  # the gateway checked; a guard for any other
     try:
         return str(json_schema_to_gbnf(json.dumps(schema)))
     except Exception as exc:
@@ -118,11 +126,13 @@ class Worker:
         self.active: dict[str, _Active] = {}
         self.embedder: Embedder | None = None
         self.waiting: deque[tuple[str, list[int], SamplingParams]] = deque()
+        self.claimable = 0  # waiting choices that may take the next free slot (read by the intake thread)
         self.stopping = False  # set by a signal handler or the keep-alive thread: plain flag, no lock
         self.holdings = Holdings()
         self.outbox = Outbox(client)
         self.intake = Intake(client, IntakeConfig(config.model, config.worker_id, config.lease_s,
-                                                  config.max_deliveries), self.holdings, self._room)
+                                                  config.max_deliveries, config.log_prompts, config.dlq_maxlen,
+                                                  config.dlq_ttl_s), self.holdings, self._room)
         self._closed = threading.Event()
         self.last_tick = time.monotonic()
         self.orphan_check: Callable[[], bool] = lambda: False
@@ -134,7 +144,7 @@ class Worker:
 
     def _room(self) -> int:
         """Free slots not yet spoken for (read by the intake thread)."""
-        return self.engine.free_slots() - len(self.waiting) - self.intake.inbox.qsize()
+        return self.engine.free_slots() - self.claimable - self.intake.inbox.qsize()
 
     # -- lifecycle ------------------------------------------------------------------------------
     def run(self) -> None:
@@ -227,6 +237,7 @@ class Worker:
         for request_id in self.engine.request_ids():
             self.engine.cancel(request_id)
         self.waiting.clear()
+        self.claimable = 0
         while self.engine.active():
             self.engine.step()
         self.active.clear()
@@ -250,7 +261,7 @@ class Worker:
 
     def _take_new(self, *, block: bool) -> None:
         """Admit what the intake took, while there are free slots; wait a little for it when idle."""
-        while self.engine.free_slots() - len(self.waiting) > 0:
+        while self.engine.free_slots() - self.claimable > 0:
             try:
                 taken = self.intake.inbox.get(timeout=IDLE_WAIT_S) if block else self.intake.inbox.get_nowait()
             except queue.Empty:
@@ -281,6 +292,7 @@ class Worker:
         for item in queued:  # never started: finish them here as cancelled
             self.waiting.remove(item)
             act.remaining.discard(int(item[0].rpartition("#")[2]))
+        self._admit_waiting()
         if not act.remaining:
             act.cancelled = True
             self._finish(act, self._event(act, self._final_event(act)))
@@ -309,6 +321,12 @@ class Worker:
     # -- requests -------------------------------------------------------------------------------
     def _admit(self, taken: Taken) -> None:
         job, entry_id, attempt = taken.job, taken.entry_id, taken.attempt
+        # Before running anything of the request's own (template, tokenizer, grammar, sampler): a worker
+        # that dies from here until `started` is out leaves this mark for the next to find (poison).
+        self.redis.set(keys.job_running(job.id), attempt, ex=RUNNING_MARK_TTL_S)
+        if self.config.crash_marker and self.config.crash_marker in (job.model_dump_json()):
+            log.critical("test crash marker found in request %s: aborting", job.id)
+            os.abort()
         if job.kind == "embedding":
             self._embed(entry_id, job, attempt)
             return
@@ -336,9 +354,10 @@ class Worker:
             self._fail(entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
                        error_type=exc.type)
             return
+        act.running = 1
+        self.active[job.id] = act
         self.waiting.extend((seq_id, tokens, p) for seq_id, p in seqs[1:])
         self._admit_waiting()
-        self.active[job.id] = act
         self.outbox.put(replies.event(job.id, {"type": "started", "attempt": attempt,
                                                "worker": self.config.worker_id, "prompt_tokens": len(tokens)}))
 
@@ -367,10 +386,27 @@ class Worker:
         self._settle(job.id, entry_id, started + done)
 
     def _admit_waiting(self) -> None:
-        """Choices of `n > 1` requests wait here for a free slot."""
-        while self.waiting and self.engine.free_slots() > 0:
-            seq_id, tokens, params = self.waiting.popleft()
-            self.engine.add(seq_id, tokens, params)
+        """Choices of `n > 1` requests wait here for a free slot. One request's choices hold at most
+        `parallel - 1` slots (the one slot when `parallel` is 1), so however large its `n`, a slot is
+        left for other requests: the intake counts only the choices under that cap (`claimable`)."""
+        cap = max(1, self.engine.parallel - 1)
+        kept: deque[tuple[str, list[int], SamplingParams]] = deque()
+        claimed: dict[str, int] = {}  # per request: choices that would take the next free slots
+        while self.waiting:
+            item = self.waiting.popleft()
+            job_id = item[0].rpartition("#")[0]
+            act = self.active.get(job_id)
+            running = (act.running if act is not None else 0) + claimed.get(job_id, 0)
+            if running < cap and self.engine.free_slots() > 0:
+                self.engine.add(*item)
+                if act is not None:
+                    act.running += 1
+                continue
+            kept.append(item)
+            if running < cap:
+                claimed[job_id] = claimed.get(job_id, 0) + 1
+        self.waiting = kept
+        self.claimable = sum(claimed.values())
 
     def _emit(self, outputs: list[Output]) -> None:
         """Hand what a step produced to the outbox: every sequence's text at most every
@@ -396,6 +432,7 @@ class Worker:
                 commands += self._flush_choice(act, index, choice)
                 fin = out.finish
                 act.remaining.discard(index)
+                act.running -= 1
                 act.completion_tokens += fin.completion_tokens
                 act.prompt_tokens = fin.prompt_tokens
                 act.cached_tokens = max(act.cached_tokens, fin.cached_tokens)

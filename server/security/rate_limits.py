@@ -10,10 +10,13 @@
                           response is over; its TTL (refreshed on every admission) bounds what a
                           gateway that died mid-request can leave behind
 
-A token limit is checked before the request's own size is known (the body is not read yet, and
-usage is only known at the end), so the requests admitted while the window was under its limit
-may take it past the limit together — the next one is refused until enough of their charges have
-left the window, as the headers report it. Concurrent
+A token limit is checked twice: before the body is read (the window already holds the limit:
+429), and once the request is parsed, when the serving layer reserves the most it may use
+(`reserve`: prompt estimate + `n` x `max_tokens`, added to the window as a charge of its own if it
+fits, atomically, else 429). When the response is over the reservation leaves the window and what
+was really used is charged in its place. So one request cannot take the window past its limit;
+concurrent requests of one key admitted before their reservations can overshoot together; the
+concurrency limit bounds by how much. Concurrent
 requests of one key can overshoot together; the concurrency limit bounds by how much.
 
 `x-ratelimit-reset-*` and `Retry-After` are the whole seconds until a slot frees: until the oldest
@@ -30,7 +33,7 @@ from __future__ import annotations
 
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
@@ -78,6 +81,7 @@ class Admission:
     token_limit: int = 0
     tokens_remaining: int = 0
     usage: TokenUsage | None = None  # set when the key's tokens are limited
+    reservations: list[str] = field(default_factory=list)  # its charges held in advance in the window
 
     def headers(self) -> list[tuple[bytes, bytes]]:
         out = []
@@ -128,7 +132,9 @@ class RateLimiter:
 
     async def admit(self, kid: str) -> Admission:
         """Count one request of key `kid`; raises `RateLimitError` past a limit."""
-        admission = Admission(kid, usage=TokenUsage() if self.tpm else None)
+        admission = Admission(kid)
+        if self.tpm:
+            admission.usage = TokenUsage(lambda tokens: self.reserve(admission, tokens))
         try:
             reading = await self._check_windows(admission) if self.rpm or self.tpm else None
             if self.concurrency:
@@ -174,12 +180,36 @@ class RateLimiter:
             )
         return reading
 
-    async def finish(self, admission: Admission) -> None:
-        """The response is over: charge the tokens it used to the key's window, now; free its slot."""
-        tokens = admission.usage.take() if admission.usage is not None else 0
+    async def reserve(self, admission: Admission, tokens: int) -> None:
+        """Hold `tokens` in the key's window now if they fit under the limit, else RateLimitError."""
         try:
-            if tokens:
-                await self.windows.charge(self._client(), admission.kid, tokens)
+            held = await self.windows.reserve(self._client(), admission.kid, tokens, tpm=self.tpm)
+        except (RedisError, OSError) as exc:
+            self._unavailable(exc)
+            return
+        if held.member is not None:
+            admission.reservations.append(held.member)
+            admission.tokens_remaining = max(0, self.tpm - held.tokens)
+            return
+        per = "per minute" if self.windows.window_s == 60 else f"per {self.windows.window_s:g} s"
+        wait = max(1, held.seconds())
+        if tokens > self.tpm:
+            message = (f"This request may use up to {tokens} tokens (its prompt, estimated, plus n x max_tokens), "
+                       f"more than this API key's limit of {self.tpm} tokens {per}; lower max_tokens or n.")
+        else:
+            message = (f"Rate limit reached for this API key: {self.tpm} tokens {per}, {held.tokens} used, "
+                       f"this request may use up to {tokens}; try again in {wait}s.")
+        # the response carries the key's x-ratelimit-* headers already (the middleware adds them)
+        raise RateLimitError(message, retry_after=wait, code="tokens_limit_exceeded")
+
+    async def finish(self, admission: Admission) -> None:
+        """The response is over: its reservations leave the key's window and the tokens it used are
+        charged, now; its concurrency slot is freed."""
+        tokens = admission.usage.settle()[0] if admission.usage is not None else 0
+        held, admission.reservations = admission.reservations, []
+        try:
+            if tokens or held:
+                await self.windows.settle(self._client(), admission.kid, held, tokens)
         except (RedisError, OSError) as exc:
             self._unavailable(exc)
         if admission.holds_slot:

@@ -3,8 +3,9 @@
     requests   a sliding log: a sorted set `keys.request_window(kid)` holding one member per admitted
                request, scored by the Redis time (µs) it was admitted at
     tokens     a sliding log of charges: a sorted set `keys.token_window(kid)` holding one member
-               `<nonce>:<tokens>` per finished request, scored by the Redis time it was charged at,
-               and its running total under `keys.token_window_total(kid)`
+               `<nonce>:<tokens>` per reservation (the most a running request may use) and per
+               finished request (what it used, its reservations taken out), scored by the Redis
+               time it was charged at, and its running total under `keys.token_window_total(kid)`
 
 An entry counts while it is at most `window` old (`score >= now - window`), so no interval of
 `window` seconds, closed at both ends, holds more than `limit` admitted requests: at the last
@@ -13,8 +14,9 @@ was let in only while fewer than `limit` were. A fixed window lets twice the lim
 its boundary; this does not. A request refused is not counted.
 
 Tokens are only known when a request ends, so admission reads the tokens charged within the
-window and refuses once they reach the limit; the charges of requests admitted before then may
-take the window past it (`rate_limits` says by how much).
+window and refuses once they reach the limit, and a parsed request reserves the most it may use
+(`reserve`: held only if the window stays within the limit with it); `settle` swaps the
+reservation for the real use when it ends (`rate_limits` says what can still overshoot).
 
 Every read and write is one Lua script: it reads `TIME` itself, so gateways whose clocks disagree
 still agree on the window, and it is atomic, so gateways sharing the Redis cannot both take the last
@@ -117,17 +119,71 @@ end
 return {refused, count, requests_free, used, tokens_free}
 """
 
-# KEYS = token log, token total; ARGV = window µs, tokens (> 0), nonce. Returns the new total.
-_CHARGE = _PRELUDE + """
+# KEYS = token log, token total; ARGV = window µs, tokens (> 0), limit, nonce. Holds the tokens as a
+# charge of their own if they fit under the limit. Returns {held (0/1), tokens in the window (with
+# them, when held), µs until enough charges leave for them to fit (when not)}.
+_RESERVE = _PRELUDE + """
+local tokens = tonumber(ARGV[2])
+local limit = tonumber(ARGV[3])
+local used = tokens_in_window(KEYS[1], KEYS[2])
+if used + tokens <= limit then
+  redis.call('ZADD', KEYS[1], now, ARGV[4] .. ':' .. ARGV[2])
+  local total = redis.call('INCRBY', KEYS[2], tokens)
+  redis.call('PEXPIRE', KEYS[1], ttl_ms)
+  redis.call('PEXPIRE', KEYS[2], ttl_ms)
+  return {1, total, 0}
+end
+local free = window
+if tokens <= limit then
+  local left = used
+  local charges = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
+  for i = 1, #charges, 2 do
+    left = left - charge_of(charges[i])
+    if left + tokens <= limit then
+      free = tonumber(charges[i + 1]) + window + 1 - now
+      break
+    end
+  end
+end
+return {0, used, free}
+"""
+
+# KEYS = token log, token total; ARGV = window µs, tokens used (>= 0), nonce, reservation members...
+# The reservations still in the window leave it; the tokens used are charged now. Returns the total.
+_SETTLE = _PRELUDE + """
 tokens_in_window(KEYS[1], KEYS[2])
-redis.call('ZADD', KEYS[1], now, ARGV[3] .. ':' .. ARGV[2])
-local total = redis.call('INCRBY', KEYS[2], ARGV[2])
+local freed = 0
+for i = 4, #ARGV do
+  if redis.call('ZREM', KEYS[1], ARGV[i]) == 1 then freed = freed + charge_of(ARGV[i]) end
+end
+if freed > 0 then redis.call('DECRBY', KEYS[2], freed) end
+local used = tonumber(ARGV[2])
+if used > 0 then
+  redis.call('ZADD', KEYS[1], now, ARGV[3] .. ':' .. ARGV[2])
+  redis.call('INCRBY', KEYS[2], used)
+end
+if redis.call('ZCARD', KEYS[1]) == 0 then
+  redis.call('DEL', KEYS[2])
+  return 0
+end
 redis.call('PEXPIRE', KEYS[1], ttl_ms)
 redis.call('PEXPIRE', KEYS[2], ttl_ms)
-return total
+return tonumber(redis.call('GET', KEYS[2]) or '0')
 """
 
 REFUSED_BY = {0: None, 1: "requests", 2: "tokens"}
+
+
+@dataclass(frozen=True)
+class Held:
+    """What a reservation found: `member` (its charge in the log) when held, else None."""
+
+    member: str | None
+    tokens: int  # tokens in the window (with this reservation, when held)
+    free_s: float  # until enough charges leave for it to fit (when not held)
+
+    def seconds(self) -> int:
+        return Reading.seconds(self.free_s)
 
 
 @dataclass(frozen=True)
@@ -168,8 +224,16 @@ class SlidingWindows:
         """Take back an admission that was refused afterwards (by the concurrency limit)."""
         await client.zrem(keys.request_window(kid), reading.member)
 
-    async def charge(self, client: aioredis.Redis, kid: str, tokens: int) -> int:
-        """Add `tokens` to `kid`'s token window, now; returns the window's total."""
-        reply: Any = await client.eval(_CHARGE, 2, keys.token_window(kid), keys.token_window_total(kid),
-                                       self.window_us, tokens, secrets.token_hex(8))
+    async def reserve(self, client: aioredis.Redis, kid: str, tokens: int, *, tpm: int) -> Held:
+        """Hold `tokens` in `kid`'s token window now if the window stays within `tpm` with them."""
+        nonce = secrets.token_hex(8)
+        reply: Any = await client.eval(_RESERVE, 2, keys.token_window(kid), keys.token_window_total(kid),
+                                       self.window_us, tokens, tpm, nonce)
+        held, total, free = (int(v) for v in reply)
+        return Held(f"{nonce}:{tokens}" if held else None, total, free / 1e6)
+
+    async def settle(self, client: aioredis.Redis, kid: str, reservations: list[str], tokens: int) -> int:
+        """Take `reservations` out of `kid`'s token window and charge the `tokens` used, now."""
+        reply: Any = await client.eval(_SETTLE, 2, keys.token_window(kid), keys.token_window_total(kid),
+                                       self.window_us, tokens, secrets.token_hex(8), *reservations)
         return int(reply)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import base64
+import json
 import logging
 import struct
 import time
@@ -258,6 +259,7 @@ class Service:
             raise ServiceUnavailableError("The server is shutting down.", retry_after=1, code="shutting_down")
         registry = self.registry
         plan = plan_for(registry, name, entry, lambda router, spec: self.route(router, spec, traits_of(req, payload)))
+        await self._hold_tokens(req, payload, max_tokens, plan)
         failures: list[SlmError] = []
         for i, model in enumerate(plan.candidates):
             target = registry.models[model]
@@ -275,6 +277,24 @@ class Service:
                     self.metrics.fallbacks.labels(model, following, exc.metric_type).inc()
                     log.info("model %s could not serve (%s %s); trying %s", model, exc.status, exc.code, following)
         raise reported(failures)
+
+    async def _hold_tokens(self, req: ChatCompletionRequest | CompletionRequest, payload: dict[str, Any],
+                           max_tokens: int | None, plan: Plan) -> None:
+        """Bound `n` and `n` x `max_tokens`, and reserve the most the request may use against its key's
+        token limit: the prompt (4 characters a token) plus `n` x `max_tokens` (unset: a local model's
+        context, the most it can write)."""
+        n = req.n or 1
+        if n > self.settings.max_n:
+            raise InvalidRequestError(f"'n' is at most {self.settings.max_n} on this server (got {n}).", param="n")
+        if max_tokens is not None and n * max_tokens > self.settings.max_n_tokens:
+            raise InvalidRequestError(
+                f"'n' x 'max_tokens' is at most {self.settings.max_n_tokens} on this server "
+                f"(got {n} x {max_tokens}).", param="max_tokens")
+        if token_usage.current.get() is None:
+            return
+        contexts = [m.n_ctx for m in map(self.registry.models.get, plan.candidates) if isinstance(m, LocalModel)]
+        each = max_tokens if max_tokens is not None else max(contexts, default=0)
+        await token_usage.reserve(len(json.dumps(payload)) // 4 + n * each)
 
     async def _serve_one(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest, model: str,
                          entry: LocalModel | HostedModel, payload: dict[str, Any], max_tokens: int | None,

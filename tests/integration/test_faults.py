@@ -1,5 +1,6 @@
 """Real faults on a real `serve` (two worker processes, one slot each): SIGKILL and SIGSTOP of
-workers, clients that hang up, a request that kills every worker that takes it."""
+workers, clients that hang up, a request that crashes the worker that takes it (the test-only
+`SLM_TEST_CRASH_MARKER` makes a worker abort on a prompt holding the marker)."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import os
 import signal
 import threading
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -30,7 +32,9 @@ models:
     replicas: 2
     max_queue: 16
 """
-ENV = {"SLM_LEASE_S": "1.5", "SLM_STALL_TIMEOUT_S": "4", "SLM_MAX_DELIVERIES": "2"}
+CRASH_MARKER = "crash-this-worker-7f3a"
+ENV = {"SLM_LEASE_S": "1.5", "SLM_STALL_TIMEOUT_S": "4", "SLM_MAX_DELIVERIES": "2",
+       "SLM_TEST_CRASH_MARKER": CRASH_MARKER}
 STORY = [{"role": "user", "content": "Write a long story about a lighthouse keeper."}]
 
 
@@ -162,25 +166,35 @@ def test_client_disconnect_stops_generation_within_a_few_tokens(server: LiveServ
 
 
 def test_poison_request_is_dead_lettered_and_others_are_served(server: LiveServer, r: redis.Redis) -> None:
+    """The first crash dead-letters the request: the client hears so at once, no other worker takes it,
+    and another client's stream on the other worker completes."""
     all_workers_ready(server)
-    body = {"model": "tiny", "messages": [{"role": "user", "content": "poison"}], "max_tokens": 200,
-            "temperature": 0}
-    result: list[httpx.Response] = []
-    thread = threading.Thread(target=lambda: result.append(
-        httpx.post(server.url + "/v1/chat/completions", json=body, timeout=120)))
-    thread.start()
-    killed: set[int] = set()
-    while len(killed) < 2:  # every worker that takes it dies (max deliveries = 2)
-        _, pid = serving_worker(r)
-        if pid not in killed:
-            os.kill(pid, signal.SIGKILL)
-            killed.add(pid)
-            wait_until(lambda p=pid: not Path(f"/proc/{p}").exists() or "Z" in Path(f"/proc/{p}/stat").read_text()
-                       .rsplit(")", 1)[1].split()[0], timeout_s=10, what="the worker to die")
-    thread.join(120)
-    assert result[0].status_code == 500, result[0].text
-    assert "dead-lettered" in result[0].json()["error"]["message"]
-    assert r.xlen(keys.dead_letters("tiny")) >= 1
+    before = set(worker_pids(server))
+    exits = server.log().count("exited with")
+    story = {"model": "tiny", "messages": STORY, "max_tokens": 120, "temperature": 0, "stream": True}
+    with httpx.stream("POST", server.url + "/v1/chat/completions", json=story, timeout=120) as stream:
+        lines = stream.iter_lines()
+        next(line for line in lines if '"content"' in line)
+        _, healthy = serving_worker(r)
+        poison = {"model": "tiny", "messages": [{"role": "user", "content": f"say {CRASH_MARKER}"}],
+                  "max_tokens": 8, "temperature": 0}
+        began = time.monotonic()
+        answer = httpx.post(server.url + "/v1/chat/completions", json=poison, timeout=120)
+        took = time.monotonic() - began
+        frames = [line[6:] for line in lines if line.startswith("data: ")]
+    assert answer.status_code == 500, answer.text
+    assert answer.json()["error"]["code"] == "worker_crashed"
+    assert "dead-lettered" in answer.json()["error"]["message"]
+    assert took < 20, f"the client waited {took:.1f}s for the verdict"
+    assert frames[-1] == "[DONE]" and "error" not in json.loads(frames[-2]), frames[-2]
+    assert healthy in worker_pids(server)
+    dead = [p for p in before if p not in worker_pids(server)]
+    assert dead and healthy not in dead and len(dead) == 1, (before, dead)
+    assert server.log().count("exited with") == exits + 1
+    _, record = r.xrevrange(keys.dead_letters("tiny"), count=1)[0]
+    assert record[b"reason"] == b"worker_crashed" and record[b"attempt"] == b"1"
+    assert b"job" not in record and not any(CRASH_MARKER.encode() in v for v in record.values())
+    assert 0 < r.ttl(keys.dead_letters("tiny")) <= 7 * 24 * 3600
     all_workers_ready(server)
     assert reference(server, 4)
 
