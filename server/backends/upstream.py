@@ -23,8 +23,10 @@ of 20 or more letters and digits that mixes them like a key does).
 
 from __future__ import annotations
 
+import contextlib
 import email.utils
 import functools
+import importlib
 import inspect
 import logging
 import math
@@ -69,10 +71,14 @@ def load_litellm() -> ModuleType:
     litellm.suppress_debug_info = True  # no "Give Feedback / Get Help" prints on errors
     # litellm's response types finish building their pydantic schemas on first use, with a UserWarning
     # (a `ReadOnly` TypedDict item); where warnings are errors that warning would fail the first request.
+    # Likewise the module every call imports lazily on its first use (a TypedDict of GitHub Copilot's
+    # device login, with `ReadOnly` items): imported here, under the same filter.
     with warnings.catch_warnings():
         warnings.simplefilter("ignore", UserWarning)
         for response_type in (Message, Delta, ModelResponse, ModelResponseStream, TextCompletionResponse):
             response_type()
+        with contextlib.suppress(ImportError):  # older litellm releases have no such module
+            importlib.import_module("litellm.llms.github_copilot.per_user_auth")
     return litellm
 
 
