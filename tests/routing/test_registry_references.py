@@ -92,7 +92,8 @@ def test_images_cannot_escalate_to_a_local_model_which_would_refuse_them() -> No
         {"a": LOCAL, "big": HOSTED, "r": {"backend": "router", "targets": ["a"],
                                           "escalate": [{"images": True, "to": "a"}]}})
     parse_registry({"models": {"a": LOCAL, "big": HOSTED, "r": {
-        "backend": "router", "targets": ["a"], "escalate": [{"tools": True, "to": "big"}, {"images": True, "to": "big"}]}}})
+        "backend": "router", "targets": ["a"],
+        "escalate": [{"tools": True, "to": "big"}, {"images": True, "to": "big"}]}}})
 
 
 def test_the_commented_example_in_the_shipped_registry_is_valid_once_uncommented() -> None:
