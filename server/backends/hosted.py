@@ -32,7 +32,7 @@ from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
 from server.backends.health import DEFAULT_POLICY, HealthPolicy, UpstreamHealth
-from server.backends.hosted_chunks import read_chunk, usage_details
+from server.backends.hosted_chunks import RefusalTap, read_chunk, usage_details
 from server.backends.hosted_params import HostedParams
 from server.backends.upstream import (
     UpstreamFailure,
@@ -220,6 +220,7 @@ class HostedGeneration:
         self._cancelled = False
         self._first_at = 0.0
         self._failure: UpstreamFailure | None = None  # the last attempt's, while `start()` runs
+        self._refusals = RefusalTap()
 
     @property
     def _param(self) -> str:
@@ -279,6 +280,8 @@ class HostedGeneration:
             try:
                 async with asyncio.timeout(entry.timeout):
                     self._stream = await self._call(api_key)
+                    if self.endpoint == "chat":
+                        self._refusals.wrap(self._stream)
                     self._first = await anext(aiter(self._stream), None)
                 return sent
             except Exception as exc:
@@ -309,7 +312,7 @@ class HostedGeneration:
             while chunk is not None:
                 read = read_chunk(chunk, self.endpoint == "chat")
                 usage = read.usage or usage
-                for delta in read.deltas:
+                for delta in [*self._refusals.drain(), *read.deltas]:
                     seen.add(delta.index)
                     if delta.finish_reason is not None:
                         finishes[delta.index] = last_finish = delta.finish_reason
@@ -329,6 +332,9 @@ class HostedGeneration:
             raise error from None
         if not _provider_finished(self._probe):
             raise self._truncated()
+        for delta in self._refusals.drain():
+            seen.add(delta.index)
+            yield delta
         for index in sorted(seen - set(finishes)):
             finishes[index] = last_finish or "stop"
             yield Delta(index, finish_reason=finishes[index])

@@ -9,6 +9,8 @@ gateway formats both endpoints from.
 
 from __future__ import annotations
 
+import inspect
+from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -80,7 +82,7 @@ def read_chunk(chunk: Any, chat: bool) -> Read:
         if message is not None:
             delta.text = _text(getattr(message, "content", None))
             delta.reasoning = _text(getattr(message, "reasoning_content", None))
-            delta.refusal = _text(getattr(message, "refusal", None))
+            # refusals come from `RefusalTap` (litellm drops refusal-only chunks; reading both would repeat them)
             delta.tool_calls = _tool_calls(getattr(message, "tool_calls", None))
         else:
             delta.text = _text(getattr(choice, "text", None))
@@ -102,3 +104,46 @@ def usage_details(usage: Any) -> dict[str, int]:
         if isinstance(value, int):
             out[name] = value
     return out
+
+
+class RefusalTap:
+    """The provider's refusal text, read from its raw chunks as litellm pulls them.
+
+    litellm drops a streamed chunk whose delta holds only a `refusal` (as OpenAI streams refusals), so
+    the tap wraps the provider stream under litellm's wrapper and keeps each refusal piece, in order,
+    for `drain()` to hand out before the next chunk litellm yields. Streams without that shape are
+    left alone.
+    """
+
+    def __init__(self) -> None:
+        self._pending: list[Delta] = []
+
+    def wrap(self, stream: Any) -> None:
+        inner = getattr(stream, "completion_stream", None)
+        if inner is None or not hasattr(inner, "__aiter__"):
+            return
+
+        async def tapped() -> AsyncIterator[Any]:
+            try:
+                async for raw in inner:
+                    self._note(raw)
+                    yield raw
+            finally:
+                closer = getattr(inner, "aclose", None) or getattr(inner, "close", None)
+                if closer is not None:
+                    result = closer()
+                    if inspect.isawaitable(result):
+                        await result
+
+        stream.completion_stream = tapped()
+
+    def _note(self, raw: Any) -> None:
+        for position, choice in enumerate(getattr(raw, "choices", None) or []):
+            refusal = getattr(getattr(choice, "delta", None), "refusal", None)
+            if isinstance(refusal, str) and refusal:
+                index = getattr(choice, "index", None)
+                self._pending.append(Delta(index if isinstance(index, int) else position, refusal=refusal))
+
+    def drain(self) -> list[Delta]:
+        out, self._pending = self._pending, []
+        return out

@@ -255,3 +255,14 @@ def test_a_local_model_refuses_media_by_part_and_model(gateway: str) -> None:
         "model": "small", "messages": [{"role": "user", "content": "hi"}], "reasoning_effort": "low"})
     assert (response.status_code, response.json()["error"]["param"]) == (400, "reasoning_effort")
     assert "not supported by the local model 'small'" in response.json()["error"]["message"]
+
+
+def test_a_refusal_reaches_the_client_whole_and_streamed(gateway: str, fake: FakeUpstream) -> None:
+    fake.default = Reply.ok("", refusal="I can't help with that.")
+    request: dict[str, Any] = {"model": "big", "messages": [{"role": "user", "content": "something bad"}]}
+    message = whole(client_of(gateway).chat.completions.create(**request))["choices"][0]["message"]
+    assert (message["refusal"], message["content"]) == ("I can't help with that.", None)
+    chunks = streamed(gateway, **request)
+    assert "".join(c["choices"][0]["delta"].get("refusal") or "" for c in chunks if c["choices"]) == \
+        "I can't help with that."
+    assert not any(c["choices"][0]["delta"].get("content") for c in chunks if c["choices"])
