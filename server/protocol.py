@@ -1,14 +1,15 @@
 """OpenAI wire models for requests, with the spec's limits.
 
-Every parameter of the spec is either honoured or refused with a 400 naming it
-(`UNSUPPORTED_*`); fields the spec does not know are ignored.
+Every parameter of the spec is honoured, passed on to a hosted model's provider, or refused by a
+local model with a 400 naming it (`UNSUPPORTED_*`, `ChatMessage.media_parts`); fields the spec does
+not know are kept (`model_extra`): a hosted model's provider gets them, a local model ignores them.
 """
 
 from __future__ import annotations
 
 import json
 import re
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 from jsonschema import Draft202012Validator
 from jsonschema.exceptions import SchemaError
@@ -37,6 +38,34 @@ class TextPart(BaseModel):
     model_config = ConfigDict(extra="forbid")
     type: Literal["text"]
     text: str = Field(max_length=MAX_TEXT_CHARS)
+
+
+# What a local model would need to read each media part type, for its refusal.
+MEDIA_INPUT = {"image_url": "image", "input_audio": "audio", "file": "file"}
+
+
+class MediaPart(BaseModel):
+    """An image, audio or file part: passed to a hosted provider as sent; a local model refuses it."""
+
+    model_config = ConfigDict(extra="allow")
+    type: Literal["image_url", "input_audio", "file"]
+
+    @model_validator(mode="after")
+    def _has_its_object(self) -> MediaPart:
+        if not isinstance((self.model_extra or {}).get(self.type), dict):
+            raise ValueError(f"a '{self.type}' part needs an object named '{self.type}'")
+        return self
+
+
+class RefusalPart(BaseModel):
+    """An assistant's earlier refusal, sent back as history."""
+
+    model_config = ConfigDict(extra="forbid")
+    type: Literal["refusal"]
+    refusal: str = Field(max_length=MAX_TEXT_CHARS)
+
+
+ContentPart = Annotated[TextPart | MediaPart | RefusalPart, Field(discriminator="type")]
 
 
 class CalledFunction(BaseModel):
@@ -71,14 +100,14 @@ class ChatMessage(BaseModel):
     model_config = ConfigDict(extra="allow")
 
     role: Literal["system", "developer", "user", "assistant", "tool", "function"]
-    content: str | list[TextPart] | None = None
+    content: str | list[ContentPart] | None = None
     name: str | None = None
     tool_calls: list[AssistantToolCall] | None = None
 
     @field_validator("content")
     @classmethod
-    def _content_size(cls, value: str | list[TextPart] | None) -> str | list[TextPart] | None:
-        size = len(value) if isinstance(value, str) else sum(len(p.text) for p in value or [])
+    def _content_size(cls, value: str | list[ContentPart] | None) -> str | list[ContentPart] | None:
+        size = len(value) if isinstance(value, str) else sum(len(_part_text(p)) for p in value or [])
         if size > MAX_TEXT_CHARS:
             raise ValueError(f"at most {MAX_TEXT_CHARS} characters are allowed")
         return value
@@ -88,7 +117,17 @@ class ChatMessage(BaseModel):
             return ""
         if isinstance(self.content, str):
             return self.content
-        return "".join(part.text for part in self.content)
+        return "".join(_part_text(part) for part in self.content)
+
+    def media_parts(self) -> list[tuple[int, str]]:
+        """(position, type) of each part that is not text."""
+        if not isinstance(self.content, list):
+            return []
+        return [(i, part.type) for i, part in enumerate(self.content) if isinstance(part, MediaPart)]
+
+    def for_provider(self) -> dict[str, Any]:
+        """The message as the client sent it (content parts, tool calls, tool_call_id...), for a hosted model."""
+        return self.model_dump(exclude_none=True, by_alias=True)
 
     def for_template(self) -> dict[str, Any]:
         role = "system" if self.role == "developer" else self.role
@@ -96,6 +135,12 @@ class ChatMessage(BaseModel):
             return history_message({"content": self.text(),
                                     "tool_calls": [call.model_dump() for call in self.tool_calls]})
         return {"role": role, "content": self.text()}
+
+
+def _part_text(part: TextPart | MediaPart | RefusalPart) -> str:
+    if isinstance(part, TextPart):
+        return part.text
+    return part.refusal if isinstance(part, RefusalPart) else ""
 
 
 class StreamOptions(BaseModel):
@@ -171,16 +216,17 @@ class _Sampling(BaseModel):
             return []
         return [self.stop] if isinstance(self.stop, str) else list(self.stop)
 
-    def refuse_unsupported(self, names: dict[str, Any]) -> None:
+    def refuse_unsupported(self, names: dict[str, Any], model: str) -> None:
+        """A local model's refusal of spec parameters it cannot honour (a hosted model's provider decides)."""
         extra = self.model_extra or {}
         for name, harmless in names.items():
             if name in extra and extra[name] is not None and extra[name] != harmless:
                 raise InvalidRequestError(
-                    f"The parameter '{name}' is not supported by this server yet.", param=name
+                    f"The parameter '{name}' is not supported by the local model '{model}'.", param=name
                 )
 
 
-# Parameters of the spec not served yet, with the value that means "not used".
+# Parameters of the spec local models do not serve, with the value that means "not used".
 UNSUPPORTED_CHAT: dict[str, Any] = {
     "functions": [], "function_call": "none", "audio": None, "modalities": ["text"], "prediction": None,
     "web_search_options": None, "reasoning_effort": None,

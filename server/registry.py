@@ -97,13 +97,14 @@ class EscalationRule(BaseModel):
 
     to: str = Field(description="The registry model (local or hosted) that takes a matching request.")
     tools: bool | None = Field(default=None, description="true: the request offers tools it may call.")
+    images: bool | None = Field(default=None, description="true: the request's messages hold an image.")
     prompt_tokens_over: int | None = Field(
         default=None, ge=0, description="The prompt is estimated longer than this many tokens (4 characters each).")
 
     @model_validator(mode="after")
     def _has_a_condition(self) -> EscalationRule:
-        if self.tools is None and self.prompt_tokens_over is None:
-            raise ValueError("an escalation rule needs a condition: `tools` or `prompt_tokens_over`")
+        if self.tools is None and self.images is None and self.prompt_tokens_over is None:
+            raise ValueError("an escalation rule needs a condition: `tools`, `images` or `prompt_tokens_over`")
         return self
 
 
@@ -226,9 +227,9 @@ def _check_references(registry: Registry) -> list[str]:
             refs += [(f"targets[{i}]", target) for i, target in enumerate(entry.targets)]
             refs += [(f"escalate[{i}].to", rule.to) for i, rule in enumerate(entry.escalate)]
             for i, rule in enumerate(entry.escalate):
-                if rule.tools and isinstance(registry.models.get(rule.to), HostedModel):
-                    problems.append(f"models.{name}.escalate[{i}].to: '{rule.to}' is hosted, and hosted models "
-                                    "do not take tools: it would refuse every request this rule sends it")
+                if rule.images and isinstance(registry.models.get(rule.to), LocalModel):
+                    problems.append(f"models.{name}.escalate[{i}].to: '{rule.to}' is local, and local models "
+                                    "do not read images: it would refuse every request this rule sends it")
         else:
             if len(set(entry.fallbacks)) != len(entry.fallbacks):
                 problems.append(f"models.{name}.fallbacks: a model is listed twice")

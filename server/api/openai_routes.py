@@ -11,13 +11,7 @@ from fastapi.responses import JSONResponse
 from server.api.deps import ServiceDep, named_model, read_json, validate
 from server.api.event_stream import EventStreamResponse
 from server.errors import ModelNotFoundError, SlmError
-from server.protocol import (
-    UNSUPPORTED_CHAT,
-    UNSUPPORTED_COMPLETION,
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-)
+from server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from server.registry import AnyEntry, HostedModel, RouterModel
 from server.serving import transcript
 from server.serving.service import Answer, ClientGone
@@ -34,7 +28,7 @@ def _respond(answer: Answer) -> Response:
 
 
 async def _counted(request: Request, service: ServiceDep, endpoint: str, model: type[Any],
-                  unsupported: dict[str, Any], serve: Callable[[Any], Awaitable[Answer]]) -> Response:
+                  serve: Callable[[Any], Awaitable[Answer]]) -> Response:
     """Serve and count the request by final status; refusals (400s included) are counted too."""
     code = 500
     stream = False
@@ -47,8 +41,6 @@ async def _counted(request: Request, service: ServiceDep, endpoint: str, model: 
             label = (found[0], found[1].backend)
         req = validate(data, model)
         stream = bool(getattr(req, "stream", False))
-        if unsupported:
-            req.refuse_unsupported(unsupported)
         if service.settings.log_prompts:
             dumped = req.model_dump(include={"messages", "prompt", "input"}, exclude_none=True)
             transcript.open_transcript(req.model, dumped)
@@ -68,19 +60,19 @@ async def _counted(request: Request, service: ServiceDep, endpoint: str, model: 
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request, service: ServiceDep) -> Response:
-    return await _counted(request, service, "chat", ChatCompletionRequest, UNSUPPORTED_CHAT,
+    return await _counted(request, service, "chat", ChatCompletionRequest,
                           lambda req: service.chat(req, request.is_disconnected))
 
 
 @router.post("/completions")
 async def completions(request: Request, service: ServiceDep) -> Response:
-    return await _counted(request, service, "completions", CompletionRequest, UNSUPPORTED_COMPLETION,
+    return await _counted(request, service, "completions", CompletionRequest,
                           lambda req: service.completion(req, request.is_disconnected))
 
 
 @router.post("/embeddings")
 async def embeddings(request: Request, service: ServiceDep) -> Response:
-    return await _counted(request, service, "embeddings", EmbeddingRequest, {},
+    return await _counted(request, service, "embeddings", EmbeddingRequest,
                           lambda req: service.embeddings(req))
 
 

@@ -29,10 +29,11 @@ import logging
 import os
 import time
 from collections.abc import AsyncIterator, Callable
-from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from server.backends.health import DEFAULT_POLICY, HealthPolicy, UpstreamHealth
+from server.backends.hosted_chunks import RefusalTap, read_chunk, usage_details
+from server.backends.hosted_params import HostedParams
 from server.backends.upstream import (
     UpstreamFailure,
     load_litellm,
@@ -40,71 +41,16 @@ from server.backends.upstream import (
     provider_of,
     scrub,
 )
-from server.errors import InvalidRequestError, OverloadedError, SlmError, UpstreamError
+from server.errors import OverloadedError, SlmError, UpstreamError
 from server.metrics import Metrics
-from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.registry import HostedModel
-from server.serving.generation import Result
+from server.serving.generation import Delta, Result
 
 log = logging.getLogger("slm.hosted")
 
+__all__ = ["HostedBackend", "HostedBackends", "HostedGeneration", "HostedParams"]
+
 Endpoint = Literal["chat", "completions"]
-
-# the neutral value of each llama.cpp-only sampling knob: anything else cannot be honoured upstream
-_LOCAL_ONLY = {"top_k": 0, "min_p": 0.0, "repeat_penalty": 1.0}
-
-
-@dataclass(frozen=True)
-class HostedParams:
-    """The sampling parameters a client set explicitly (litellm refuses, per provider, what it cannot map).
-
-    `user` is not forwarded: it only labels our client's end user, and litellm drops it for chat anyway.
-    """
-
-    max_tokens: int | None = None
-    temperature: float | None = None
-    top_p: float | None = None
-    stop: tuple[str, ...] = ()
-    seed: int | None = None
-    presence_penalty: float | None = None
-    frequency_penalty: float | None = None
-    response_format: dict[str, Any] | None = None
-
-    @classmethod
-    def from_request(cls, req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> HostedParams:
-        """Refuse (400, naming it) every parameter the hosted path cannot honour; keep the rest."""
-        for name, neutral in _LOCAL_ONLY.items():
-            value = getattr(req, name)
-            if value is not None and value != neutral:
-                _refuse(name)
-        if req.n not in (None, 1):
-            _refuse("n")
-        if req.logit_bias:
-            _refuse("logit_bias")  # token ids of our tokenizers, not the provider's
-        response_format = None
-        if isinstance(req, ChatCompletionRequest):
-            if req.logprobs:
-                _refuse("logprobs")
-            if req.tool_mode() is not None:
-                _refuse("tools")
-            if req.response_format is not None:
-                response_format = req.response_format.for_worker()
-        elif req.logprobs is not None:
-            _refuse("logprobs")
-        return cls(max_tokens=max_tokens, temperature=req.temperature, top_p=req.top_p, stop=tuple(req.stop_list()),
-                   seed=req.seed, presence_penalty=req.presence_penalty, frequency_penalty=req.frequency_penalty,
-                   response_format=response_format)
-
-    def kwargs(self) -> dict[str, Any]:
-        out = {k: v for k, v in self.__dict__.items() if v is not None and k != "stop"}
-        if self.stop:
-            out["stop"] = list(self.stop)
-        return out
-
-
-def _refuse(name: str) -> None:
-    raise InvalidRequestError(f"The parameter '{name}' is not supported by hosted models.", param=name)
-
 
 class HostedBackend:
     """One hosted registry entry: its concurrency slots, its key lookup, its metrics and error mapping."""
@@ -191,26 +137,6 @@ class HostedBackends:
         return backend
 
 
-@dataclass
-class _Read:
-    text: str = ""
-    finish_reason: str | None = None
-    usage: Any = None
-    extra: dict[str, Any] = field(default_factory=dict)
-
-
-def _read(chunk: Any) -> _Read:
-    choices = getattr(chunk, "choices", None) or []
-    out = _Read(usage=getattr(chunk, "usage", None))
-    if choices:
-        choice = choices[0]
-        delta = getattr(choice, "delta", None)
-        text = getattr(delta, "content", None) if delta is not None else getattr(choice, "text", None)
-        out.text = text if isinstance(text, str) else ""
-        out.finish_reason = getattr(choice, "finish_reason", None)
-    return out
-
-
 def _finish_probe(stream: Any) -> Any:
     """The litellm object that records whether the provider itself sent a finish reason, or None.
 
@@ -294,6 +220,7 @@ class HostedGeneration:
         self._cancelled = False
         self._first_at = 0.0
         self._failure: UpstreamFailure | None = None  # the last attempt's, while `start()` runs
+        self._refusals = RefusalTap()
 
     @property
     def _param(self) -> str:
@@ -353,6 +280,8 @@ class HostedGeneration:
             try:
                 async with asyncio.timeout(entry.timeout):
                     self._stream = await self._call(api_key)
+                    if self.endpoint == "chat":
+                        self._refusals.wrap(self._stream)
                     self._first = await anext(aiter(self._stream), None)
                 return sent
             except Exception as exc:
@@ -370,19 +299,26 @@ class HostedGeneration:
     def buffered(self) -> bool:
         return False  # each upstream chunk goes out as it comes
 
-    async def deltas(self) -> AsyncIterator[str]:
+    async def deltas(self) -> AsyncIterator[Delta]:
+        """Each choice's pieces as they come; every choice seen gets a finish (litellm passes on only
+        the first choice's, so the others take the last one the provider sent)."""
         chunk, self._first = self._first, None
         pieces = 0
-        finish: str | None = None
+        finishes: dict[int, str] = {}
+        seen: set[int] = set()
+        last_finish: str | None = None
         usage: Any = None
         try:
             while chunk is not None:
-                read = _read(chunk)
-                finish = read.finish_reason or finish
+                read = read_chunk(chunk, self.endpoint == "chat")
                 usage = read.usage or usage
-                if read.text:
-                    pieces += 1
-                    yield read.text
+                for delta in [*self._refusals.drain(), *read.deltas]:
+                    seen.add(delta.index)
+                    if delta.finish_reason is not None:
+                        finishes[delta.index] = last_finish = delta.finish_reason
+                    else:
+                        pieces += 1
+                    yield delta
                 chunk = await self._next()
         except Exception as exc:
             if self._cancelled:
@@ -396,9 +332,17 @@ class HostedGeneration:
             raise error from None
         if not _provider_finished(self._probe):
             raise self._truncated()
-        self.result.finish_reason = finish or "stop"
+        for delta in self._refusals.drain():
+            seen.add(delta.index)
+            yield delta
+        for index in sorted(seen - set(finishes)):
+            finishes[index] = last_finish or "stop"
+            yield Delta(index, finish_reason=finishes[index])
+        self.result.finish_reason = finishes.get(0, last_finish or "stop")
+        self.result.finish_reasons.update(finishes)
         self.result.prompt_tokens = int(getattr(usage, "prompt_tokens", 0) or 0)
         self.result.completion_tokens = int(getattr(usage, "completion_tokens", 0) or 0) or pieces
+        self.result.extra.update(usage_details(usage))
         self.result.predicted_ms = (time.monotonic() - self._first_at) * 1000.0
 
     def _truncated(self) -> SlmError:

@@ -62,7 +62,9 @@ def traits_of(req: ChatCompletionRequest | CompletionRequest, payload: dict[str,
     if isinstance(req, ChatCompletionRequest) and req.tool_mode() is not None and req.tools:
         tools = True
         chars += len(json.dumps([t.model_dump(exclude_none=True) for t in req.tools]))
-    return Traits(prompt_tokens=estimate_tokens(chars), tools=tools)
+    images = isinstance(req, ChatCompletionRequest) and any(
+        kind == "image_url" for message in req.messages for _, kind in message.media_parts())
+    return Traits(prompt_tokens=estimate_tokens(chars), tools=tools, images=images)
 
 
 def _text_chars(value: Any) -> int:

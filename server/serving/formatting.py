@@ -28,6 +28,9 @@ def usage(result: Result) -> dict[str, Any]:
     cached = result.extra.get("cached_tokens")
     if cached is not None:
         out["prompt_tokens_details"] = {"cached_tokens": cached}
+    reasoning = result.extra.get("reasoning_tokens")
+    if reasoning is not None:
+        out["completion_tokens_details"] = {"reasoning_tokens": reasoning}
     return out
 
 
@@ -78,7 +81,9 @@ class Shape:
 
     def whole(self, texts: dict[int, str], result: Result, extra: dict[str, Any],
               logprobs: dict[int, list[dict[str, Any]]] | None = None,
-              calls: dict[int, list[dict[str, Any]]] | None = None) -> dict[str, Any]:
+              calls: dict[int, list[dict[str, Any]]] | None = None,
+              fields: dict[int, dict[str, Any]] | None = None) -> dict[str, Any]:
+        """`fields`: per choice, more message fields (`reasoning_content`, `refusal`)."""
         choices = []
         for index in sorted(set(texts) | set(result.finish_reasons)) or [0]:
             reason = result.finish_reasons.get(index, result.finish_reason)
@@ -86,8 +91,12 @@ class Shape:
             if self.endpoint == "chat":
                 message: dict[str, Any] = {"role": "assistant", "content": texts.get(index, ""), "refusal": None}
                 if calls and index in calls:
-                    message["content"] = None
+                    message["content"] = texts.get(index) or None
                     message["tool_calls"] = calls[index]
+                more = (fields or {}).get(index, {})
+                if more.get("refusal") and not message["content"]:
+                    message["content"] = None
+                message.update(more)
                 choices.append({"index": index, "message": message, "logprobs": lp, "finish_reason": reason})
             else:
                 choices.append({"index": index, "text": texts.get(index, ""), "logprobs": lp, "finish_reason": reason})
@@ -103,7 +112,8 @@ class Shape:
 
     def chunk(self, *, text: str | None = None, role: bool = False, finish_reason: str | None = None,
               extra: dict[str, Any] | None = None, index: int = 0,
-              logprobs: list[dict[str, Any]] | None = None, tool_calls: list[dict[str, Any]] | None = None) -> bytes:
+              logprobs: list[dict[str, Any]] | None = None, tool_calls: list[dict[str, Any]] | None = None,
+              reasoning: str = "", refusal: str = "") -> bytes:
         lp = self._logprobs(logprobs) if logprobs else None
         if self.endpoint == "chat":
             delta: dict[str, Any] = {}
@@ -111,7 +121,11 @@ class Shape:
                 delta["role"] = "assistant"
             if text is not None:
                 delta["content"] = text
-            if tool_calls:
+            if reasoning:
+                delta["reasoning_content"] = reasoning
+            if refusal:
+                delta["refusal"] = refusal
+            if tool_calls:  # whole calls get their position as index; fragments keep theirs
                 delta["tool_calls"] = [{"index": i, **call} for i, call in enumerate(tool_calls)]
             choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": lp, "finish_reason": finish_reason}
         else:

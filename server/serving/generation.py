@@ -42,12 +42,23 @@ class Result:
 
 @dataclass
 class Delta:
-    """Text (and its tokens' logprobs) for one choice; a `finish_reason` closes that choice."""
+    """Text (and its tokens' logprobs) for one choice; a `finish_reason` closes that choice.
+
+    A hosted model's deltas may also carry reasoning text, a refusal, and tool call fragments as
+    OpenAI streams them (`index`, `id`, `type` and the name first, then pieces of the arguments).
+    """
 
     index: int = 0
     text: str = ""
     logprobs: list[dict[str, Any]] | None = None
     finish_reason: str | None = None
+    reasoning: str = ""
+    refusal: str = ""
+    tool_calls: list[dict[str, Any]] | None = None
+
+    def carries(self) -> bool:
+        """Whether there is anything in it for the client besides a finish."""
+        return bool(self.text or self.logprobs or self.reasoning or self.refusal or self.tool_calls)
 
 
 class Generation(Protocol):

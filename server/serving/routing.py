@@ -115,6 +115,7 @@ class Traits:
 
     prompt_tokens: int
     tools: bool
+    images: bool = False
 
 
 def estimate_tokens(chars: int) -> int:
@@ -125,6 +126,8 @@ def escalation(rules: Sequence[EscalationRule], traits: Traits) -> str | None:
     """The model named by the first rule whose every condition holds, or None."""
     for rule in rules:
         if rule.tools is not None and rule.tools != traits.tools:
+            continue
+        if rule.images is not None and rule.images != traits.images:
             continue
         if rule.prompt_tokens_over is not None and traits.prompt_tokens <= rule.prompt_tokens_over:
             continue

@@ -23,7 +23,8 @@ from typing import Any, Literal
 import anyio
 
 from server.backends.health import DEFAULT_POLICY, HealthPolicy
-from server.backends.hosted import HostedBackend, HostedParams
+from server.backends.hosted import HostedBackend
+from server.backends.hosted_params import HostedParams, provider_messages
 from server.errors import (
     GenerationError,
     InvalidRequestError,
@@ -33,12 +34,20 @@ from server.errors import (
     UpstreamTimeoutError,
 )
 from server.metrics import Metrics
-from server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
+from server.protocol import (
+    MEDIA_INPUT,
+    UNSUPPORTED_CHAT,
+    UNSUPPORTED_COMPLETION,
+    ChatCompletionRequest,
+    CompletionRequest,
+    EmbeddingRequest,
+)
 from server.queue.client import QueueClient
 from server.queue.messages import Job, SamplingParams
 from server.registry import AnyEntry, HostedModel, LocalModel, Registry, RouterModel, env_key
 from server.security import usage as token_usage
 from server.serving import transcript
+from server.serving.assembly import Assembled
 from server.serving.dispatch import Plan, falls_through, plan_for, reported, traits_of
 from server.serving.formatting import DONE_FRAME, LastChunk, Shape, sse, timings
 from server.serving.generation import Delta, Generation, LocalGeneration, Result
@@ -54,9 +63,8 @@ from server.serving.routing import (
     predict_hosted,
     predict_local,
 )
-from server.serving.tool_calls import ToolCallFilter, openai_calls
+from server.serving.tool_calls import ToolCallFilter, settle
 from server.settings import Settings
-from server.tool_format import parse_calls
 
 log = logging.getLogger("slm.serving")
 
@@ -191,9 +199,10 @@ class Service:
     async def _serve_hosted(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest, model: str,
                             entry: HostedModel, payload: dict[str, Any], max_tokens: int | None, arrived: float,
                             is_disconnected: IsDisconnected, headers: dict[str, str]) -> Answer:
-        params = HostedParams.from_request(req, max_tokens)
-        gen = self.hosted_backend(model, entry).generation(
-            endpoint, params, messages=payload.get("messages"), prompt=payload.get("prompt"))
+        params = HostedParams.from_request(req)
+        messages = provider_messages(req) if isinstance(req, ChatCompletionRequest) else None
+        gen = self.hosted_backend(model, entry).generation(endpoint, params, messages=messages,
+                                                           prompt=payload.get("prompt"))
         track = _Tracker(self.metrics, model, "hosted", arrived)
         began = time.perf_counter()
         try:
@@ -206,8 +215,8 @@ class Service:
                       int(time.time()), model)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return Answer(headers, stream=self._stream(gen, shape, track, include_usage))
-        return Answer(headers, body=await self._whole(gen, shape, track, is_disconnected, False))
+            return Answer(headers, stream=self._stream(gen, shape, track, include_usage, req.n or 1))
+        return Answer(headers, body=await self._whole(gen, shape, track, is_disconnected, _wants_logprobs(req)))
 
     def _check_can_queue(self, model: str) -> None:
         if self.draining:
@@ -303,6 +312,7 @@ class Service:
         if isinstance(entry, HostedModel):
             return await self._serve_hosted(endpoint, req, model, entry, payload, max_tokens, arrived,
                                             is_disconnected, headers)
+        _refuse_for_local(req, model)
         self._check_can_queue(model)
         params = SamplingParams(
             max_tokens=max_tokens,
@@ -372,32 +382,32 @@ class Service:
 
     async def _whole(self, gen: Generation, shape: Shape, track: _Tracker, is_disconnected: IsDisconnected,
                      with_logprobs: bool, with_tools: bool = False) -> dict[str, Any]:
-        texts: dict[int, list[str]] = {}
-        logprobs: dict[int, list[dict[str, Any]]] = {}
+        parts = Assembled()
         watcher = asyncio.create_task(self._watch_disconnect(gen, track, is_disconnected))
         try:
             async for item in gen.deltas():
                 delta = as_delta(item)
-                if delta.text:
-                    track.token(delta.text)
-                texts.setdefault(delta.index, []).append(delta.text)
-                if delta.logprobs:
-                    logprobs.setdefault(delta.index, []).extend(delta.logprobs)
+                if delta.carries():
+                    track.token(delta.text or delta.reasoning or delta.refusal)
+                parts.add(delta)
             if track.gone:
                 raise ClientGone
             track.finished(gen.result, gen.redelivered)
-            joined = {i: "".join(parts) for i, parts in texts.items()}
-            calls: dict[int, list[dict[str, Any]]] = {}
+            joined = parts.joined()
+            calls = parts.calls()
             if with_tools:
                 for index, text in joined.items():
-                    found = parse_calls(text)
+                    reason = gen.result.finish_reasons.get(index, gen.result.finish_reason)
+                    content, found, reason = settle(text, reason)
+                    joined[index] = content or ""
                     if found:
-                        calls[index] = openai_calls(found)
-                        gen.result.finish_reasons[index] = "tool_calls"
-                        if len(joined) == 1:
-                            gen.result.finish_reason = "tool_calls"
+                        calls[index] = found
+                    gen.result.finish_reasons[index] = reason
+                    if len(joined) == 1:
+                        gen.result.finish_reason = reason
             return shape.whole(joined, gen.result, {"timings": track.timings(gen.result)},
-                               logprobs=logprobs if with_logprobs else None, calls=calls)
+                               logprobs=parts.logprobs if with_logprobs else None, calls=calls,
+                               fields=parts.extras())
         except SlmError as exc:
             track.failed(exc)
             raise
@@ -428,12 +438,14 @@ class Service:
                 delta = as_delta(item)
                 if delta.finish_reason is not None:
                     held_finishes.append(delta)
-                elif delta.text or delta.logprobs:
-                    if delta.text:
-                        track.token(delta.text)
+                elif delta.carries():
+                    track.token(delta.text or delta.reasoning or delta.refusal)
                     text = filters[delta.index].feed(delta.text) if filters else delta.text
-                    if text or delta.logprobs:
-                        out.append(shape.chunk(text=text, index=delta.index, logprobs=delta.logprobs))
+                    more = bool(delta.reasoning or delta.refusal or delta.tool_calls)
+                    if text or delta.logprobs or more:
+                        out.append(shape.chunk(text=text if text or not more else None, index=delta.index,
+                                               logprobs=delta.logprobs, tool_calls=delta.tool_calls,
+                                               reasoning=delta.reasoning, refusal=delta.refusal))
                 if out and not gen.buffered():
                     yield b"".join(out)
                     out.clear()
@@ -448,7 +460,7 @@ class Service:
                         out.append(shape.chunk(text=rest, index=fin.index))
                     if calls:
                         out.append(shape.chunk(index=fin.index, tool_calls=calls))
-                        fin.finish_reason = "tool_calls"
+                        fin.finish_reason = "length" if fin.finish_reason == "length" else "tool_calls"
             for i, fin in enumerate(held_finishes):
                 last = i == len(held_finishes) - 1
                 out.append(shape.chunk(finish_reason=fin.finish_reason, index=fin.index,
@@ -486,6 +498,18 @@ def _base64_floats(vector: list[float]) -> str:
 
 def as_delta(item: str | Delta) -> Delta:
     return item if isinstance(item, Delta) else Delta(0, item)
+
+
+def _refuse_for_local(req: ChatCompletionRequest | CompletionRequest, model: str) -> None:
+    """What a local model cannot do is refused by name (a hosted model's provider decides for itself)."""
+    if isinstance(req, CompletionRequest):
+        req.refuse_unsupported(UNSUPPORTED_COMPLETION, model)
+        return
+    req.refuse_unsupported(UNSUPPORTED_CHAT, model)
+    for i, message in enumerate(req.messages):
+        for j, kind in message.media_parts():
+            raise InvalidRequestError(f"The model '{model}' does not accept {MEDIA_INPUT[kind]} input.",
+                                      param=f"messages.{i}.content.{j}", code="unsupported_content")
 
 
 def _wants_logprobs(req: ChatCompletionRequest | CompletionRequest) -> bool:

@@ -9,6 +9,12 @@ used up every request gets `default`. Each reply is one of:
     Reply.hold(text)                count the request as in flight, answer after `release()`
     Reply.drop_mid_stream(text)     stream a few chunks, then cut the connection (broken chunking)
     Reply.truncate(text)            stream a few chunks, then close "cleanly" (no finish, no [DONE])
+    Reply.calls(("f", '{"a": 1}'), ...)  tool calls (streamed as OpenAI does: id and name, then argument pieces)
+    Reply.describe()                an answer naming the image parts of the last user message
+
+`Reply.ok(..., reasoning=..., refusal=...)` adds `reasoning_content` / `refusal`. Every answer has as many
+choices as the request's `n` (choice i > 0 says "choice i: ..."), logprobs when asked (one entry per word)
+and usage with `prompt_tokens_details.cached_tokens` and `completion_tokens_details.reasoning_tokens`.
 
 Every request is recorded (path, headers, JSON body) so tests can check what reached the upstream.
 """
@@ -34,10 +40,22 @@ class Reply:
     body: dict[str, Any] = field(default_factory=dict)  # the error envelope's content
     headers: dict[str, str] = field(default_factory=dict)
     finish_reason: str = "stop"
+    tool_calls: tuple[tuple[str, str], ...] = ()  # (name, arguments JSON)
+    reasoning: str | None = None
+    refusal: str | None = None
 
     @classmethod
-    def ok(cls, text: str = "Hello from the fake upstream", *, finish_reason: str = "stop") -> Reply:
-        return cls("ok", text=text, finish_reason=finish_reason)
+    def ok(cls, text: str = "Hello from the fake upstream", *, finish_reason: str = "stop",
+           reasoning: str | None = None, refusal: str | None = None) -> Reply:
+        return cls("ok", text=text, finish_reason=finish_reason, reasoning=reasoning, refusal=refusal)
+
+    @classmethod
+    def calls(cls, *calls: tuple[str, str], text: str = "") -> Reply:
+        return cls("ok", text=text, finish_reason="tool_calls", tool_calls=calls)
+
+    @classmethod
+    def describe(cls) -> Reply:
+        return cls("describe")
 
     @classmethod
     def error(cls, status: int, message: str = "upstream failure", *, code: str | None = None,
@@ -163,37 +181,100 @@ def _handler_for(fake: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                 self._json(reply.status, {"error": reply.body}, reply.headers)
                 return
             chat = self.path.endswith("/chat/completions")
-            if not body.get("stream"):
+            if not body.get("stream"):  # (the gateway always streams; a whole answer serves direct callers)
                 self._json(200, self._whole(reply, body, chat), {})
                 return
             self._stream(reply, body, chat)
 
-        def _usage(self, reply: Reply, body: dict[str, Any]) -> dict[str, int]:
+        def _usage(self, reply: Reply, body: dict[str, Any]) -> dict[str, Any]:
             prompt = json.dumps(body.get("messages") or body.get("prompt"))
             p, c = max(1, len(prompt) // 4), len(_words(reply.text))
-            return {"prompt_tokens": p, "completion_tokens": c, "total_tokens": p + c}
+            r = len(_words(reply.reasoning)) if reply.reasoning else 0
+            return {"prompt_tokens": p, "completion_tokens": c + r, "total_tokens": p + c + r,
+                    "prompt_tokens_details": {"cached_tokens": p // 2},
+                    "completion_tokens_details": {"reasoning_tokens": r}}
+
+        def _texts(self, reply: Reply, body: dict[str, Any]) -> list[str]:
+            text = reply.text
+            if reply.kind == "describe":
+                urls = [part["image_url"]["url"] for m in body.get("messages", []) if m.get("role") == "user"
+                        and isinstance(m.get("content"), list) for part in m["content"] if part["type"] == "image_url"]
+                text = f"I see {len(urls)} image(s): {' '.join(urls)}"
+            return [text if i == 0 else f"choice {i}: {text}" for i in range(int(body.get("n") or 1))]
+
+        @staticmethod
+        def _calls(reply: Reply) -> list[dict[str, Any]]:
+            return [{"id": f"call_fake_{i}", "type": "function", "function": {"name": name, "arguments": args}}
+                    for i, (name, args) in enumerate(reply.tool_calls)]
+
+        @staticmethod
+        def _logprobs(words: list[str], body: dict[str, Any], chat: bool) -> dict[str, Any] | None:
+            if not body.get("logprobs"):
+                return None
+            top = int((body.get("top_logprobs") if chat else body.get("logprobs")) or 0)
+            if chat:
+                return {"content": [{"token": w, "logprob": -0.25, "bytes": list(w.encode()),
+                                     "top_logprobs": [{"token": w, "logprob": -0.25, "bytes": list(w.encode())}
+                                                      ][:top]} for w in words], "refusal": None}
+            offsets = [sum(len(x) for x in words[:i]) for i in range(len(words))]
+            return {"tokens": words, "token_logprobs": [-0.25] * len(words),
+                    "top_logprobs": [{w: -0.25} if top else None for w in words], "text_offset": offsets}
 
         def _whole(self, reply: Reply, body: dict[str, Any], chat: bool) -> dict[str, Any]:
-            if chat:
-                choice: dict[str, Any] = {"index": 0, "message": {"role": "assistant", "content": reply.text},
-                                          "logprobs": None, "finish_reason": reply.finish_reason}
-            else:
-                choice = {"index": 0, "text": reply.text, "logprobs": None, "finish_reason": reply.finish_reason}
+            choices: list[dict[str, Any]] = []
+            for i, text in enumerate(self._texts(reply, body)):
+                logprobs = self._logprobs(_words(text), body, chat)
+                if chat:
+                    message: dict[str, Any] = {"role": "assistant", "content": text or None,
+                                               "refusal": reply.refusal}
+                    if reply.tool_calls:
+                        message["tool_calls"] = self._calls(reply)
+                    if reply.reasoning:
+                        message["reasoning_content"] = reply.reasoning
+                    choices.append({"index": i, "message": message, "logprobs": logprobs,
+                                    "finish_reason": reply.finish_reason})
+                else:
+                    choices.append({"index": i, "text": text, "logprobs": logprobs,
+                                    "finish_reason": reply.finish_reason})
             return {"id": "fake-1", "object": "chat.completion" if chat else "text_completion",
-                    "created": int(time.time()), "model": body.get("model", "fake-model"), "choices": [choice],
+                    "created": int(time.time()), "model": body.get("model", "fake-model"), "choices": choices,
                     "usage": self._usage(reply, body)}
 
         def _chunk(self, body: dict[str, Any], chat: bool, text: str | None, finish: str | None,
-                   role: bool = False) -> dict[str, Any]:
+                   role: bool = False, index: int = 0, **fields: Any) -> dict[str, Any]:
+            logprobs = fields.pop("logprobs", None)
             if chat:
                 delta: dict[str, Any] = {"role": "assistant"} if role else {}
                 if text is not None:
                     delta["content"] = text
-                choice: dict[str, Any] = {"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish}
+                delta.update(fields)
+                choice: dict[str, Any] = {"index": index, "delta": delta, "logprobs": logprobs,
+                                          "finish_reason": finish}
             else:
-                choice = {"index": 0, "text": text or "", "logprobs": None, "finish_reason": finish}
+                choice = {"index": index, "text": text or "", "logprobs": logprobs, "finish_reason": finish}
             return {"id": "fake-1", "object": "chat.completion.chunk" if chat else "text_completion",
                     "created": int(time.time()), "model": body.get("model", "fake-model"), "choices": [choice]}
+
+        def _pieces(self, reply: Reply, body: dict[str, Any], chat: bool, index: int,
+                    text: str) -> list[dict[str, Any]]:
+            """One choice's chunks after its role: reasoning, refusal, words (with logprobs), tool calls."""
+            out = []
+            for word in _words(reply.reasoning) if reply.reasoning else []:
+                out.append(self._chunk(body, chat, None, None, index=index, reasoning_content=word))
+            if reply.refusal:
+                out.append(self._chunk(body, chat, None, None, index=index, refusal=reply.refusal))
+            for word in _words(text) if text else []:
+                out.append(self._chunk(body, chat, word, None, index=index,
+                                       logprobs=self._logprobs([word], body, chat)))
+            for i, call in enumerate(self._calls(reply)):
+                head = {"index": i, "id": call["id"], "type": "function",
+                        "function": {"name": call["function"]["name"], "arguments": ""}}
+                out.append(self._chunk(body, chat, None, None, index=index, tool_calls=[head]))
+                args = call["function"]["arguments"]
+                for piece in (args[:len(args) // 2], args[len(args) // 2:]):
+                    out.append(self._chunk(body, chat, None, None, index=index,
+                                           tool_calls=[{"index": i, "function": {"arguments": piece}}]))
+            return out
 
         def _stream(self, reply: Reply, body: dict[str, Any], chat: bool) -> None:
             clean_close = reply.kind == "truncate"
@@ -213,15 +294,22 @@ def _handler_for(fake: FakeUpstream) -> type[BaseHTTPRequestHandler]:
                     self.wfile.write(f"{len(data):x}\r\n".encode() + data + b"\r\n")
                 self.wfile.flush()
 
-            words = _words(reply.text)
-            if chat:
-                send(self._chunk(body, chat, "", None, role=True))
-            for i, word in enumerate(words):
-                if reply.kind in ("drop", "truncate") and i == 2:
-                    self._cut()
-                    return
-                send(self._chunk(body, chat, word, None))
-            send(self._chunk(body, chat, None if chat else "", reply.finish_reason))
+            texts = self._texts(reply, body)
+            per_choice = [self._pieces(reply, body, chat, i, text) for i, text in enumerate(texts)]
+            for i in range(len(texts)):
+                if chat:
+                    send(self._chunk(body, chat, "", None, role=True, index=i))
+            sent = 0
+            for step in range(max(map(len, per_choice))):
+                for pieces in per_choice:
+                    if step < len(pieces):
+                        if reply.kind in ("drop", "truncate") and sent == 2:
+                            self._cut()
+                            return
+                        send(pieces[step])
+                        sent += 1
+            for i in range(len(texts)):
+                send(self._chunk(body, chat, None if chat else "", reply.finish_reason, index=i))
             if (body.get("stream_options") or {}).get("include_usage"):
                 usage_chunk = self._chunk(body, chat, None, None)
                 usage_chunk["choices"] = []

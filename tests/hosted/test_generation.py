@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from server.backends.hosted import HostedBackend, HostedBackends, HostedGeneration, HostedParams
-from server.errors import InvalidRequestError, OverloadedError, SlmError, UpstreamError
+from server.errors import OverloadedError, SlmError, UpstreamError
 from server.protocol import ChatCompletionRequest, CompletionRequest
 from server.serving.generation import Generation
 from tests.hosted.conftest import CANARY_KEY, MakeBackend, until
@@ -28,9 +28,10 @@ def either(backend: HostedBackend, endpoint: str) -> HostedGeneration:
 
 
 async def collect(gen: HostedGeneration) -> list[str]:
+    """The texts of the answer's deltas (finishes and other fields left out)."""
     await gen.start()
     try:
-        return [text async for text in gen.deltas()]
+        return [delta.text async for delta in gen.deltas() if delta.text]
     finally:
         await gen.close()
 
@@ -87,33 +88,39 @@ async def test_legacy_completion_goes_to_the_completions_endpoint_with_the_raw_p
     assert seen.path == "/v1/completions" and seen.body["prompt"] == "Once"
 
 
-@pytest.mark.parametrize(("extra", "param"), [
-    ({"top_k": 40}, "top_k"), ({"min_p": 0.1}, "min_p"), ({"repeat_penalty": 1.3}, "repeat_penalty"),
-    ({"n": 2}, "n"), ({"logit_bias": {"42": 5}}, "logit_bias"), ({"logprobs": True}, "logprobs"),
-    ({"tools": [{"type": "function", "function": {"name": "f"}}]}, "tools"),
-])
-async def test_params_the_hosted_path_cannot_honour_are_refused_by_name(extra: dict[str, Any], param: str) -> None:
-    req = ChatCompletionRequest.model_validate({"model": "big", "messages": MESSAGES, **extra})
-    with pytest.raises(InvalidRequestError) as info:
-        HostedParams.from_request(req, None)
-    assert info.value.param == param and info.value.status == 400
-    completion = CompletionRequest.model_validate({"model": "big", "prompt": "x", "logprobs": 1})
-    with pytest.raises(InvalidRequestError):
-        HostedParams.from_request(completion, None)
+async def test_no_parameter_is_refused_by_the_gateway_for_a_hosted_model() -> None:
+    """What the provider may take goes to litellm by name; what is beyond the spec, inside extra_body."""
+    req = ChatCompletionRequest.model_validate({
+        "model": "big", "messages": MESSAGES, "top_k": 40, "min_p": 0.0, "repeat_penalty": 1.3, "n": 2,
+        "logit_bias": {"42": 5}, "logprobs": True, "top_logprobs": 2, "reasoning_effort": "low",
+        "tools": [{"type": "function", "function": {"name": "f"}}], "tool_choice": "required", "user": "u-1",
+        "max_completion_tokens": 9, "mock_response": "steered", "metadata": {"k": "v"}})
+    kwargs = HostedParams.from_request(req).kwargs()
+    assert kwargs["extra_body"] == {"top_k": 40, "repeat_penalty": 1.3, "user": "u-1", "mock_response": "steered",
+                                    "metadata": {"k": "v"}}
+    assert {k: kwargs[k] for k in ("n", "logit_bias", "logprobs", "top_logprobs", "reasoning_effort", "tool_choice",
+                                   "max_completion_tokens")} == {
+        "n": 2, "logit_bias": {"42": 5}, "logprobs": True, "top_logprobs": 2, "reasoning_effort": "low",
+        "tool_choice": "required", "max_completion_tokens": 9}
+    assert kwargs["tools"] == [{"type": "function", "function": {"name": "f"}}]
+    assert "mock_response" not in kwargs and "user" not in kwargs and "metadata" not in kwargs
+    completion = CompletionRequest.model_validate({"model": "big", "prompt": "x", "logprobs": 1, "echo": True})
+    assert HostedParams.from_request(completion).kwargs() == {"logprobs": 1, "echo": True}
 
 
-async def test_response_format_and_unused_tools_go_through(make_backend: MakeBackend, fake: FakeUpstream) -> None:
+async def test_response_format_and_tools_go_through(make_backend: MakeBackend, fake: FakeUpstream) -> None:
     req = ChatCompletionRequest.model_validate({
         "model": "big", "messages": MESSAGES, "response_format": {"type": "json_object"}, "tool_choice": "none",
         "tools": [{"type": "function", "function": {"name": "f"}}]})
     fake.script(Reply.ok('{"a": 1}'))
-    gen = chat(make_backend(), **HostedParams.from_request(req, None).kwargs())
+    gen = make_backend().generation("chat", HostedParams.from_request(req), messages=MESSAGES)
     assert "".join(await collect(gen)) == '{"a": 1}'
     body = fake.requests[0].body
-    assert body["response_format"] == {"type": "json_object"} and "tools" not in body
+    assert body["response_format"] == {"type": "json_object"}
+    assert body["tools"] == [{"type": "function", "function": {"name": "f"}}] and body["tool_choice"] == "none"
     neutral = CompletionRequest.model_validate({"model": "big", "prompt": "x", "top_k": 0, "repeat_penalty": 1.0,
-                                                "temperature": 0.0, "stop": "\n"})
-    params = HostedParams.from_request(neutral, 16)
+                                                "temperature": 0.0, "stop": "\n", "max_tokens": 16})
+    params = HostedParams.from_request(neutral)
     assert params.kwargs() == {"max_tokens": 16, "temperature": 0.0, "stop": ["\n"]}
 
 
@@ -181,8 +188,8 @@ async def test_a_stream_cut_after_the_first_chunk_is_an_error_and_never_retried(
     await gen.start()
     received: list[str] = []
     with pytest.raises(UpstreamError) as info:
-        async for text in gen.deltas():
-            received.append(text)
+        async for delta in gen.deltas():
+            received.append(delta.text)
     await gen.close()
     assert received == ["one", " two"]
     assert info.value.status == 502 and info.value.code == "upstream_stream_broken"
@@ -209,8 +216,8 @@ async def test_cancel_ends_the_stream_quietly_and_frees_the_slot(make_backend: M
     gen = chat(backend)
     await gen.start()
     received: list[str] = []
-    async for text in gen.deltas():
-        received.append(text)
+    async for delta in gen.deltas():
+        received.append(delta.text)
         if len(received) == 2:
             await gen.cancel()
     await gen.close()

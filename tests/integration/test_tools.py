@@ -116,3 +116,33 @@ def test_malformed_tools_are_400(live_server: LiveServer, extra: dict[str, Any],
     assert response.status_code == 400, response.text
     assert_valid("ErrorResponse", response.json())
     assert response.json()["error"]["param"] == param
+
+
+@pytest.mark.parametrize("stream", [False, True], ids=["whole", "stream"])
+def test_a_call_cut_short_by_max_tokens_never_leaks_its_markup(live_server: LiveServer, stream: bool) -> None:
+    """Too few tokens for the whole call: the client gets finish_reason "length" and no raw markup."""
+    body = {"model": "smollm2", "messages": ASK, "tools": TOOLS, "tool_choice": "required", "max_tokens": 8,
+            "temperature": 0, "stream": stream}
+    if stream:
+        with httpx.stream("POST", live_server.url + "/v1/chat/completions", json=body, timeout=120) as response:
+            assert response.status_code == 200, response.read()
+            frames = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
+        assert frames[-1] == "[DONE]"
+        chunks = [json.loads(f) for f in frames[:-1]]
+        for chunk in chunks:
+            assert_valid("CreateChatCompletionStreamResponse", chunk)
+        content = "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks)
+        finishes = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"][0]["finish_reason"]]
+        calls = [d for c in chunks for d in c["choices"][0]["delta"].get("tool_calls") or []]
+    else:
+        response = post(live_server, body)
+        assert response.status_code == 200, response.text
+        assert_valid("CreateChatCompletionResponse", response.json())
+        choice = response.json()["choices"][0]
+        content = choice["message"]["content"] or ""
+        finishes = [choice["finish_reason"]]
+        calls = choice["message"].get("tool_calls") or []
+    assert finishes == ["length"]
+    assert "<tool_call" not in content and "get_weather" not in content and "{" not in content
+    for call in calls:  # a call returned despite the cut is a whole one
+        json.loads(call["function"]["arguments"])

@@ -130,8 +130,13 @@ def test_when_every_candidate_fails_the_client_hears_the_first_failure(gateway: 
 
 
 def test_a_request_the_named_model_refuses_is_not_passed_on(gateway: Gateway) -> None:
+    """The provider refuses a parameter (the gateway passes everything on): its 400 is the client's answer."""
     seen = len(gateway.upstream.requests)
+    gateway.upstream.script(Reply.error(400, "logit_bias is not supported by this model", type="invalid_request_error",
+                                        param="logit_bias", code="unsupported_parameter"))
     response, body = post(gateway, {"model": "flaky", "messages": HI, "logit_bias": {"42": 5}})
     assert response.status_code == 400 and body["error"]["param"] == "logit_bias"
+    assert "x-slm-fallback-from" not in response.headers
     assert_valid("ErrorResponse", body)
-    assert len(gateway.upstream.requests) == seen
+    assert len(gateway.upstream.requests) == seen + 1
+    assert gateway.upstream.requests[-1].body["logit_bias"] == {"42": 5}

@@ -87,10 +87,13 @@ def test_router_fields_are_validated_and_name_the_field() -> None:
         {"a": LOCAL, "b": LOCAL, "r": {"backend": "router", "targets": ["a"], "fallbacks": ["b"]}})
 
 
-def test_tools_cannot_escalate_to_a_hosted_model_which_would_refuse_them() -> None:
-    assert "models.r.escalate[0].to: 'big' is hosted, and hosted models do not take tools" in refused(
+def test_images_cannot_escalate_to_a_local_model_which_would_refuse_them() -> None:
+    assert "models.r.escalate[0].to: 'a' is local, and local models do not read images" in refused(
         {"a": LOCAL, "big": HOSTED, "r": {"backend": "router", "targets": ["a"],
-                                          "escalate": [{"tools": True, "to": "big"}]}})
+                                          "escalate": [{"images": True, "to": "a"}]}})
+    parse_registry({"models": {"a": LOCAL, "big": HOSTED, "r": {
+        "backend": "router", "targets": ["a"],
+        "escalate": [{"tools": True, "to": "big"}, {"images": True, "to": "big"}]}}})
 
 
 def test_the_commented_example_in_the_shipped_registry_is_valid_once_uncommented() -> None:
