@@ -31,6 +31,7 @@ import time
 from collections.abc import AsyncIterator, Callable
 from typing import Any, Literal
 
+from server.backends.base import Delta, Result
 from server.backends.health import DEFAULT_POLICY, HealthPolicy, UpstreamHealth
 from server.backends.hosted_chunks import RefusalTap, read_chunk, usage_details
 from server.backends.hosted_params import HostedParams
@@ -44,7 +45,6 @@ from server.backends.upstream import (
 from server.errors import OverloadedError, SlmError, UpstreamError
 from server.metrics import Metrics
 from server.registry import HostedModel
-from server.serving.generation import Delta, Result
 
 log = logging.getLogger("slm.hosted")
 

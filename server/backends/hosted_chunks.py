@@ -14,7 +14,7 @@ from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.serving.generation import Delta
+from server.backends.base import Delta
 
 
 @dataclass

@@ -18,10 +18,10 @@ import numpy as np
 
 from server.engine.chat_template import ChatTemplate, default_template
 from server.engine.llama_model import LlamaModel
+from server.engine.params import SamplingParams
 from server.engine.sampling import GrammarError, SamplerChain
 from server.engine.text_stream import TextStream
 from server.errors import ContextLengthError, InvalidRequestError
-from server.queue.messages import SamplingParams
 
 # While other sequences are generating, a newcomer's prompt goes in at most this many tokens a step.
 PREFILL_CHUNK_WHILE_DECODING = 128

@@ -9,7 +9,7 @@ from typing import Any
 
 import llama_cpp
 
-from server.queue.messages import SamplingParams
+from server.engine.params import SamplingParams
 
 PENALTY_LAST_N = 64
 

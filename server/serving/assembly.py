@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
-from server.serving.generation import Delta
+from server.backends.base import Delta
 
 
 @dataclass

@@ -6,7 +6,7 @@ import json
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from server.serving.generation import Result
+from server.backends.base import Result
 
 DONE_FRAME = b"data: [DONE]\n\n"
 

@@ -22,6 +22,7 @@ from typing import Any, Literal
 
 import anyio
 
+from server.backends.base import Delta, Generation, Result, as_delta
 from server.backends.health import DEFAULT_POLICY, HealthPolicy
 from server.backends.hosted import HostedBackend
 from server.backends.hosted_params import HostedParams, provider_messages
@@ -50,7 +51,7 @@ from server.serving import transcript
 from server.serving.assembly import Assembled
 from server.serving.dispatch import Plan, falls_through, plan_for, reported, traits_of
 from server.serving.formatting import DONE_FRAME, LastChunk, Shape, sse, timings
-from server.serving.generation import Delta, Generation, LocalGeneration, Result
+from server.serving.generation import LocalGeneration
 from server.serving.routing import (
     UNREACHABLE,
     LocalLoad,
@@ -494,10 +495,6 @@ class Service:
 
 def _base64_floats(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-
-
-def as_delta(item: str | Delta) -> Delta:
-    return item if isinstance(item, Delta) else Delta(0, item)
 
 
 def _refuse_for_local(req: ChatCompletionRequest | CompletionRequest, model: str) -> None:

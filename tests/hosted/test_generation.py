@@ -7,10 +7,10 @@ from typing import Any
 
 import pytest
 
+from server.backends.base import Generation
 from server.backends.hosted import HostedBackend, HostedBackends, HostedGeneration, HostedParams
 from server.errors import OverloadedError, SlmError, UpstreamError
 from server.protocol import ChatCompletionRequest, CompletionRequest
-from server.serving.generation import Generation
 from tests.hosted.conftest import CANARY_KEY, MakeBackend, until
 from tests.hosted.fake_upstream import FakeUpstream, Reply
 

@@ -17,6 +17,7 @@ from starlette.requests import Request
 from starlette.responses import JSONResponse, Response, StreamingResponse
 from starlette.routing import Route
 
+from server.backends.base import Result
 from server.embedded_redis import free_port
 from server.metrics import Metrics
 from server.queue import keys as redis_keys
@@ -24,7 +25,6 @@ from server.security import SecurityConfig, SecurityMiddleware, usage
 from server.security.api_keys import ApiKeys
 from server.security.rate_limits import WINDOW_S, RateLimiter
 from server.security.windows import KEY_SLACK_MS
-from server.serving.generation import Result
 from server.serving.service import _Tracker
 from server.settings import Settings
 from tests.security.conftest import NamedKeys
