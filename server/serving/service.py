@@ -26,6 +26,7 @@ from server.backends.base import Delta, Generation, Result, as_delta
 from server.backends.health import DEFAULT_POLICY, HealthPolicy
 from server.backends.hosted import HostedBackend
 from server.backends.hosted_params import HostedParams, provider_messages
+from server.backends.local import LocalBackend, refuse_for_local, wants_logprobs
 from server.errors import (
     GenerationError,
     InvalidRequestError,
@@ -36,22 +37,17 @@ from server.errors import (
 )
 from server.metrics import Metrics
 from server.protocol import (
-    MEDIA_INPUT,
-    UNSUPPORTED_CHAT,
-    UNSUPPORTED_COMPLETION,
     ChatCompletionRequest,
     CompletionRequest,
     EmbeddingRequest,
 )
 from server.queue.client import QueueClient
-from server.queue.messages import Job, SamplingParams
 from server.registry import AnyEntry, HostedModel, LocalModel, Registry, RouterModel, env_key
 from server.security import usage as token_usage
 from server.serving import transcript
 from server.serving.assembly import Assembled
 from server.serving.dispatch import Plan, falls_through, plan_for, reported, traits_of
 from server.serving.formatting import DONE_FRAME, LastChunk, Shape, sse, timings
-from server.serving.generation import LocalGeneration
 from server.serving.routing import (
     UNREACHABLE,
     LocalLoad,
@@ -103,6 +99,9 @@ class Service:
         self.draining = False
         self.created = int(time.time())
         self._hosted: dict[str, HostedBackend] = {}
+        self.local = LocalBackend(queue, queue_timeout_s=settings.queue_timeout_s,
+                                  stall_timeout_s=settings.stall_timeout_s, lease_s=settings.lease_s,
+                                  heartbeat_ttl_s=settings.heartbeat_ttl_s)
         self.upstream_health: HealthPolicy = DEFAULT_POLICY  # for hosted backends built from now on
         self.routing = Measurements()
         self._closing: set[asyncio.Task[None]] = set()
@@ -158,12 +157,7 @@ class Service:
             raise InvalidRequestError("The parameter 'dimensions' is not supported by this server.",
                                       param="dimensions")
         self._check_can_queue(model)
-        now = time.time()
-        job = Job(id=uuid.uuid4().hex, model=model, kind="embedding", inputs=req.input_list(), enqueued_at=now,
-                  deadline=now + self.settings.queue_timeout_s)
-        await self.queue.submit(job, max_queue=entry.max_queue)
-        gen = LocalGeneration(self.queue, job, stall_timeout_s=self.settings.stall_timeout_s,
-                              lease_s=self.settings.lease_s, heartbeat_ttl_s=self.settings.heartbeat_ttl_s)
+        gen = await self.local.embedding(model, entry, req.input_list())
         try:
             await gen.start()
             async for _ in gen.deltas():
@@ -197,9 +191,9 @@ class Service:
         backend = self._current_hosted(model, entry)
         return backend is None or backend.health.up
 
-    async def _serve_hosted(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest, model: str,
-                            entry: HostedModel, payload: dict[str, Any], max_tokens: int | None, arrived: float,
-                            is_disconnected: IsDisconnected, headers: dict[str, str]) -> Answer:
+    async def _open_hosted(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest, model: str,
+                           entry: HostedModel, payload: dict[str, Any], arrived: float,
+                           is_disconnected: IsDisconnected) -> tuple[Generation, _Tracker, str, int]:
         params = HostedParams.from_request(req)
         messages = provider_messages(req) if isinstance(req, ChatCompletionRequest) else None
         gen = self.hosted_backend(model, entry).generation(endpoint, params, messages=messages,
@@ -212,12 +206,19 @@ class Service:
             self.routing.observe_hosted(model, time.perf_counter() - began)  # slow counts, so routers learn it
             raise
         self.routing.observe_hosted(model, time.perf_counter() - began)
-        shape = Shape(endpoint, ("chatcmpl-" if endpoint == "chat" else "cmpl-") + uuid.uuid4().hex,
-                      int(time.time()), model)
-        if req.stream:
-            include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return Answer(headers, stream=self._stream(gen, shape, track, include_usage, req.n or 1))
-        return Answer(headers, body=await self._whole(gen, shape, track, is_disconnected, _wants_logprobs(req)))
+        return gen, track, uuid.uuid4().hex, int(time.time())
+
+    async def _open_local(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest, model: str,
+                          entry: LocalModel, payload: dict[str, Any], max_tokens: int | None, arrived: float,
+                          is_disconnected: IsDisconnected) -> tuple[Generation, _Tracker, str, int]:
+        refuse_for_local(req, model)
+        self._check_can_queue(model)
+        gen = await self.local.generation(endpoint, model, entry, req, payload, max_tokens)
+        pending = self.routing.open(model, max_tokens)
+        track = _MeasuredTracker(self.metrics, model, "local", arrived, routing=self.routing, pending=pending)
+        await self._start_tracked(gen, track, is_disconnected)
+        self.routing.started(pending)
+        return gen, track, gen.job.id, int(gen.job.enqueued_at)
 
     def _check_can_queue(self, model: str) -> None:
         if self.draining:
@@ -311,49 +312,19 @@ class Service:
                          arrived: float, is_disconnected: IsDisconnected, plan: Plan) -> Answer:
         headers = plan.headers(model, entry.backend)
         if isinstance(entry, HostedModel):
-            return await self._serve_hosted(endpoint, req, model, entry, payload, max_tokens, arrived,
-                                            is_disconnected, headers)
-        _refuse_for_local(req, model)
-        self._check_can_queue(model)
-        params = SamplingParams(
-            max_tokens=max_tokens,
-            temperature=1.0 if req.temperature is None else req.temperature,
-            top_p=1.0 if req.top_p is None else req.top_p,
-            top_k=req.top_k or 0,
-            min_p=req.min_p or 0.0,
-            repeat_penalty=req.repeat_penalty or 1.0,
-            presence_penalty=req.presence_penalty or 0.0,
-            frequency_penalty=req.frequency_penalty or 0.0,
-            seed=req.seed,
-            stop=req.stop_list(),
-            logit_bias=req.logit_bias_ids(),
-            logprobs=_wants_logprobs(req),
-            top_logprobs=_top_logprobs(req),
-        )
-        tool_mode = req.tool_mode() if isinstance(req, ChatCompletionRequest) else None
-        if isinstance(req, ChatCompletionRequest) and req.response_format is not None:
-            payload["response_format"] = req.response_format.for_worker()
-        if tool_mode is not None and isinstance(req, ChatCompletionRequest) and req.tools:
-            payload["tools"] = [t.model_dump(exclude_none=True) for t in req.tools]
-            payload["tool_choice"] = tool_mode
-            payload["parallel_tool_calls"] = req.parallel_tool_calls is not False
-        now = time.time()
-        job = Job(id=uuid.uuid4().hex, model=model, kind="chat" if endpoint == "chat" else "completion",
-                  enqueued_at=now, deadline=now + self.settings.queue_timeout_s, params=params, n=req.n or 1,
-                  **payload)
-        await self.queue.submit(job, max_queue=entry.max_queue)
-        gen = LocalGeneration(self.queue, job, stall_timeout_s=self.settings.stall_timeout_s,
-                              lease_s=self.settings.lease_s, heartbeat_ttl_s=self.settings.heartbeat_ttl_s)
-        pending = self.routing.open(model, max_tokens)
-        track = _MeasuredTracker(self.metrics, model, "local", arrived, routing=self.routing, pending=pending)
-        await self._start_tracked(gen, track, is_disconnected)
-        self.routing.started(pending)
-        shape = Shape(endpoint, ("chatcmpl-" if endpoint == "chat" else "cmpl-") + job.id, int(now), model)
+            gen, track, gen_id, created = await self._open_hosted(endpoint, req, model, entry, payload, arrived,
+                                                                  is_disconnected)
+            with_tools = False  # a provider's tool calls come back as tool calls, never as text
+        else:
+            gen, track, gen_id, created = await self._open_local(endpoint, req, model, entry, payload, max_tokens,
+                                                                 arrived, is_disconnected)
+            with_tools = isinstance(req, ChatCompletionRequest) and req.tool_mode() is not None
+        shape = Shape(endpoint, ("chatcmpl-" if endpoint == "chat" else "cmpl-") + gen_id, created, model)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return Answer(headers, stream=self._stream(gen, shape, track, include_usage, job.n, tool_mode is not None))
-        return Answer(headers, body=await self._whole(gen, shape, track, is_disconnected, params.logprobs,
-                                                      tool_mode is not None))
+            return Answer(headers, stream=self._stream(gen, shape, track, include_usage, req.n or 1, with_tools))
+        return Answer(headers, body=await self._whole(gen, shape, track, is_disconnected, wants_logprobs(req),
+                                                      with_tools))
 
     async def _start_tracked(self, gen: Generation, track: _Tracker, is_disconnected: IsDisconnected) -> None:
         """Wait for the backend to accept (a worker started, or the first upstream chunk); a refusal or a
@@ -495,30 +466,6 @@ class Service:
 
 def _base64_floats(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-
-
-def _refuse_for_local(req: ChatCompletionRequest | CompletionRequest, model: str) -> None:
-    """What a local model cannot do is refused by name (a hosted model's provider decides for itself)."""
-    if isinstance(req, CompletionRequest):
-        req.refuse_unsupported(UNSUPPORTED_COMPLETION, model)
-        return
-    req.refuse_unsupported(UNSUPPORTED_CHAT, model)
-    for i, message in enumerate(req.messages):
-        for j, kind in message.media_parts():
-            raise InvalidRequestError(f"The model '{model}' does not accept {MEDIA_INPUT[kind]} input.",
-                                      param=f"messages.{i}.content.{j}", code="unsupported_content")
-
-
-def _wants_logprobs(req: ChatCompletionRequest | CompletionRequest) -> bool:
-    if isinstance(req, ChatCompletionRequest):
-        return bool(req.logprobs)
-    return req.logprobs is not None
-
-
-def _top_logprobs(req: ChatCompletionRequest | CompletionRequest) -> int:
-    if isinstance(req, ChatCompletionRequest):
-        return req.top_logprobs or 0
-    return req.logprobs or 0
 
 
 class ClientGone(Exception):

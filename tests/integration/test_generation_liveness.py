@@ -12,11 +12,12 @@ from collections.abc import AsyncIterator
 import pytest
 import redis.asyncio as aioredis
 
+from server.backends.base import Delta
+from server.backends.local import LocalGeneration
 from server.errors import GenerationError
 from server.queue import keys
 from server.queue.client import QueueClient
 from server.queue.messages import Job, SamplingParams, encode_event
-from server.serving.generation import Delta, LocalGeneration
 
 pytestmark = pytest.mark.integration
 

@@ -1,4 +1,5 @@
-"""One generation as the gateway sees it: a backend-neutral stream of text deltas and a result.
+"""The gateway half of a local model: a request becomes a job on the model's queue, which one of its
+workers decodes (`server/queue/worker.py`); its events become a `Generation`.
 
 `LocalGeneration` follows a queued job's events: it waits for a worker to start it (queue timeout
 -> 503), hides a redelivery that happens before any text was handed out, and turns a redelivery
@@ -9,13 +10,14 @@ from __future__ import annotations
 
 import contextlib
 import time
+import uuid
 from collections import deque
 from collections.abc import AsyncIterator
-from typing import Any
+from typing import Any, Literal
 
 from redis.exceptions import RedisError
 
-from server.backends.base import Delta, Generation, Result
+from server.backends.base import Delta, Result
 from server.errors import (
     ContextLengthError,
     GenerationError,
@@ -24,10 +26,19 @@ from server.errors import (
     ServiceUnavailableError,
     SlmError,
 )
+from server.protocol import (
+    MEDIA_INPUT,
+    UNSUPPORTED_CHAT,
+    UNSUPPORTED_COMPLETION,
+    ChatCompletionRequest,
+    CompletionRequest,
+)
 from server.queue.client import QueueClient
-from server.queue.messages import Job
+from server.queue.messages import Job, SamplingParams
+from server.registry import LocalModel
 
-__all__ = ["Delta", "Generation", "LocalGeneration", "Result", "error_from_event"]
+Endpoint = Literal["chat", "completions"]
+
 
 
 def error_from_event(event: dict[str, Any]) -> SlmError:
@@ -176,3 +187,86 @@ class LocalGeneration:
         if self._finished:  # else the worker still writes to it (cancelled): let it expire
             with contextlib.suppress(RedisError, OSError):
                 await self.queue.forget(self.job.id)
+
+
+class LocalBackend:
+    """Local models' requests as queued jobs: `generation` submits one (a full queue: 429, nothing
+    enqueued) and follows its events."""
+
+    def __init__(self, queue: QueueClient, *, queue_timeout_s: float, stall_timeout_s: float, lease_s: float,
+                 heartbeat_ttl_s: float) -> None:
+        self.queue = queue
+        self.queue_timeout_s = queue_timeout_s
+        self.stall_timeout_s = stall_timeout_s
+        self.lease_s = lease_s
+        self.heartbeat_ttl_s = heartbeat_ttl_s
+
+    async def submit(self, job: Job, entry: LocalModel) -> LocalGeneration:
+        await self.queue.submit(job, max_queue=entry.max_queue)
+        return LocalGeneration(self.queue, job, stall_timeout_s=self.stall_timeout_s, lease_s=self.lease_s,
+                               heartbeat_ttl_s=self.heartbeat_ttl_s)
+
+    async def generation(self, endpoint: Endpoint, model: str, entry: LocalModel,
+                         req: ChatCompletionRequest | CompletionRequest, payload: dict[str, Any],
+                         max_tokens: int | None) -> LocalGeneration:
+        params = sampling_params(req, max_tokens)
+        tool_mode = req.tool_mode() if isinstance(req, ChatCompletionRequest) else None
+        if isinstance(req, ChatCompletionRequest) and req.response_format is not None:
+            payload["response_format"] = req.response_format.for_worker()
+        if tool_mode is not None and isinstance(req, ChatCompletionRequest) and req.tools:
+            payload["tools"] = [t.model_dump(exclude_none=True) for t in req.tools]
+            payload["tool_choice"] = tool_mode
+            payload["parallel_tool_calls"] = req.parallel_tool_calls is not False
+        now = time.time()
+        job = Job(id=uuid.uuid4().hex, model=model, kind="chat" if endpoint == "chat" else "completion",
+                  enqueued_at=now, deadline=now + self.queue_timeout_s, params=params, n=req.n or 1,
+                  **payload)
+        return await self.submit(job, entry)
+
+    async def embedding(self, model: str, entry: LocalModel, inputs: list[str] | list[list[int]]) -> LocalGeneration:
+        now = time.time()
+        job = Job(id=uuid.uuid4().hex, model=model, kind="embedding", inputs=inputs, enqueued_at=now,
+                  deadline=now + self.queue_timeout_s)
+        return await self.submit(job, entry)
+
+
+def sampling_params(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> SamplingParams:
+    return SamplingParams(
+        max_tokens=max_tokens,
+        temperature=1.0 if req.temperature is None else req.temperature,
+        top_p=1.0 if req.top_p is None else req.top_p,
+        top_k=req.top_k or 0,
+        min_p=req.min_p or 0.0,
+        repeat_penalty=req.repeat_penalty or 1.0,
+        presence_penalty=req.presence_penalty or 0.0,
+        frequency_penalty=req.frequency_penalty or 0.0,
+        seed=req.seed,
+        stop=req.stop_list(),
+        logit_bias=req.logit_bias_ids(),
+        logprobs=wants_logprobs(req),
+        top_logprobs=top_logprobs(req),
+    )
+
+
+def refuse_for_local(req: ChatCompletionRequest | CompletionRequest, model: str) -> None:
+    """What a local model cannot do is refused by name (a hosted model's provider decides for itself)."""
+    if isinstance(req, CompletionRequest):
+        req.refuse_unsupported(UNSUPPORTED_COMPLETION, model)
+        return
+    req.refuse_unsupported(UNSUPPORTED_CHAT, model)
+    for i, message in enumerate(req.messages):
+        for j, kind in message.media_parts():
+            raise InvalidRequestError(f"The model '{model}' does not accept {MEDIA_INPUT[kind]} input.",
+                                      param=f"messages.{i}.content.{j}", code="unsupported_content")
+
+
+def wants_logprobs(req: ChatCompletionRequest | CompletionRequest) -> bool:
+    if isinstance(req, ChatCompletionRequest):
+        return bool(req.logprobs)
+    return req.logprobs is not None
+
+
+def top_logprobs(req: ChatCompletionRequest | CompletionRequest) -> int:
+    if isinstance(req, ChatCompletionRequest):
+        return req.top_logprobs or 0
+    return req.logprobs or 0
