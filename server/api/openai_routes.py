@@ -14,7 +14,8 @@ from server.errors import ModelNotFoundError, SlmError
 from server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from server.registry import AnyEntry, HostedModel, RouterModel
 from server.serving import transcript
-from server.serving.service import Answer, ClientGone
+from server.serving.service import Answer
+from server.serving.streaming import ClientGone
 
 router = APIRouter(prefix="/v1")
 

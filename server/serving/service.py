@@ -9,26 +9,22 @@ After the first byte a failure becomes one error frame then `[DONE]`.
 
 from __future__ import annotations
 
-import asyncio
 import base64
 import json
 import logging
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Coroutine
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 from typing import Any, Literal
 
-import anyio
-
-from server.backends.base import Delta, Generation, Result, as_delta
+from server.backends.base import Generation
 from server.backends.health import DEFAULT_POLICY, HealthPolicy
 from server.backends.hosted import HostedBackend
 from server.backends.hosted_params import HostedParams, provider_messages
 from server.backends.local import LocalBackend, refuse_for_local, wants_logprobs
 from server.errors import (
-    GenerationError,
     InvalidRequestError,
     ModelNotFoundError,
     ServiceUnavailableError,
@@ -44,15 +40,12 @@ from server.protocol import (
 from server.queue.client import QueueClient
 from server.registry import AnyEntry, HostedModel, LocalModel, Registry, RouterModel, env_key
 from server.security import usage as token_usage
-from server.serving import transcript
-from server.serving.assembly import Assembled
 from server.serving.dispatch import Plan, falls_through, plan_for, reported, traits_of
-from server.serving.formatting import DONE_FRAME, LastChunk, Shape, sse, timings
+from server.serving.formatting import Shape
 from server.serving.routing import (
     UNREACHABLE,
     LocalLoad,
     Measurements,
-    Pending,
     Route,
     Traits,
     choose,
@@ -60,15 +53,20 @@ from server.serving.routing import (
     predict_hosted,
     predict_local,
 )
-from server.serving.tool_calls import ToolCallFilter, settle
+from server.serving.streaming import (
+    Closing,
+    IsDisconnected,
+    shielded,
+    start_tracked,
+    stream,
+    whole,
+)
+from server.serving.tracking import MeasuredTracker, Tracker
 from server.settings import Settings
 
 log = logging.getLogger("slm.serving")
 
-DISCONNECT_POLL_S = 0.5  # how often a queued request's client is checked (`server.queue.intake` relies on it)
-
 Endpoint = Literal["chat", "completions"]
-IsDisconnected = Callable[[], Coroutine[Any, Any, bool]]
 
 
 @dataclass
@@ -104,7 +102,7 @@ class Service:
                                   heartbeat_ttl_s=settings.heartbeat_ttl_s)
         self.upstream_health: HealthPolicy = DEFAULT_POLICY  # for hosted backends built from now on
         self.routing = Measurements()
-        self._closing: set[asyncio.Task[None]] = set()
+        self.closing = Closing()
 
     # -- background -----------------------------------------------------------------------------
     async def refresh_presence(self) -> None:
@@ -163,7 +161,7 @@ class Service:
             async for _ in gen.deltas():
                 pass
         finally:
-            await _shielded(gen.close())
+            await shielded(gen.close())
         vectors: list[list[float]] = gen.result.extra.get("embeddings") or []
         data = [{"object": "embedding", "index": i,
                  "embedding": _base64_floats(v) if req.encoding_format == "base64" else v}
@@ -193,15 +191,15 @@ class Service:
 
     async def _open_hosted(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest, model: str,
                            entry: HostedModel, payload: dict[str, Any], arrived: float,
-                           is_disconnected: IsDisconnected) -> tuple[Generation, _Tracker, str, int]:
+                           is_disconnected: IsDisconnected) -> tuple[Generation, Tracker, str, int]:
         params = HostedParams.from_request(req)
         messages = provider_messages(req) if isinstance(req, ChatCompletionRequest) else None
         gen = self.hosted_backend(model, entry).generation(endpoint, params, messages=messages,
                                                            prompt=payload.get("prompt"))
-        track = _Tracker(self.metrics, model, "hosted", arrived)
+        track = Tracker(self.metrics, model, "hosted", arrived)
         began = time.perf_counter()
         try:
-            await self._start_tracked(gen, track, is_disconnected)
+            await start_tracked(gen, track, is_disconnected)
         except UpstreamTimeoutError:
             self.routing.observe_hosted(model, time.perf_counter() - began)  # slow counts, so routers learn it
             raise
@@ -210,13 +208,13 @@ class Service:
 
     async def _open_local(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest, model: str,
                           entry: LocalModel, payload: dict[str, Any], max_tokens: int | None, arrived: float,
-                          is_disconnected: IsDisconnected) -> tuple[Generation, _Tracker, str, int]:
+                          is_disconnected: IsDisconnected) -> tuple[Generation, Tracker, str, int]:
         refuse_for_local(req, model)
         self._check_can_queue(model)
         gen = await self.local.generation(endpoint, model, entry, req, payload, max_tokens)
         pending = self.routing.open(model, max_tokens)
-        track = _MeasuredTracker(self.metrics, model, "local", arrived, routing=self.routing, pending=pending)
-        await self._start_tracked(gen, track, is_disconnected)
+        track = MeasuredTracker(self.metrics, model, "local", arrived, routing=self.routing, pending=pending)
+        await start_tracked(gen, track, is_disconnected)
         self.routing.started(pending)
         return gen, track, gen.job.id, int(gen.job.enqueued_at)
 
@@ -322,254 +320,17 @@ class Service:
         shape = Shape(endpoint, ("chatcmpl-" if endpoint == "chat" else "cmpl-") + gen_id, created, model)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return Answer(headers, stream=self._stream(gen, shape, track, include_usage, req.n or 1, with_tools))
-        return Answer(headers, body=await self._whole(gen, shape, track, is_disconnected, wants_logprobs(req),
-                                                      with_tools))
-
-    async def _start_tracked(self, gen: Generation, track: _Tracker, is_disconnected: IsDisconnected) -> None:
-        """Wait for the backend to accept (a worker started, or the first upstream chunk); a refusal or a
-        client that left is recorded, and the generation is cancelled and closed."""
-        try:
-            await self._start(gen, is_disconnected)
-        except BaseException as exc:
-            if isinstance(exc, SlmError):
-                track.failed(exc)
-            else:
-                track.disconnected()
-            await _shielded(gen.cancel())
-            await _shielded(gen.close())
-            raise
-        track.started(gen.result)
-
-    async def _start(self, gen: Generation, is_disconnected: IsDisconnected) -> None:
-        start = asyncio.ensure_future(gen.start())
-        while True:
-            done, _ = await asyncio.wait({start}, timeout=DISCONNECT_POLL_S)
-            if done:
-                start.result()
-                return
-            if await is_disconnected():
-                start.cancel()
-                raise ClientGone
-
-    async def _whole(self, gen: Generation, shape: Shape, track: _Tracker, is_disconnected: IsDisconnected,
-                     with_logprobs: bool, with_tools: bool = False) -> dict[str, Any]:
-        parts = Assembled()
-        watcher = asyncio.create_task(self._watch_disconnect(gen, track, is_disconnected))
-        try:
-            async for item in gen.deltas():
-                delta = as_delta(item)
-                if delta.carries():
-                    track.token(delta.text or delta.reasoning or delta.refusal)
-                parts.add(delta)
-            if track.gone:
-                raise ClientGone
-            track.finished(gen.result, gen.redelivered)
-            joined = parts.joined()
-            calls = parts.calls()
-            if with_tools:
-                for index, text in joined.items():
-                    reason = gen.result.finish_reasons.get(index, gen.result.finish_reason)
-                    content, found, reason = settle(text, reason)
-                    joined[index] = content or ""
-                    if found:
-                        calls[index] = found
-                    gen.result.finish_reasons[index] = reason
-                    if len(joined) == 1:
-                        gen.result.finish_reason = reason
-            return shape.whole(joined, gen.result, {"timings": track.timings(gen.result)},
-                               logprobs=parts.logprobs if with_logprobs else None, calls=calls,
-                               fields=parts.extras())
-        except SlmError as exc:
-            track.failed(exc)
-            raise
-        finally:
-            watcher.cancel()
-            self._close_later(gen)
-
-    @staticmethod
-    async def _watch_disconnect(gen: Generation, track: _Tracker, is_disconnected: IsDisconnected) -> None:
-        """A non-streaming client that hangs up cancels its generation on the worker."""
-        while not await is_disconnected():
-            await asyncio.sleep(0.25)
-        track.disconnected()
-        await gen.cancel()
-
-    async def _stream(
-        self, gen: Generation, shape: Shape, track: _Tracker, include_usage: bool, n: int = 1,
-        with_tools: bool = False,
-    ) -> AsyncIterator[bytes]:
-        complete = False
-        out: list[bytes] = []  # chunks whose events came in one read go out in one write
-        held_finishes: list[Delta] = []
-        filters = {i: ToolCallFilter() for i in range(n)} if with_tools else {}
-        try:
-            for index in range(n):
-                yield shape.chunk(role=True, text="", index=index) if shape.endpoint == "chat" else b": ok\n\n"
-            async for item in gen.deltas():
-                delta = as_delta(item)
-                if delta.finish_reason is not None:
-                    held_finishes.append(delta)
-                elif delta.carries():
-                    track.token(delta.text or delta.reasoning or delta.refusal)
-                    text = filters[delta.index].feed(delta.text) if filters else delta.text
-                    more = bool(delta.reasoning or delta.refusal or delta.tool_calls)
-                    if text or delta.logprobs or more:
-                        out.append(shape.chunk(text=text if text or not more else None, index=delta.index,
-                                               logprobs=delta.logprobs, tool_calls=delta.tool_calls,
-                                               reasoning=delta.reasoning, refusal=delta.refusal))
-                if out and not gen.buffered():
-                    yield b"".join(out)
-                    out.clear()
-            track.finished(gen.result, gen.redelivered)
-            timings = {"timings": track.timings(gen.result)}
-            if not held_finishes:
-                held_finishes.append(Delta(0, "", None, gen.result.finish_reason))
-            for fin in held_finishes:
-                if fin.index in filters:
-                    rest, calls = filters[fin.index].finish()
-                    if rest:
-                        out.append(shape.chunk(text=rest, index=fin.index))
-                    if calls:
-                        out.append(shape.chunk(index=fin.index, tool_calls=calls))
-                        fin.finish_reason = "length" if fin.finish_reason == "length" else "tool_calls"
-            for i, fin in enumerate(held_finishes):
-                last = i == len(held_finishes) - 1
-                out.append(shape.chunk(finish_reason=fin.finish_reason, index=fin.index,
-                                       extra=timings if last else None))
-            if include_usage:
-                out.append(shape.usage_chunk(gen.result))
-            complete = True
-            yield LastChunk(b"".join([*out, DONE_FRAME]))  # the end of the answer in one write
-        except SlmError as exc:
-            track.failed(exc)
-            complete = True
-            yield LastChunk(b"".join([*out, sse(exc.to_body()), DONE_FRAME]))
-        finally:
-            if not complete:
-                track.disconnected()
-                await _shielded(gen.cancel())
-            self._close_later(gen)
-
-    def _close_later(self, gen: Generation) -> None:
-        """Close a generation that has given its last event after the response, not before its
-        last byte: its clean-up (a Redis round trip) is not the client's to wait for."""
-        task = asyncio.get_running_loop().create_task(_shielded(gen.close()))
-        self._closing.add(task)
-        task.add_done_callback(self._closing.discard)
+            return Answer(headers, stream=stream(gen, shape, track, self.closing, include_usage, req.n or 1,
+                                                 with_tools))
+        return Answer(headers, body=await whole(gen, shape, track, is_disconnected, self.closing,
+                                                wants_logprobs(req), with_tools))
 
     async def wait_closed(self) -> None:
         """Let the clean-ups still running finish (at shutdown, before the Redis clients close)."""
-        if self._closing:
-            await asyncio.gather(*self._closing)
+        await self.closing.wait()
 
 
 def _base64_floats(vector: list[float]) -> str:
     return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
 
 
-class ClientGone(Exception):
-    """The client disconnected; nothing is sent back."""
-
-
-async def _shielded(coro: Coroutine[Any, Any, None]) -> None:
-    with anyio.CancelScope(shield=True):
-        try:
-            await coro
-        except Exception:
-            log.debug("cleanup failed", exc_info=True)
-
-
-class _Tracker:
-    """Per-request latency bookkeeping, recorded into the metrics; the tokens used, charged to the
-    request's API key when it is token-limited (`server.security.usage`)."""
-
-    def __init__(self, metrics: Metrics, model: str, backend: str, arrived: float) -> None:
-        self.m = metrics
-        self.labels = (model, backend)
-        self.arrived = arrived
-        self.first: float | None = None
-        self.last: float | None = None
-        self.gone = False
-        self.done = False
-        self.usage = token_usage.current.get()
-        self.transcript = transcript.current.get()  # None unless SLM_LOG_PROMPTS
-        self.result: Result | None = None  # the started generation's, for usage if it never finishes
-        metrics.in_flight.labels(*self.labels).inc()
-
-    def started(self, result: Result) -> None:
-        self.result = result
-        self.m.queue_time.labels(*self.labels).observe(result.queue_ms / 1000.0)
-
-    def token(self, text: str) -> None:
-        if self.transcript is not None:
-            self.transcript.add(text)
-        now = time.perf_counter()
-        if self.first is None:
-            self.first = now
-            self.m.ttft.labels(*self.labels).observe(now - self.arrived)
-        elif self.last is not None:
-            self.m.itl.labels(*self.labels).observe(now - self.last)
-        self.last = now
-
-    def timings(self, result: Result) -> dict[str, Any]:
-        now = time.perf_counter()
-        first = self.first if self.first is not None else now
-        return timings(result, (first - self.arrived) * 1000.0, (now - self.arrived) * 1000.0)
-
-    def _end(self, result: Result | None = None) -> None:
-        if not self.done:
-            self.done = True
-            if self.transcript is not None:
-                self.transcript.close("finished" if result is not None else "failed or left")
-            self.m.in_flight.labels(*self.labels).dec()
-            self.m.e2e.labels(*self.labels).observe(time.perf_counter() - self.arrived)
-            used = result if result is not None else self.result  # failed or left: what was counted
-            if self.usage is not None and used is not None:
-                self.usage.add(used.prompt_tokens + used.completion_tokens)
-
-    def finished(self, result: Result, redelivered: str | None) -> None:
-        labels = self.labels
-        self.m.prompt_eval.labels(*labels).observe(result.prompt_ms / 1000.0)
-        self.m.generation.labels(*labels).observe(result.predicted_ms / 1000.0)
-        self.m.prompt_tokens.labels(*labels).inc(result.prompt_tokens)
-        self.m.generation_tokens.labels(*labels).inc(result.completion_tokens)
-        self.m.finish_reasons.labels(*labels, result.finish_reason).inc()
-        if redelivered:
-            self.m.redeliveries.labels(labels[0], redelivered).inc()
-        self._end(result)
-
-    def failed(self, exc: SlmError) -> None:
-        self.m.errors.labels(*self.labels, exc.metric_type).inc()
-        if isinstance(exc, GenerationError) and exc.code == "worker_lost":
-            self.m.redeliveries.labels(self.labels[0], "mid_stream").inc()
-        self._end()
-
-    def disconnected(self) -> None:
-        if not self.done and not self.gone:
-            self.gone = True
-            self.m.disconnects.labels(*self.labels).inc()
-            self.m.errors.labels(*self.labels, "cancelled").inc()
-            self._end()
-
-
-class _MeasuredTracker(_Tracker):
-    """A local request's tracker that also teaches the router (its speeds, and its pending request)."""
-
-    def __init__(self, metrics: Metrics, model: str, backend: str, arrived: float, *, routing: Measurements,
-                 pending: Pending) -> None:
-        super().__init__(metrics, model, backend, arrived)
-        self.routing = routing
-        self.pending = pending
-        self.began = time.perf_counter()  # this attempt, after any candidate tried before it
-
-    def finished(self, result: Result, redelivered: str | None) -> None:
-        ttft = None if self.first is None else self.first - self.began
-        self.routing.observe_local(self.labels[0], self.pending, ttft_s=ttft, queue_s=result.queue_ms / 1000.0,
-                                   completion_tokens=result.completion_tokens,
-                                   generation_s=result.predicted_ms / 1000.0)
-        super().finished(result, redelivered)
-
-    def _end(self, result: Result | None = None) -> None:
-        self.routing.close(self.labels[0], self.pending)
-        super()._end(result)

@@ -25,7 +25,7 @@ from server.security import SecurityConfig, SecurityMiddleware, usage
 from server.security.api_keys import ApiKeys
 from server.security.rate_limits import WINDOW_S, RateLimiter
 from server.security.windows import KEY_SLACK_MS
-from server.serving.service import _Tracker
+from server.serving.tracking import Tracker
 from server.settings import Settings
 from tests.security.conftest import NamedKeys
 
@@ -176,7 +176,7 @@ def charged() -> Iterator[usage.TokenUsage]:
 
 
 def test_the_service_tracker_charges_finished_usage_once(charged: usage.TokenUsage) -> None:
-    track = _Tracker(Metrics(), "tiny", "local", 0.0)
+    track = Tracker(Metrics(), "tiny", "local", 0.0)
     result = Result(prompt_tokens=30)
     track.started(result)
     result.completion_tokens = 12
@@ -189,7 +189,7 @@ def test_the_service_tracker_charges_finished_usage_once(charged: usage.TokenUsa
 def test_the_tracker_charges_what_was_used_when_a_request_ends_early(charged: usage.TokenUsage, end: str) -> None:
     from server.errors import GenerationError
 
-    track = _Tracker(Metrics(), "tiny", "local", 0.0)
+    track = Tracker(Metrics(), "tiny", "local", 0.0)
     result = Result(prompt_tokens=30)
     track.started(result)
     result.completion_tokens = 7  # the deltas seen before the client left or the worker was lost
@@ -203,13 +203,13 @@ def test_the_tracker_charges_what_was_used_when_a_request_ends_early(charged: us
 def test_the_tracker_charges_nothing_for_a_request_refused_before_it_started(charged: usage.TokenUsage) -> None:
     from server.errors import ContextLengthError
 
-    _Tracker(Metrics(), "tiny", "local", 0.0).failed(ContextLengthError("too long"))
+    Tracker(Metrics(), "tiny", "local", 0.0).failed(ContextLengthError("too long"))
     assert charged.tokens == 0
 
 
 def test_without_a_token_limited_request_the_tracker_charges_nowhere() -> None:
     assert usage.current.get() is None
-    track = _Tracker(Metrics(), "tiny", "hosted", 0.0)
+    track = Tracker(Metrics(), "tiny", "hosted", 0.0)
     track.finished(Result(prompt_tokens=3, completion_tokens=4), None)
     usage.charge(10)  # a no-op outside a token-limited request
     assert usage.current.get() is None
