@@ -32,14 +32,15 @@ from typing import Any
 import redis
 from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
-from server.engine.batch_engine import BatchEngine, Finish, Output
+from server.engine.batch_engine import BatchEngine, Output
 from server.engine.embedder import Embedder
 from server.engine.tools import call_grammar, with_tools
 from server.errors import InvalidRequestError, SlmError
 from server.queue import keys, replies
+from server.queue.choices import Active, Choice, Waiting, admit_waiting, final_event, sequences
 from server.queue.holdings import Holdings
 from server.queue.intake import Intake, IntakeConfig, Taken
-from server.queue.messages import Job, SamplingParams
+from server.queue.messages import Job
 from server.queue.outbox import Outbox
 from server.queue.replies import Command
 from server.schema_limits import check_schema
@@ -68,39 +69,6 @@ class WorkerConfig:
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
 
-@dataclass
-class _Choice:
-    text: list[str] = field(default_factory=list)
-    logprobs: list[dict[str, Any]] = field(default_factory=list)
-    tokens: int = 0
-
-
-@dataclass(eq=False)
-class _Active:
-    """One request held by this worker: `n` sequences in the engine (`{job id}#{index}`)."""
-
-    job: Job
-    entry_id: str
-    attempt: int
-    remaining: set[int]
-    choices: dict[int, _Choice] = field(default_factory=dict)
-    last_flush: float = 0.0
-    first_sent: bool = False
-    prompt_tokens: int = 0
-    completion_tokens: int = 0
-    cached_tokens: int = 0
-    prompt_ms: float = 0.0
-    generation_ms: float = 0.0
-    finish_reason: str = "stop"
-    cancelled: bool = False
-    error: bool = False
-    running: int = 0  # its sequences in the engine now
-
-
-def _finish_reason(fin: Finish) -> str:
-    return "length" if fin.reason == "length" else "stop"
-
-
 def grammar_for(response_format: dict[str, Any]) -> str | None:
     """GBNF for an OpenAI `response_format`; InvalidRequestError for a schema that cannot be compiled."""
     kind = response_format.get("type")
@@ -123,9 +91,9 @@ class Worker:
         self.redis = client
         self.config = config
         self.stream = keys.request_stream(config.model)
-        self.active: dict[str, _Active] = {}
+        self.active: dict[str, Active] = {}
         self.embedder: Embedder | None = None
-        self.waiting: deque[tuple[str, list[int], SamplingParams]] = deque()
+        self.waiting: deque[Waiting] = deque()
         self.claimable = 0  # waiting choices that may take the next free slot (read by the intake thread)
         self.stopping = False  # set by a signal handler or the keep-alive thread: plain flag, no lock
         self.holdings = Holdings()
@@ -295,7 +263,7 @@ class Worker:
         self._admit_waiting()
         if not act.remaining:
             act.cancelled = True
-            self._finish(act, self._event(act, self._final_event(act)))
+            self._finish(act, self._event(act, final_event(act)))
 
     def _reply(self, commands: list[Command]) -> None:
         """While sequences are decoding, replies go to the outbox and the next step starts at once; when
@@ -308,12 +276,12 @@ class Worker:
         else:
             self.outbox.put(commands)
 
-    def _finish(self, act: _Active, answer: list[Command]) -> None:
+    def _finish(self, act: Active, answer: list[Command]) -> None:
         """Send the last event and the ack; the slot is free for the next request."""
         self._reply(answer + replies.ack(self.stream, act.entry_id))
         self._release(act)
 
-    def _release(self, act: _Active) -> None:
+    def _release(self, act: Active) -> None:
         self.active.pop(act.job.id, None)
         self.holdings.release(act.job.id)
         self.intake.room_freed()
@@ -344,10 +312,9 @@ class Worker:
                 tokens = self.engine.chat_tokens(messages)
             else:
                 tokens = self.engine.completion_tokens(job.prompt or "")
-            act = _Active(job=job, entry_id=entry_id, attempt=attempt, last_flush=time.monotonic(),
+            act = Active(job=job, entry_id=entry_id, attempt=attempt, last_flush=time.monotonic(),
                           remaining=set(range(job.n)))
-            seqs = [(f"{job.id}#{i}", params if params.seed is None or i == 0
-                     else params.model_copy(update={"seed": params.seed + i})) for i in range(job.n)]
+            seqs = sequences(job, params)
             first_id, first_params = seqs[0]
             self.engine.add(first_id, tokens, first_params)  # refuses what cannot fit, before anything starts
         except SlmError as exc:
@@ -386,66 +353,28 @@ class Worker:
         self._settle(job.id, entry_id, started + done)
 
     def _admit_waiting(self) -> None:
-        """Choices of `n > 1` requests wait here for a free slot. One request's choices hold at most
-        `parallel - 1` slots (the one slot when `parallel` is 1), so however large its `n`, a slot is
-        left for other requests: the intake counts only the choices under that cap (`claimable`)."""
-        cap = max(1, self.engine.parallel - 1)
-        kept: deque[tuple[str, list[int], SamplingParams]] = deque()
-        claimed: dict[str, int] = {}  # per request: choices that would take the next free slots
-        while self.waiting:
-            item = self.waiting.popleft()
-            job_id = item[0].rpartition("#")[0]
-            act = self.active.get(job_id)
-            running = (act.running if act is not None else 0) + claimed.get(job_id, 0)
-            if running < cap and self.engine.free_slots() > 0:
-                self.engine.add(*item)
-                if act is not None:
-                    act.running += 1
-                continue
-            kept.append(item)
-            if running < cap:
-                claimed[job_id] = claimed.get(job_id, 0) + 1
-        self.waiting = kept
-        self.claimable = sum(claimed.values())
+        self.waiting, self.claimable = admit_waiting(self.waiting, self.active, self.engine)
 
     def _emit(self, outputs: list[Output]) -> None:
         """Hand what a step produced to the outbox: every sequence's text at most every
         `FLUSH_INTERVAL_S` (the first token at once), a finished request's last event and its ack."""
         now = time.monotonic()
         commands: list[Command] = []
-        finished: list[_Active] = []
-        touched: dict[str, _Active] = {}
+        finished: list[Active] = []
+        touched: dict[str, Active] = {}
         for out in outputs:
             job_id, _, index_text = out.request_id.rpartition("#")
             act = self.active.get(job_id)
             if act is None:
                 continue
             index = int(index_text)
-            choice = act.choices.setdefault(index, _Choice())
-            if out.text:
-                choice.text.append(out.text)
-            if out.logprobs:
-                choice.logprobs.extend(out.logprobs)
-            choice.tokens += out.tokens
+            choice = act.add(index, out)
             touched[job_id] = act
             if out.finish is not None:
                 commands += self._flush_choice(act, index, choice)
-                fin = out.finish
-                act.remaining.discard(index)
-                act.running -= 1
-                act.completion_tokens += fin.completion_tokens
-                act.prompt_tokens = fin.prompt_tokens
-                act.cached_tokens = max(act.cached_tokens, fin.cached_tokens)
-                act.prompt_ms = max(act.prompt_ms, fin.prompt_ms)
-                act.generation_ms = max(act.generation_ms, fin.generation_ms)
-                act.cancelled = act.cancelled or fin.reason == "cancelled"
-                if fin.reason == "error":
-                    act.error = True
-                if act.job.n > 1 and fin.reason != "error":
-                    commands += self._event(act, {"type": "finish", "index": index,
-                                                  "finish_reason": _finish_reason(fin)})
-                else:
-                    act.finish_reason = _finish_reason(fin)
+                finish = act.finish_choice(index, out.finish)
+                if finish is not None:
+                    commands += self._event(act, finish)
                 if not act.remaining:
                     finished.append(act)
         for act in touched.values():
@@ -457,39 +386,18 @@ class Worker:
                 act.first_sent = True
                 act.last_flush = now
         for act in finished:
-            commands += self._event(act, self._final_event(act)) + replies.ack(self.stream, act.entry_id)
+            commands += self._event(act, final_event(act)) + replies.ack(self.stream, act.entry_id)
         self._reply(commands)
         for act in finished:
             self._release(act)
         self._admit_waiting()
 
-    def _flush_choice(self, act: _Active, index: int, choice: _Choice) -> list[Command]:
-        if not (choice.text or choice.tokens):
-            return []
-        event: dict[str, Any] = {"type": "delta", "index": index, "text": "".join(choice.text), "tokens": choice.tokens}
-        if choice.logprobs:
-            event["logprobs"] = choice.logprobs
-        choice.text = []
-        choice.logprobs = []
-        choice.tokens = 0
-        return self._event(act, event)
+    def _flush_choice(self, act: Active, index: int, choice: Choice) -> list[Command]:
+        event = choice.drain(index)
+        return [] if event is None else self._event(act, event)
 
     @staticmethod
-    def _final_event(act: _Active) -> dict[str, Any]:
-        if act.error:
-            return {"type": "error", "status": 500, "code": "generation_failed",
-                    "message": "The model failed while generating.", "error_type": "server_error"}
-        return {
-            "type": "done",
-            "finish_reason": act.finish_reason,
-            "cancelled": act.cancelled,
-            "usage": {"prompt_tokens": act.prompt_tokens, "completion_tokens": act.completion_tokens,
-                      "cached_tokens": act.cached_tokens},
-            "timings": {"prompt_ms": round(act.prompt_ms, 3), "predicted_ms": round(act.generation_ms, 3)},
-        }
-
-    @staticmethod
-    def _event(act: _Active, event: dict[str, Any]) -> list[Command]:
+    def _event(act: Active, event: dict[str, Any]) -> list[Command]:
         return replies.event(act.job.id, {**event, "attempt": act.attempt})
 
     def _fail(self, entry_id: str, job: Job, attempt: int, status: int, code: str | None, message: str,
