@@ -34,6 +34,7 @@ from server.protocol import (
     CompletionRequest,
 )
 from server.queue.client import QueueClient
+from server.queue.events import ChoiceFinished, Done, Event, Failed, Started, TextDelta
 from server.queue.messages import Job, SamplingParams
 from server.registry import LocalModel
 
@@ -41,11 +42,8 @@ Endpoint = Literal["chat", "completions"]
 
 
 
-def error_from_event(event: dict[str, Any]) -> SlmError:
-    status = int(event.get("status", 500))
-    message = str(event.get("message", "The request failed."))
-    code = event.get("code")
-    param = event.get("param")
+def error_from_event(event: Failed) -> SlmError:
+    status, message, code, param = event.status, event.message, event.code, event.param
     if code == "context_length_exceeded":
         return ContextLengthError(message, param=param or "messages")
     if status == 400:
@@ -70,14 +68,14 @@ class LocalGeneration:
         self.result = Result()
         self.redelivered: str | None = None
         self._batches = queue.event_batches(job.id)
-        self._buffer: deque[dict[str, Any]] = deque()
+        self._buffer: deque[Event] = deque()
         self._attempt = 0
         self._worker = ""  # the worker that started the current attempt
         self._handed_out = False
         self._finished = False
         self._last_event = time.monotonic()
 
-    async def _next_event(self) -> dict[str, Any]:
+    async def _next_event(self) -> Event:
         while True:
             try:
                 event = self._buffer.popleft() if self._buffer else await self._next_read()
@@ -97,7 +95,7 @@ class LocalGeneration:
                         continue
                     raise GenerationError("The worker stopped responding.", code="worker_lost")
                 continue
-            attempt = int(event.get("attempt", 1))
+            attempt = event.attempt
             if attempt < self._attempt:
                 continue
             self._last_event = now
@@ -109,14 +107,14 @@ class LocalGeneration:
                     )
                 self.redelivered = "before_first_token"
                 self.result = Result()
-            if event["type"] == "started":
+            if isinstance(event, Started):
                 self._attempt = attempt
-                self._worker = str(event.get("worker", ""))
+                self._worker = event.worker
                 self.result.queue_ms = (time.time() - self.job.enqueued_at) * 1000.0
-                self.result.prompt_tokens = int(event.get("prompt_tokens", 0))
+                self.result.prompt_tokens = event.prompt_tokens
             return event
 
-    async def _next_read(self) -> dict[str, Any] | None:
+    async def _next_read(self) -> Event | None:
         batch = await anext(self._batches)
         if not batch:
             return None
@@ -140,41 +138,38 @@ class LocalGeneration:
     async def start(self) -> None:
         """Wait until a worker has started the request; raise its refusal if it refused."""
         event = await self._next_event()
-        if event["type"] == "error":
+        if isinstance(event, Failed):
             self._finished = True
             raise error_from_event(event)
-        if event["type"] != "started":
+        if not isinstance(event, Started):
             raise GenerationError("The worker answered out of order.")
 
     async def deltas(self) -> AsyncIterator[str | Delta]:
         while True:
             event = await self._next_event()
-            kind = event["type"]
-            if kind == "started":
+            if isinstance(event, Started):
                 continue
-            if kind == "delta":
-                text = str(event.get("text", ""))
-                self.result.completion_tokens += int(event.get("tokens", 0))
-                self._handed_out = self._handed_out or bool(text)
-                yield Delta(int(event.get("index", 0)), text, event.get("logprobs"))
-            elif kind == "finish":
-                reason = str(event.get("finish_reason", "stop"))
-                self.result.finish_reasons[int(event["index"])] = reason
-                yield Delta(int(event["index"]), "", None, reason)
-            elif kind == "done":
+            if isinstance(event, TextDelta):
+                self.result.completion_tokens += event.tokens
+                self._handed_out = self._handed_out or bool(event.text)
+                yield Delta(event.index, event.text, event.logprobs)
+            elif isinstance(event, ChoiceFinished):
+                self.result.finish_reasons[event.index] = event.finish_reason
+                yield Delta(event.index, "", None, event.finish_reason)
+            elif isinstance(event, Done):
                 self._finished = True
-                usage = event.get("usage", {})
-                timings = event.get("timings", {})
-                self.result.finish_reason = str(event.get("finish_reason", "stop"))
+                usage = event.usage or {}
+                timings = event.timings or {}
+                self.result.finish_reason = event.finish_reason
                 self.result.prompt_tokens = int(usage.get("prompt_tokens", self.result.prompt_tokens))
                 self.result.completion_tokens = int(usage.get("completion_tokens", 0))
                 self.result.prompt_ms = float(timings.get("prompt_ms", 0.0))
                 self.result.predicted_ms = float(timings.get("predicted_ms", 0.0))
                 self.result.extra["cached_tokens"] = int(usage.get("cached_tokens", 0))
-                if "embeddings" in event:
-                    self.result.extra["embeddings"] = event["embeddings"]
+                if event.embeddings is not None:
+                    self.result.extra["embeddings"] = event.embeddings
                 return
-            elif kind == "error":
+            elif isinstance(event, Failed):
                 self._finished = True
                 raise error_from_event(event)
 

@@ -13,6 +13,7 @@ from typing import Any
 
 from server.engine.batch_engine import BatchEngine, Finish, Output
 from server.engine.params import SamplingParams
+from server.queue.events import ChoiceFinished, Done, Failed, TextDelta
 from server.queue.messages import Job
 
 Waiting = tuple[str, list[int], SamplingParams]  # a choice's sequence id, prompt tokens and parameters
@@ -24,13 +25,11 @@ class Choice:
     logprobs: list[dict[str, Any]] = field(default_factory=list)
     tokens: int = 0
 
-    def drain(self, index: int) -> dict[str, Any] | None:
+    def drain(self, index: int, attempt: int) -> TextDelta | None:
         """The `delta` event for what gathered since the last one (None: nothing did), emptied."""
         if not (self.text or self.tokens):
             return None
-        event: dict[str, Any] = {"type": "delta", "index": index, "text": "".join(self.text), "tokens": self.tokens}
-        if self.logprobs:
-            event["logprobs"] = self.logprobs
+        event = TextDelta(attempt, index, "".join(self.text), self.tokens, self.logprobs or None)
         self.text = []
         self.logprobs = []
         self.tokens = 0
@@ -68,7 +67,7 @@ class Active:
         choice.tokens += out.tokens
         return choice
 
-    def finish_choice(self, index: int, fin: Finish) -> dict[str, Any] | None:
+    def finish_choice(self, index: int, fin: Finish) -> ChoiceFinished | None:
         """Fold choice `index`'s finish into the request; the `finish` event to send when `n` > 1."""
         self.remaining.discard(index)
         self.running -= 1
@@ -81,7 +80,7 @@ class Active:
         if fin.reason == "error":
             self.error = True
         if self.job.n > 1 and fin.reason != "error":
-            return {"type": "finish", "index": index, "finish_reason": finish_reason(fin)}
+            return ChoiceFinished(self.attempt, index, finish_reason(fin))
         self.finish_reason = finish_reason(fin)
         return None
 
@@ -96,18 +95,14 @@ def sequences(job: Job, params: SamplingParams) -> list[tuple[str, SamplingParam
              else params.model_copy(update={"seed": params.seed + i})) for i in range(job.n)]
 
 
-def final_event(act: Active) -> dict[str, Any]:
+def final_event(act: Active) -> Done | Failed:
     if act.error:
-        return {"type": "error", "status": 500, "code": "generation_failed",
-                "message": "The model failed while generating.", "error_type": "server_error"}
-    return {
-        "type": "done",
-        "finish_reason": act.finish_reason,
-        "cancelled": act.cancelled,
-        "usage": {"prompt_tokens": act.prompt_tokens, "completion_tokens": act.completion_tokens,
-                  "cached_tokens": act.cached_tokens},
-        "timings": {"prompt_ms": round(act.prompt_ms, 3), "predicted_ms": round(act.generation_ms, 3)},
-    }
+        return Failed(act.attempt, 500, "generation_failed", "The model failed while generating.",
+                      error_type="server_error")
+    return Done(act.attempt, act.finish_reason, cancelled=act.cancelled,
+                usage={"prompt_tokens": act.prompt_tokens, "completion_tokens": act.completion_tokens,
+                       "cached_tokens": act.cached_tokens},
+                timings={"prompt_ms": round(act.prompt_ms, 3), "predicted_ms": round(act.generation_ms, 3)})
 
 
 def admit_waiting(waiting: deque[Waiting], active: dict[str, Active],

@@ -18,6 +18,7 @@ from redis.exceptions import ConnectionError, RedisError, ResponseError, Timeout
 
 from server.errors import OverloadedError, ServiceUnavailableError
 from server.queue import keys
+from server.queue.events import Event, from_wire
 from server.queue.messages import Job, decode_event
 
 # KEYS[1] = request stream; ARGV = max backlog, field, payload. Returns the entry id or false.
@@ -106,7 +107,7 @@ class QueueClient:
                 retry_after=RETRY_AFTER_S,
             )
 
-    async def event_batches(self, request_id: str) -> AsyncGenerator[list[dict[str, Any]] | None, None]:
+    async def event_batches(self, request_id: str) -> AsyncGenerator[list[Event] | None, None]:
         """Yield the request's events as they come, what each read returned together; `None` after
         each silent read (a tick)."""
         stream = keys.response_stream(request_id)
@@ -116,11 +117,11 @@ class QueueClient:
             if not reply:
                 yield None
                 continue
-            batch = []
+            batch: list[Event] = []
             for _name, entries in reply:
                 for entry_id, fields in entries:
                     last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                    batch.append(decode_event(fields))
+                    batch.append(from_wire(decode_event(fields)))
             yield batch
 
     async def cancel(self, request_id: str) -> None:

@@ -1,4 +1,5 @@
-"""The JSON messages on the queue: a job (gateway -> worker) and its events (worker -> gateway)."""
+"""The JSON messages on the queue: a job (gateway -> worker) and the envelope of its events (worker ->
+gateway; the events themselves are typed in `server.queue.events`)."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.engine.params import SamplingParams
 
-__all__ = ["EVENT_FIELD", "JOB_FIELD", "EventType", "Job", "SamplingParams", "decode_event", "encode_event"]
+__all__ = ["EVENT_FIELD", "JOB_FIELD", "Job", "SamplingParams", "decode_event", "encode_event"]
 
 JOB_FIELD = "job"
 EVENT_FIELD = "e"
@@ -42,9 +43,6 @@ class Job(BaseModel):
         if raw is None:
             raise ValueError("queue entry has no job field")
         return cls.model_validate_json(raw)
-
-
-EventType = Literal["started", "delta", "done", "error"]
 
 
 def encode_event(event: dict[str, Any]) -> dict[Any, Any]:

@@ -12,6 +12,7 @@ from typing import Any
 import redis
 
 from server.queue import keys
+from server.queue.events import Event, Failed, to_wire
 from server.queue.messages import encode_event
 
 RESPONSE_TTL_S = 600
@@ -19,16 +20,20 @@ RESPONSE_TTL_S = 600
 Command = tuple[str, tuple[Any, ...]]  # a redis-py pipeline method and its arguments
 
 
-def event(request_id: str, fields: dict[str, Any]) -> list[Command]:
+def event(request_id: str, event: Event) -> list[Command]:
     """Append one event to the request's response stream (which expires if nobody reads it)."""
+    return event_fields(request_id, to_wire(event))
+
+
+def event_fields(request_id: str, fields: dict[str, Any]) -> list[Command]:
+    """`event` for an event already in its wire form (tests write partial ones)."""
     resp = keys.response_stream(request_id)
     return [("xadd", (resp, encode_event(fields))), ("expire", (resp, RESPONSE_TTL_S))]
 
 
 def error(request_id: str, attempt: int, status: int, code: str | None, message: str, *,
           param: str | None = None, error_type: str = "service_unavailable") -> list[Command]:
-    return event(request_id, {"type": "error", "attempt": attempt, "status": status, "code": code,
-                              "message": message, "param": param, "error_type": error_type})
+    return event(request_id, Failed(attempt, status, code, message, param, error_type))
 
 
 def ack(stream: str, entry_id: str) -> list[Command]:

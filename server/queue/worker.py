@@ -38,6 +38,7 @@ from server.engine.tools import call_grammar, with_tools
 from server.errors import InvalidRequestError, SlmError
 from server.queue import keys, replies
 from server.queue.choices import Active, Choice, Waiting, admit_waiting, final_event, sequences
+from server.queue.events import Done, Event, Started
 from server.queue.holdings import Holdings
 from server.queue.intake import Intake, IntakeConfig, Taken
 from server.queue.messages import Job
@@ -325,8 +326,7 @@ class Worker:
         self.active[job.id] = act
         self.waiting.extend((seq_id, tokens, p) for seq_id, p in seqs[1:])
         self._admit_waiting()
-        self.outbox.put(replies.event(job.id, {"type": "started", "attempt": attempt,
-                                               "worker": self.config.worker_id, "prompt_tokens": len(tokens)}))
+        self.outbox.put(replies.event(job.id, Started(attempt, self.config.worker_id, len(tokens))))
 
     def _embed(self, entry_id: str, job: Job, attempt: int) -> None:
         """Embeddings are computed at once, between decode steps (small models embed in milliseconds)."""
@@ -345,11 +345,9 @@ class Worker:
             self._fail(entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
                        error_type=exc.type)
             return
-        started = replies.event(job.id, {"type": "started", "attempt": attempt, "worker": self.config.worker_id,
-                                         "prompt_tokens": used})
-        done = replies.event(job.id, {"type": "done", "attempt": attempt, "finish_reason": "stop",
-                                      "embeddings": vectors, "timings": {},
-                                      "usage": {"prompt_tokens": used, "completion_tokens": 0}})
+        started = replies.event(job.id, Started(attempt, self.config.worker_id, used))
+        done = replies.event(job.id, Done(attempt, "stop", usage={"prompt_tokens": used, "completion_tokens": 0},
+                                          timings={}, embeddings=vectors))
         self._settle(job.id, entry_id, started + done)
 
     def _admit_waiting(self) -> None:
@@ -393,12 +391,12 @@ class Worker:
         self._admit_waiting()
 
     def _flush_choice(self, act: Active, index: int, choice: Choice) -> list[Command]:
-        event = choice.drain(index)
+        event = choice.drain(index, act.attempt)
         return [] if event is None else self._event(act, event)
 
     @staticmethod
-    def _event(act: Active, event: dict[str, Any]) -> list[Command]:
-        return replies.event(act.job.id, {**event, "attempt": act.attempt})
+    def _event(act: Active, event: Event) -> list[Command]:
+        return replies.event(act.job.id, event)
 
     def _fail(self, entry_id: str, job: Job, attempt: int, status: int, code: str | None, message: str,
               *, param: str | None = None, error_type: str = "service_unavailable") -> None:

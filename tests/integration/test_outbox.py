@@ -23,7 +23,7 @@ def test_writes_arrive_in_order_and_all_of_them(redis_url: str) -> None:
     request_id = uuid.uuid4().hex
     try:
         for i in range(500):
-            outbox.put(replies.event(request_id, {"type": "delta", "text": str(i)}))
+            outbox.put(replies.event_fields(request_id, {"type": "delta", "text": str(i)}))
         assert outbox.flush(30)
         assert outbox.error is None
     finally:
@@ -41,19 +41,19 @@ def test_a_failed_write_is_kept_until_reset_and_drops_what_follows() -> None:
     outbox.start()
     try:
         request_id = uuid.uuid4().hex
-        outbox.put(replies.event(request_id, {"type": "started"}))
+        outbox.put(replies.event_fields(request_id, {"type": "started"}))
         assert outbox.flush(10) and outbox.error is None
         server.stop()
-        outbox.put(replies.event(request_id, {"type": "delta", "text": "lost"}))
+        outbox.put(replies.event_fields(request_id, {"type": "delta", "text": "lost"}))
         assert outbox.flush(10)
         assert isinstance(outbox.error, redis.ConnectionError)
-        outbox.put(replies.event(request_id, {"type": "delta", "text": "dropped"}))  # refused while failed
+        outbox.put(replies.event_fields(request_id, {"type": "delta", "text": "dropped"}))  # refused while failed
         assert outbox.flush(10)
         outbox.reset()
         assert outbox.error is None
         server = EmbeddedRedis(port=server.port)
         server.start()
-        outbox.put(replies.event(request_id, {"type": "done"}))
+        outbox.put(replies.event_fields(request_id, {"type": "done"}))
         assert outbox.flush(10) and outbox.error is None
         events = [decode_event(fields)["type"] for _, fields in client.xrange(keys.response_stream(request_id))]
         assert events == ["done"]  # the restarted Redis is empty; nothing queued while failed came back

@@ -67,8 +67,8 @@ def test_one_batch_of_replies_wakes_a_blocked_reader_once_with_every_event(clien
     thread.start()
     wait_until(lambda: int(client.info("clients")["blocked_clients"]) >= 1, timeout_s=10,
                what="the reader to block on the response stream")
-    replies.send(client, replies.event(request_id, {"type": "delta", "text": "Hi", "tokens": 1, "attempt": 1})
-                 + replies.event(request_id, {"type": "done", "finish_reason": "length", "attempt": 1}))
+    replies.send(client, replies.event_fields(request_id, {"type": "delta", "text": "Hi", "tokens": 1, "attempt": 1})
+                 + replies.event_fields(request_id, {"type": "done", "finish_reason": "length", "attempt": 1}))
     thread.join(10)
     ((_name, entries),) = got[0]
     assert [decode_event(fields)["type"] for _, fields in entries] == ["delta", "done"]
@@ -83,9 +83,9 @@ async def test_the_gateway_knows_when_more_of_the_answer_is_already_in_hand(
     gen = LocalGeneration(queue, j, stall_timeout_s=5, lease_s=5)
     await gen.start()
     assert not gen.buffered()
-    replies.send(client, replies.event(j.id, {"type": "delta", "text": "a", "tokens": 1, "attempt": 1})
-                 + replies.event(j.id, {"type": "delta", "text": "b", "tokens": 1, "attempt": 1})
-                 + replies.event(j.id, {"type": "done", "finish_reason": "length", "attempt": 1,
+    replies.send(client, replies.event_fields(j.id, {"type": "delta", "text": "a", "tokens": 1, "attempt": 1})
+                 + replies.event_fields(j.id, {"type": "delta", "text": "b", "tokens": 1, "attempt": 1})
+                 + replies.event_fields(j.id, {"type": "done", "finish_reason": "length", "attempt": 1,
                                         "usage": {"prompt_tokens": 3, "completion_tokens": 2}}))
     seen: list[tuple[str, bool]] = []
     async for item in gen.deltas():
