@@ -31,7 +31,7 @@ from server.engine.batch_engine import BatchEngine
 from server.engine.llama_model import LlamaModel, ModelOptions
 from server.queue import keys
 from server.queue.messages import Job, SamplingParams, decode_event
-from server.queue.worker import Worker, WorkerConfig
+from server.worker.worker import Worker, WorkerConfig
 
 WARMUP = 3
 MODEL = "hop"

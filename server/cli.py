@@ -109,7 +109,7 @@ def main(argv: list[str] | None = None) -> int:
         if not settings.redis_url:
             log.error("the worker needs SLM_REDIS_URL")
             return 2
-        from server.worker_process import run_worker
+        from server.worker.process import run_worker
 
         return run_worker(settings, args.model)
     loaded = _load(settings)

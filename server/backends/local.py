@@ -1,5 +1,5 @@
 """The gateway half of a local model: a request becomes a job on the model's queue, which one of its
-workers decodes (`server/queue/worker.py`); its events become a `Generation`.
+workers decodes (`server/worker/worker.py`); its events become a `Generation`.
 
 `LocalGeneration` follows a queued job's events: it waits for a worker to start it (queue timeout
 -> 503), hides a redelivery that happens before any text was handed out, and turns a redelivery

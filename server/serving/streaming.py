@@ -24,7 +24,7 @@ from server.serving.tracking import Tracker
 
 log = logging.getLogger("slm.serving")
 
-DISCONNECT_POLL_S = 0.5  # how often a queued request's client is checked (`server.queue.intake` relies on it)
+DISCONNECT_POLL_S = 0.5  # how often a queued request's client is checked (`server.worker.intake` relies on it)
 
 IsDisconnected = Callable[[], Coroutine[Any, Any, bool]]
 

@@ -11,7 +11,7 @@ import redis
 from server.embedded_redis import EmbeddedRedis
 from server.queue import keys, replies
 from server.queue.messages import decode_event
-from server.queue.outbox import Outbox
+from server.worker.outbox import Outbox
 
 pytestmark = pytest.mark.integration
 

@@ -19,9 +19,9 @@ from server.backends.local import LocalGeneration
 from server.embedded_redis import EmbeddedRedis
 from server.queue import keys, replies
 from server.queue.client import QueueClient
-from server.queue.holdings import Holdings
-from server.queue.intake import UNCANCELLED_AGE_S, Intake, IntakeConfig
 from server.queue.messages import Job, SamplingParams, decode_event, encode_event
+from server.worker.holdings import Holdings
+from server.worker.intake import UNCANCELLED_AGE_S, Intake, IntakeConfig
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration

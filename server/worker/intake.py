@@ -34,8 +34,8 @@ from typing import Any
 import redis
 
 from server.queue import keys, replies
-from server.queue.holdings import Holdings
 from server.queue.messages import Job, decode_event
+from server.worker.holdings import Holdings
 
 log = logging.getLogger("slm.worker")
 

@@ -6,8 +6,8 @@ Four threads, so that the one that decodes never waits on Redis:
                 decode step after another and hands the tokens to the outbox (every sequence's text
                 at most every `FLUSH_INTERVAL_S`, the first token at once)
     intake      takes requests off the model's stream for the free slots and reclaims those of dead
-                workers (`server/queue/intake.py`)
-    outbox      sends what the decode thread queued, in order, coalesced (`server/queue/outbox.py`)
+                workers (`server/worker/intake.py`)
+    outbox      sends what the decode thread queued, in order, coalesced (`server/worker/outbox.py`)
     keep-alive  checks the cancel flags of held requests every `CANCEL_CHECK_INTERVAL_S`, beats the
                 heartbeat and renews the leases of everything held
 
@@ -37,15 +37,15 @@ from server.engine.embedder import Embedder
 from server.engine.tools import call_grammar, with_tools
 from server.errors import InvalidRequestError, SlmError
 from server.queue import keys, replies
-from server.queue.choices import Active, Choice, Waiting, admit_waiting, final_event, sequences
 from server.queue.events import Done, Event, Started
-from server.queue.holdings import Holdings
-from server.queue.intake import Intake, IntakeConfig, Taken
 from server.queue.messages import Job
-from server.queue.outbox import Outbox
 from server.queue.replies import Command
 from server.schema_limits import check_schema
 from server.tool_format import CALL_OPEN
+from server.worker.choices import Active, Choice, Waiting, admit_waiting, final_event, sequences
+from server.worker.holdings import Holdings
+from server.worker.intake import Intake, IntakeConfig, Taken
+from server.worker.outbox import Outbox
 
 log = logging.getLogger("slm.worker")
 

@@ -24,10 +24,10 @@ from server.engine.batch_engine import BatchEngine
 from server.engine.embedder import Embedder
 from server.engine.llama_model import LlamaModel, ModelOptions
 from server.errors import RegistryError
-from server.queue.worker import Worker, WorkerConfig
 from server.registry import LocalModel, load_registry, resolve_gguf
 from server.reload import file_digest
 from server.settings import Settings
+from server.worker.worker import Worker, WorkerConfig
 
 log = logging.getLogger("slm.worker")
 
