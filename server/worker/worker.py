@@ -16,7 +16,6 @@ llama.cpp releases the GIL while it computes, so Redis round trips overlap the d
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 import queue
@@ -27,22 +26,18 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from typing import Any
 
 import redis
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
 
 from server.engine.batch_engine import BatchEngine, Output
 from server.engine.embedder import Embedder
-from server.engine.tools import call_grammar, with_tools
-from server.errors import InvalidRequestError, SlmError
+from server.errors import SlmError
 from server.queue import keys, replies
 from server.queue.events import Done, Event, Started
 from server.queue.messages import Job
 from server.queue.replies import Command
-from server.schema_limits import check_schema
-from server.tool_format import CALL_OPEN
 from server.worker.choices import Active, Choice, Waiting, admit_waiting, final_event, sequences
+from server.worker.grammar import constrained
 from server.worker.holdings import Holdings
 from server.worker.intake import Intake, IntakeConfig, Taken
 from server.worker.outbox import Outbox
@@ -68,22 +63,6 @@ class WorkerConfig:
     dlq_ttl_s: int = 7 * 24 * 3600
     crash_marker: str = ""  # tests only (SLM_TEST_CRASH_MARKER): a prompt holding it aborts the process
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
-
-
-def grammar_for(response_format: dict[str, Any]) -> str | None:
-    """GBNF for an OpenAI `response_format`; InvalidRequestError for a schema that cannot be compiled."""
-    kind = response_format.get("type")
-    if kind == "text":
-        return None
-    if kind == "json_object":
-        return JSON_GBNF
-    spec = response_format.get("json_schema") or {}
-    schema = spec.get("schema", {"type": "object"})
-    check_schema(schema, "response_format.json_schema.schema")  # the gateway checked; a guard for any other
-    try:
-        return str(json_schema_to_gbnf(json.dumps(schema)))
-    except Exception as exc:
-        raise InvalidRequestError(f"The JSON schema cannot be enforced: {exc}", param="response_format") from None
 
 
 class Worker:
@@ -300,15 +279,7 @@ class Worker:
             self._embed(entry_id, job, attempt)
             return
         try:
-            params = job.params
-            messages = job.messages or []
-            if job.tools and job.tool_choice is not None:
-                messages = with_tools(messages, job.tools, job.tool_choice)
-                grammar = call_grammar(job.tools, job.tool_choice, parallel=job.parallel_tool_calls)
-                trigger = CALL_OPEN if job.tool_choice == "auto" else None
-                params = params.model_copy(update={"grammar": grammar, "grammar_trigger": trigger})
-            elif job.response_format is not None:
-                params = params.model_copy(update={"grammar": grammar_for(job.response_format)})
+            messages, params = constrained(job)
             if job.kind == "chat":
                 tokens = self.engine.chat_tokens(messages)
             else:
