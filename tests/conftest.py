@@ -207,7 +207,7 @@ def running_live_server(tmp: Path, extra_entries: str = "") -> Iterator[LiveServ
     """`slm-server serve` with SmolLM2 and Gemma 3 270M, embedded Redis, and two hosted entries (one
     on a fake OpenAI-compatible upstream on 127.0.0.1, one on a closed port); `extra_entries` (YAML
     under `models:`) may name that closed port as `{dead_port}`."""
-    from tests.hosted.fake_upstream import FakeUpstream
+    from tests.backends.fake_upstream import FakeUpstream
 
     with FakeUpstream() as upstream:
         dead_port = free_port()

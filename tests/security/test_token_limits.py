@@ -20,9 +20,9 @@ from server.queue import keys as redis_keys
 from server.registry import parse_registry
 from server.security.rate_limits import WINDOW_S
 from server.settings import Settings
+from tests.backends.fake_upstream import FakeUpstream
 from tests.conftest import SMOLLM2, wait_until
 from tests.gateway_thread import running_gateway
-from tests.hosted.fake_upstream import FakeUpstream
 from tests.security.conftest import TPM, NamedKeys, SecureServer
 from tests.security.test_leaks import redis_dump
 

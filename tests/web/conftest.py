@@ -165,7 +165,7 @@ def screenshot(page: Page, name: str) -> Path:
 
 # ---- a second server, with API keys -------------------------------------------------------------
 # Hosted models only: no GGUF to load, so it is ready in a couple of seconds. Its one model answers
-# from the fake OpenAI-compatible upstream of tests/hosted, on 127.0.0.1.
+# from the fake OpenAI-compatible upstream of tests/backends, on 127.0.0.1.
 KEYED_REGISTRY = """
 models:
   keyed-hosted:
@@ -189,7 +189,7 @@ class KeyedServer:
 
 @pytest.fixture(scope="package")
 def keyed_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[KeyedServer]:
-    from tests.hosted.fake_upstream import FakeUpstream
+    from tests.backends.fake_upstream import FakeUpstream
 
     tmp = tmp_path_factory.mktemp("web-keyed")
     key = "sk-web-" + os.urandom(12).hex()

@@ -12,9 +12,9 @@ from server.backends.hosted import HostedParams
 from server.backends.upstream import close_hosted_clients, load_litellm
 from server.registry import parse_registry
 from server.settings import Settings
+from tests.backends.conftest import CANARY_KEY, KEY_ENV, MakeBackend
+from tests.backends.fake_upstream import FakeUpstream
 from tests.gateway_thread import running_gateway
-from tests.hosted.conftest import CANARY_KEY, KEY_ENV, MakeBackend
-from tests.hosted.fake_upstream import FakeUpstream
 
 HI = [{"role": "user", "content": "hi"}]
 

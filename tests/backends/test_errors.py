@@ -24,9 +24,9 @@ from server.errors import (
 )
 from server.registry import parse_registry
 from server.settings import Settings
+from tests.backends.conftest import CANARY_KEY, KEY_ENV, MakeBackend
+from tests.backends.fake_upstream import FakeUpstream, Reply
 from tests.gateway_thread import running_gateway
-from tests.hosted.conftest import CANARY_KEY, KEY_ENV, MakeBackend
-from tests.hosted.fake_upstream import FakeUpstream, Reply
 
 
 async def failure_of(backend: HostedBackend, endpoint: str = "chat") -> SlmError:

@@ -26,10 +26,10 @@ from server.errors import (
 )
 from server.registry import parse_registry
 from server.settings import Settings
+from tests.backends.conftest import CANARY_KEY, KEY_ENV, MakeBackend, until
+from tests.backends.fake_upstream import FakeUpstream, Reply
 from tests.conftest import wait_until
 from tests.gateway_thread import running_gateway
-from tests.hosted.conftest import CANARY_KEY, KEY_ENV, MakeBackend, until
-from tests.hosted.fake_upstream import FakeUpstream, Reply
 from tests.prometheus_text import scrape
 
 HI = [{"role": "user", "content": "hi"}]

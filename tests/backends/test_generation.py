@@ -11,8 +11,8 @@ from server.backends.base import Generation
 from server.backends.hosted import HostedBackend, HostedBackends, HostedGeneration, HostedParams
 from server.errors import OverloadedError, SlmError, UpstreamError
 from server.protocol import ChatCompletionRequest, CompletionRequest
-from tests.hosted.conftest import CANARY_KEY, MakeBackend, until
-from tests.hosted.fake_upstream import FakeUpstream, Reply
+from tests.backends.conftest import CANARY_KEY, MakeBackend, until
+from tests.backends.fake_upstream import FakeUpstream, Reply
 
 MESSAGES = [{"role": "user", "content": "Say hello."}]
 

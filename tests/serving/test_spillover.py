@@ -11,10 +11,10 @@ import httpx
 import openai
 import pytest
 
+from tests.backends.fake_upstream import FakeUpstream
 from tests.conftest import GEMMA3, SMOLLM2, LiveServer
-from tests.hosted.fake_upstream import FakeUpstream
 from tests.openapi import assert_valid
-from tests.routing.gateways import FAKE_TEXT, HOLD_TOKENS, NO_EOS, Gateway, gateway_on, held, post
+from tests.serving.gateways import FAKE_TEXT, HOLD_TOKENS, NO_EOS, Gateway, gateway_on, held, post
 
 pytestmark = pytest.mark.integration
 

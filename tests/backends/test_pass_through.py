@@ -20,9 +20,9 @@ import pytest
 
 from server.registry import parse_registry
 from server.settings import Settings
+from tests.backends.conftest import CANARY_KEY, KEY_ENV
+from tests.backends.fake_upstream import FakeUpstream, Reply
 from tests.gateway_thread import running_gateway
-from tests.hosted.conftest import CANARY_KEY, KEY_ENV
-from tests.hosted.fake_upstream import FakeUpstream, Reply
 from tests.openapi import assert_valid
 
 WEATHER: Any = {"type": "function", "function": {

@@ -10,10 +10,10 @@ import openai
 import pytest
 
 from server.backends.health import HealthPolicy
+from tests.backends.fake_upstream import FakeUpstream, Reply
 from tests.conftest import SMOLLM2, LiveServer
-from tests.hosted.fake_upstream import FakeUpstream, Reply
 from tests.openapi import assert_valid
-from tests.routing.gateways import FAKE_TEXT, Gateway, gateway_on, held, post
+from tests.serving.gateways import FAKE_TEXT, Gateway, gateway_on, held, post
 
 pytestmark = pytest.mark.integration
 
@@ -49,7 +49,7 @@ HI = [{"role": "user", "content": "Name a colour."}]
 
 @pytest.fixture(scope="module")
 def gateway(live_server: LiveServer) -> Iterator[Gateway]:
-    # `flaky` fails in one test after another here: its circuit must not open (tests/hosted/test_upstream_health.py)
+    # `flaky` fails in one test after another here: its circuit must not open (tests/backends/test_upstream_health.py)
     never_open = HealthPolicy(failures_to_open=1_000)
     with FakeUpstream() as upstream, gateway_on(live_server, REGISTRY, upstream, upstream_health=never_open) as gw:
         yield gw

@@ -23,9 +23,9 @@ from server.backends.health import HealthPolicy
 from server.queue import keys
 from server.registry import parse_registry
 from server.settings import Settings
+from tests.backends.fake_upstream import FakeUpstream
 from tests.conftest import LiveServer, wait_until
 from tests.gateway_thread import running_gateway
-from tests.hosted.fake_upstream import FakeUpstream
 
 KEY_ENV = "ROUTING_TEST_UPSTREAM_KEY"  # not SLM_*: the autouse fixture clears those for every test
 FAKE_TEXT = "Hello from the fake upstream"

@@ -14,7 +14,7 @@ from server.backends.hosted import HostedBackend
 from server.backends.upstream import close_hosted_clients
 from server.metrics import Metrics
 from server.registry import HostedModel
-from tests.hosted.fake_upstream import FakeUpstream
+from tests.backends.fake_upstream import FakeUpstream
 
 # litellm must never fetch anything while tests run (its import otherwise reads a cost map from GitHub)
 os.environ.setdefault("LITELLM_LOCAL_MODEL_COST_MAP", "True")
