@@ -21,7 +21,7 @@ import re
 from json import JSONDecoder
 from typing import Any
 
-from server.errors import InvalidRequestError
+from server.errors import InvalidRequestError, SchemaLimitError
 
 # 64 containers = 32 schema levels through `properties`: far more than OpenAI's structured outputs
 # allow (10 levels), and far from where the recursive consumers fail (about 190 levels for
@@ -156,9 +156,9 @@ def check_decodable(text: str) -> None:
 
 def _refuse_depth(path: Path) -> None:
     param, is_schema = _param(path)
-    if is_schema:
-        raise InvalidRequestError(f"Invalid value for '{param}': the schema is nested more than "
-                                  f"{MAX_SCHEMA_DEPTH} levels deep.", param=param)
+    if is_schema:  # what `server.schema_limits` says of a schema too deep for the grammar, found sooner
+        raise SchemaLimitError(f"Invalid value for '{param}': the schema is nested more than "
+                               f"{MAX_SCHEMA_DEPTH} levels deep.", param=param)
     raise InvalidRequestError(f"Invalid value for '{param}': a request body may nest at most "
                               f"{MAX_BODY_DEPTH} levels.", param=param)
 

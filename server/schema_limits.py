@@ -111,13 +111,13 @@ def _children(node: dict[str, Any], path: str, depth: int) -> list[tuple[Any, st
     for key in _SCHEMA_LISTS:
         value = node.get(key)
         if isinstance(value, list):
-            out += [(child, f"{path}.{key}[{i}]", depth) for i, child in enumerate(value)]
+            out += [(child, f"{path}.{key}.{i}", depth) for i, child in enumerate(value)]
     for key in _SCHEMA_ONE:
         value = node.get(key)
         if isinstance(value, dict):
             out.append((value, f"{path}.{key}", depth))
         elif isinstance(value, list):
-            out += [(child, f"{path}.{key}[{i}]", depth) for i, child in enumerate(value)]
+            out += [(child, f"{path}.{key}.{i}", depth) for i, child in enumerate(value)]
     return out
 
 
@@ -244,4 +244,4 @@ def check_request(data: Any) -> None:
         for i, tool in enumerate(tools):
             function = tool.get("function") if isinstance(tool, dict) else None
             if isinstance(function, dict):
-                check_schema(function.get("parameters"), f"tools[{i}].function.parameters", budget)
+                check_schema(function.get("parameters"), f"tools.{i}.function.parameters", budget)

@@ -29,7 +29,7 @@ models:
     parallel: 2
 """
 RF = "response_format.json_schema.schema"
-TOOL = "tools[0].function.parameters"
+TOOL = "tools.0.function.parameters"
 
 
 def nested(depth: int) -> dict[str, Any]:

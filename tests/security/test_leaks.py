@@ -57,8 +57,10 @@ def test_a_prompt_canary_and_the_keys_leave_no_trace(secure: SecureServer) -> No
                                                                 {"role": "user", "content": ask}],
                                   "max_tokens": 8, "stream": True}),
         ("/v1/completions", {"model": "tiny", "prompt": ask, "max_tokens": 8}),
-        # refused by the worker (longer than the context): the prompt must not end up in the error either
-        ("/v1/completions", {"model": "tiny", "prompt": (canary + " ") * 200, "max_tokens": 8}),
+        # refused by the worker (longer than the context): the prompt must not end up in the error either.
+        # 20 canaries are ~700 tokens (its hex digits are a token each), past the 512 of the context, while
+        # the gateway's estimate (4 characters a token) stays under the key's TPM reservation.
+        ("/v1/completions", {"model": "tiny", "prompt": (canary + " ") * 20, "max_tokens": 8}),
     ]
     statuses = []
     for path, body in requests:
