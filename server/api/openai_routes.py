@@ -13,9 +13,11 @@ from server.api.event_stream import EventStreamResponse
 from server.errors import ModelNotFoundError, SlmError
 from server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from server.registry import AnyEntry, HostedModel, RouterModel
-from server.serving import transcript
+from server.security import usage
+from server.serving.context import RequestContext
 from server.serving.service import Answer
 from server.serving.streaming import ClientGone
+from server.serving.transcript import open_transcript
 
 router = APIRouter(prefix="/v1")
 
@@ -29,8 +31,9 @@ def _respond(answer: Answer) -> Response:
 
 
 async def _counted(request: Request, service: ServiceDep, endpoint: str, model: type[Any],
-                  serve: Callable[[Any], Awaitable[Answer]]) -> Response:
-    """Serve and count the request by final status; refusals (400s included) are counted too."""
+                  serve: Callable[[Any, RequestContext], Awaitable[Answer]]) -> Response:
+    """Serve and count the request by final status; refusals (400s included) are counted too. The
+    request's context (its key's token usage, its transcript) goes to the service explicitly."""
     code = 500
     stream = False
     label: tuple[str, str] | None = None
@@ -42,10 +45,12 @@ async def _counted(request: Request, service: ServiceDep, endpoint: str, model: 
             label = (found[0], found[1].backend)
         req = validate(data, model)
         stream = bool(getattr(req, "stream", False))
+        transcript = None
         if service.settings.log_prompts:
             dumped = req.model_dump(include={"messages", "prompt", "input"}, exclude_none=True)
-            transcript.open_transcript(req.model, dumped)
-        response = _respond(await serve(req))
+            transcript = open_transcript(req.model, dumped)
+        context = RequestContext(usage=usage.of(request.scope), transcript=transcript)
+        response = _respond(await serve(req, context))
         code = response.status_code
         return response
     except SlmError as exc:
@@ -62,19 +67,19 @@ async def _counted(request: Request, service: ServiceDep, endpoint: str, model: 
 @router.post("/chat/completions")
 async def chat_completions(request: Request, service: ServiceDep) -> Response:
     return await _counted(request, service, "chat", ChatCompletionRequest,
-                          lambda req: service.chat(req, request.is_disconnected))
+                          lambda req, context: service.chat(req, request.is_disconnected, context))
 
 
 @router.post("/completions")
 async def completions(request: Request, service: ServiceDep) -> Response:
     return await _counted(request, service, "completions", CompletionRequest,
-                          lambda req: service.completion(req, request.is_disconnected))
+                          lambda req, context: service.completion(req, request.is_disconnected, context))
 
 
 @router.post("/embeddings")
 async def embeddings(request: Request, service: ServiceDep) -> Response:
     return await _counted(request, service, "embeddings", EmbeddingRequest,
-                          lambda req: service.embeddings(req))
+                          service.embeddings)
 
 
 def _model_card(name: str, created: int, entry: AnyEntry) -> dict[str, Any]:

@@ -15,8 +15,9 @@ For each HTTP request, in this order:
    `unsupported_content_type`: a web page can send `text/plain` (or no type) without a CORS
    preflight, never JSON, so no page elsewhere can post to the API from a visitor's browser.
 3. **Per-key limits** — requests and tokens per minute (sliding windows), concurrent requests,
-   in Redis (`rate_limits`). A token-limited request gets a `usage.TokenUsage` in `usage.current`, which
-   the serving layer fills; its total is charged to the key when the response is over.
+   in Redis (`rate_limits`). A token-limited request gets a `usage.TokenUsage` in its scope's
+   `state`, which the route hands explicitly to the serving layer, which fills it; its total is
+   charged to the key when the response is over.
 4. **Body** — read here, counting; 413 as soon as the count passes the limit (chunked bodies
    included); 408 `request_timeout` when it is not all in within `SLM_BODY_TIMEOUT_S` (the
    headers' own deadline is the connection's, `server.http_protocol`); then handed to the app in
@@ -162,16 +163,13 @@ class SecurityMiddleware:
                 except _ClientGone:
                     return
             extra = admission.headers() if admission is not None else []
-            counting = usage.current.set(admission.usage) if admission is not None and admission.usage else None
+            if admission is not None and admission.usage is not None:
+                usage.put(scope, admission.usage)
             if extra:
                 send = _with_headers(send, extra)
             if admission is not None and limiter is not None:
                 send = _settled_before_last_byte(send, limiter, admission)
-            try:
-                await self.app(scope, receive, send)
-            finally:
-                if counting is not None:
-                    usage.current.reset(counting)
+            await self.app(scope, receive, send)
         finally:
             if admission is not None and limiter is not None:
                 with anyio.CancelScope(shield=True):

@@ -1,11 +1,11 @@
 """The tokens one request used, carried from the serving layer (which knows them) to the limiter.
 
 For a request whose key has a tokens-per-minute limit, the security middleware opens a `TokenUsage`
-and sets it in the `current` context variable for the rest of that request (the handler and its
-streamed body run in that context or a copy of it). The serving layer adds the usage of each
-finished generation or embedding; when the response is over, the middleware adds the total to the
-key's window in Redis. Outside such a request (no keys, no TPM limit, a service driven directly
-by tests) `current` is None and nothing is counted.
+and puts it in the ASGI scope's `state` (`put`; Starlette's `request.state`). The route reads it
+(`of`) into the request's `RequestContext` (`server.serving.context`), which hands it explicitly to
+the serving layer; that adds the usage of each finished generation or embedding, and when the
+response is over the middleware adds the total to the key's window in Redis. Outside such a request
+(no keys, no TPM limit) there is no `TokenUsage` and nothing is counted.
 
 Before a request is queued the serving layer also `reserve`s the most it may use (its prompt,
 estimated, plus `n` x `max_tokens`) against the key's window, so that one request cannot spend far
@@ -14,8 +14,10 @@ past the limit; when the response is over the reservation is replaced by what wa
 
 from __future__ import annotations
 
-from collections.abc import Awaitable, Callable
-from contextvars import ContextVar
+from collections.abc import Awaitable, Callable, Mapping, MutableMapping
+from typing import Any
+
+STATE_KEY = "slm_token_usage"  # the key in the ASGI scope's `state`
 
 
 class TokenUsage:
@@ -43,22 +45,21 @@ class TokenUsage:
         tokens, self.tokens = self.tokens, 0
         return tokens
 
-
-current: ContextVar[TokenUsage | None] = ContextVar("slm_token_usage", default=None)
-
-
-async def reserve(tokens: int) -> None:
-    """Hold `tokens` of the current request's key's window before generating (RateLimitError when they
-    do not fit); a second call for the same request holds only what the first did not."""
-    usage = current.get()
-    if usage is None or usage.reserver is None or tokens <= usage.reserved:
-        return
-    await usage.reserver(tokens - usage.reserved)
-    usage.reserved = tokens
+    async def reserve(self, tokens: int) -> None:
+        """Hold `tokens` of the key's window before generating (RateLimitError when they do not fit);
+        a second call for the same request holds only what the first did not."""
+        if self.reserver is None or tokens <= self.reserved:
+            return
+        await self.reserver(tokens - self.reserved)
+        self.reserved = tokens
 
 
-def charge(tokens: int) -> None:
-    """Count `tokens` against the current request's key, if it is token-limited."""
-    usage = current.get()
-    if usage is not None:
-        usage.add(tokens)
+def put(scope: MutableMapping[str, Any], usage: TokenUsage) -> None:
+    """Hand `usage` to the app through the request's scope (`request.state`)."""
+    scope.setdefault("state", {})[STATE_KEY] = usage
+
+
+def of(scope: Mapping[str, Any]) -> TokenUsage | None:
+    """The request's `TokenUsage`, if its key is token-limited."""
+    found = scope.get("state", {}).get(STATE_KEY)
+    return found if isinstance(found, TokenUsage) else None

@@ -39,7 +39,7 @@ from server.protocol import (
 )
 from server.queue.client import QueueClient
 from server.registry import AnyEntry, HostedModel, LocalModel, Registry, RouterModel, env_key
-from server.security import usage as token_usage
+from server.serving.context import RequestContext
 from server.serving.dispatch import Plan, falls_through, plan_for, reported, traits_of
 from server.serving.formatting import Shape
 from server.serving.routing import (
@@ -140,14 +140,18 @@ class Service:
             raise ModelNotFoundError(name)
         return found
 
-    async def chat(self, req: ChatCompletionRequest, is_disconnected: IsDisconnected) -> Answer:
+    async def chat(self, req: ChatCompletionRequest, is_disconnected: IsDisconnected,
+                   context: RequestContext) -> Answer:
         messages = [m.for_template() for m in req.messages]
-        return await self._serve("chat", req, {"messages": messages}, req.effective_max_tokens(), is_disconnected)
+        return await self._serve("chat", req, {"messages": messages}, req.effective_max_tokens(), is_disconnected,
+                                 context)
 
-    async def completion(self, req: CompletionRequest, is_disconnected: IsDisconnected) -> Answer:
-        return await self._serve("completions", req, {"prompt": req.prompt_text()}, req.max_tokens, is_disconnected)
+    async def completion(self, req: CompletionRequest, is_disconnected: IsDisconnected,
+                         context: RequestContext) -> Answer:
+        return await self._serve("completions", req, {"prompt": req.prompt_text()}, req.max_tokens, is_disconnected,
+                                 context)
 
-    async def embeddings(self, req: EmbeddingRequest) -> Answer:
+    async def embeddings(self, req: EmbeddingRequest, context: RequestContext) -> Answer:
         model, entry = self.resolve(req.model)
         if not isinstance(entry, LocalModel) or not entry.embeddings:
             raise InvalidRequestError(f"The model '{model}' does not serve embeddings.", param="model")
@@ -167,7 +171,7 @@ class Service:
                  "embedding": _base64_floats(v) if req.encoding_format == "base64" else v}
                 for i, v in enumerate(vectors)]
         used = gen.result.prompt_tokens
-        token_usage.charge(used)
+        context.charge(used)
         body = {"object": "list", "data": data, "model": model,
                 "usage": {"prompt_tokens": used, "total_tokens": used}}
         return Answer({"x-slm-model": model, "x-slm-backend": "local"}, body=body)
@@ -191,12 +195,13 @@ class Service:
 
     async def _open_hosted(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest, model: str,
                            entry: HostedModel, payload: dict[str, Any], arrived: float,
-                           is_disconnected: IsDisconnected) -> tuple[Generation, Tracker, str, int]:
+                           is_disconnected: IsDisconnected, context: RequestContext
+                           ) -> tuple[Generation, Tracker, str, int]:
         params = HostedParams.from_request(req)
         messages = provider_messages(req) if isinstance(req, ChatCompletionRequest) else None
         gen = self.hosted_backend(model, entry).generation(endpoint, params, messages=messages,
                                                            prompt=payload.get("prompt"))
-        track = Tracker(self.metrics, model, "hosted", arrived)
+        track = Tracker(self.metrics, model, "hosted", arrived, context)
         began = time.perf_counter()
         try:
             await start_tracked(gen, track, is_disconnected)
@@ -208,12 +213,14 @@ class Service:
 
     async def _open_local(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest, model: str,
                           entry: LocalModel, payload: dict[str, Any], max_tokens: int | None, arrived: float,
-                          is_disconnected: IsDisconnected) -> tuple[Generation, Tracker, str, int]:
+                          is_disconnected: IsDisconnected, context: RequestContext
+                          ) -> tuple[Generation, Tracker, str, int]:
         refuse_for_local(req, model)
         self._check_can_queue(model)
         gen = await self.local.generation(endpoint, model, entry, req, payload, max_tokens)
         pending = self.routing.open(model, max_tokens)
-        track = MeasuredTracker(self.metrics, model, "local", arrived, routing=self.routing, pending=pending)
+        track = MeasuredTracker(self.metrics, model, "local", arrived, context, routing=self.routing,
+                                pending=pending)
         await start_tracked(gen, track, is_disconnected)
         self.routing.started(pending)
         return gen, track, gen.job.id, int(gen.job.enqueued_at)
@@ -261,14 +268,15 @@ class Service:
         return found
 
     async def _serve(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest,
-                     payload: dict[str, Any], max_tokens: int | None, is_disconnected: IsDisconnected) -> Answer:
+                     payload: dict[str, Any], max_tokens: int | None, is_disconnected: IsDisconnected,
+                     context: RequestContext) -> Answer:
         arrived = time.perf_counter()
         name, entry = self.resolve(req.model)
         if self.draining:
             raise ServiceUnavailableError("The server is shutting down.", retry_after=1, code="shutting_down")
         registry = self.registry
         plan = plan_for(registry, name, entry, lambda router, spec: self.route(router, spec, traits_of(req, payload)))
-        await self._hold_tokens(req, payload, max_tokens, plan)
+        await self._hold_tokens(req, payload, max_tokens, plan, context)
         failures: list[SlmError] = []
         for i, model in enumerate(plan.candidates):
             target = registry.models[model]
@@ -276,7 +284,7 @@ class Service:
                 if isinstance(target, RouterModel):  # refused at load; a router never serves itself
                     raise InvalidRequestError(f"The router '{model}' cannot be a target.", param="model")
                 return await self._serve_one(endpoint, req, model, target, dict(payload), max_tokens, arrived,
-                                             is_disconnected, plan)
+                                             is_disconnected, plan, context)
             except SlmError as exc:
                 if not falls_through(exc, chosen_by_server=i > 0 or plan.router is not None):
                     raise
@@ -288,7 +296,7 @@ class Service:
         raise reported(failures)
 
     async def _hold_tokens(self, req: ChatCompletionRequest | CompletionRequest, payload: dict[str, Any],
-                           max_tokens: int | None, plan: Plan) -> None:
+                           max_tokens: int | None, plan: Plan, context: RequestContext) -> None:
         """Bound `n` and `n` x `max_tokens`, and reserve the most the request may use against its key's
         token limit: the prompt (4 characters a token) plus `n` x `max_tokens` (unset: a local model's
         context, the most it can write)."""
@@ -299,23 +307,24 @@ class Service:
             raise InvalidRequestError(
                 f"'n' x 'max_tokens' is at most {self.settings.max_n_tokens} on this server "
                 f"(got {n} x {max_tokens}).", param="max_tokens")
-        if token_usage.current.get() is None:
+        if context.usage is None:
             return
         contexts = [m.n_ctx for m in map(self.registry.models.get, plan.candidates) if isinstance(m, LocalModel)]
         each = max_tokens if max_tokens is not None else max(contexts, default=0)
-        await token_usage.reserve(len(json.dumps(payload)) // 4 + n * each)
+        await context.reserve(len(json.dumps(payload)) // 4 + n * each)
 
     async def _serve_one(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest, model: str,
                          entry: LocalModel | HostedModel, payload: dict[str, Any], max_tokens: int | None,
-                         arrived: float, is_disconnected: IsDisconnected, plan: Plan) -> Answer:
+                         arrived: float, is_disconnected: IsDisconnected, plan: Plan,
+                         context: RequestContext) -> Answer:
         headers = plan.headers(model, entry.backend)
         if isinstance(entry, HostedModel):
             gen, track, gen_id, created = await self._open_hosted(endpoint, req, model, entry, payload, arrived,
-                                                                  is_disconnected)
+                                                                  is_disconnected, context)
             with_tools = False  # a provider's tool calls come back as tool calls, never as text
         else:
             gen, track, gen_id, created = await self._open_local(endpoint, req, model, entry, payload, max_tokens,
-                                                                 arrived, is_disconnected)
+                                                                 arrived, is_disconnected, context)
             with_tools = isinstance(req, ChatCompletionRequest) and req.tool_mode() is not None
         shape = Shape(endpoint, ("chatcmpl-" if endpoint == "chat" else "cmpl-") + gen_id, created, model)
         if req.stream:

@@ -1,5 +1,5 @@
 """Per-request bookkeeping: latencies and tokens into the metrics, the tokens used charged to the
-request's API key (`server.security.usage`), and what a local request teaches the router."""
+request's API key (its `RequestContext`'s usage), and what a local request teaches the router."""
 
 from __future__ import annotations
 
@@ -9,17 +9,16 @@ from typing import Any
 from server.backends.base import Result
 from server.errors import GenerationError, SlmError
 from server.metrics import Metrics
-from server.security import usage as token_usage
-from server.serving import transcript
+from server.serving.context import RequestContext
 from server.serving.formatting import timings
 from server.serving.routing import Measurements, Pending
 
 
 class Tracker:
     """Per-request latency bookkeeping, recorded into the metrics; the tokens used, charged to the
-    request's API key when it is token-limited (`server.security.usage`)."""
+    request's API key when it is token-limited, and its text logged when prompts are (`context`)."""
 
-    def __init__(self, metrics: Metrics, model: str, backend: str, arrived: float) -> None:
+    def __init__(self, metrics: Metrics, model: str, backend: str, arrived: float, context: RequestContext) -> None:
         self.m = metrics
         self.labels = (model, backend)
         self.arrived = arrived
@@ -27,8 +26,8 @@ class Tracker:
         self.last: float | None = None
         self.gone = False
         self.done = False
-        self.usage = token_usage.current.get()
-        self.transcript = transcript.current.get()  # None unless SLM_LOG_PROMPTS
+        self.context = context
+        self.transcript = context.transcript  # None unless SLM_LOG_PROMPTS
         self.result: Result | None = None  # the started generation's, for usage if it never finishes
         metrics.in_flight.labels(*self.labels).inc()
 
@@ -60,8 +59,8 @@ class Tracker:
             self.m.in_flight.labels(*self.labels).dec()
             self.m.e2e.labels(*self.labels).observe(time.perf_counter() - self.arrived)
             used = result if result is not None else self.result  # failed or left: what was counted
-            if self.usage is not None and used is not None:
-                self.usage.add(used.prompt_tokens + used.completion_tokens)
+            if used is not None:
+                self.context.charge(used.prompt_tokens + used.completion_tokens)
 
     def finished(self, result: Result, redelivered: str | None) -> None:
         labels = self.labels
@@ -91,9 +90,9 @@ class Tracker:
 class MeasuredTracker(Tracker):
     """A local request's tracker that also teaches the router (its speeds, and its pending request)."""
 
-    def __init__(self, metrics: Metrics, model: str, backend: str, arrived: float, *, routing: Measurements,
-                 pending: Pending) -> None:
-        super().__init__(metrics, model, backend, arrived)
+    def __init__(self, metrics: Metrics, model: str, backend: str, arrived: float, context: RequestContext, *,
+                 routing: Measurements, pending: Pending) -> None:
+        super().__init__(metrics, model, backend, arrived, context)
         self.routing = routing
         self.pending = pending
         self.began = time.perf_counter()  # this attempt, after any candidate tried before it

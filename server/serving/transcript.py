@@ -1,17 +1,16 @@
 """Prompt and completion text in the logs, only when `SLM_LOG_PROMPTS` is on (off by default: what
 goes through a self-hosted server is often private).
 
-The route opens a `Transcript` for a request (which logs the prompt) and sets it in `current`
-for the rest of the request; the serving layer's tracker picks it up once, adds each piece of text
-it hands out and closes it when the generation ends (which logs the completion). With the setting
-off `current` is None and nothing is kept or logged.
+The route opens a `Transcript` for a request (which logs the prompt) and passes it in the request's
+`RequestContext` (`server.serving.context`); the serving layer's tracker adds each piece of text it
+hands out and closes it when the generation ends (which logs the completion). With the setting off
+the context has no transcript and nothing is kept or logged.
 """
 
 from __future__ import annotations
 
 import json
 import logging
-from contextvars import ContextVar
 from typing import Any
 
 log = logging.getLogger("slm.prompts")
@@ -31,13 +30,8 @@ class Transcript:
                  json.dumps("".join(self.parts), ensure_ascii=False))
 
 
-current: ContextVar[Transcript | None] = ContextVar("slm_transcript", default=None)
-
-
 def open_transcript(model: str, prompt: Any) -> Transcript:
     """Log the prompt (messages, prompt text or embedding input) and keep the completion's text."""
     log.info("prompt model=%s prompt=%s", model, json.dumps(prompt, ensure_ascii=False, default=str))
-    transcript = Transcript(model)
-    current.set(transcript)
-    return transcript
+    return Transcript(model)
 

@@ -1,11 +1,12 @@
 """Tokens per minute per key: `SecurityMiddleware` + `RateLimiter` on a real Redis, around a tiny app
-that reports usage the way the serving layer does (`usage.charge`). The window is the default
+that reports usage the way the serving layer does (into the `TokenUsage` the middleware leaves in the
+request's scope, `usage.of`). The window is the default
 minute here, which these tests never see pass (`test_sliding_window` lets short windows pass)."""
 
 from __future__ import annotations
 
 import secrets
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from dataclasses import dataclass
 
 import httpx
@@ -25,6 +26,7 @@ from server.security import SecurityConfig, SecurityMiddleware, usage
 from server.security.api_keys import ApiKeys
 from server.security.rate_limits import WINDOW_S, RateLimiter
 from server.security.windows import KEY_SLACK_MS
+from server.serving.context import RequestContext
 from server.serving.tracking import Tracker
 from server.settings import Settings
 from tests.security.conftest import NamedKeys
@@ -34,8 +36,13 @@ pytestmark = pytest.mark.integration
 TPM = 1000
 
 
+def charge(request: Request, tokens: int) -> None:
+    """What the route and the service do: the request's usage, from its scope, into its context."""
+    RequestContext(usage=usage.of(request.scope)).charge(tokens)
+
+
 async def spend(request: Request) -> JSONResponse:
-    usage.charge(int(request.query_params.get("tokens", "0")))
+    charge(request, int(request.query_params.get("tokens", "0")))
     return JSONResponse({"ok": True})
 
 
@@ -45,13 +52,13 @@ async def spend_streamed(request: Request) -> StreamingResponse:
     async def body() -> AsyncIterator[bytes]:
         yield b"data: one\n\n"
         yield b"data: two\n\n"
-        usage.charge(tokens)  # as the service does once the last event arrived: in the response's task
+        charge(request, tokens)  # as the service does once the last event arrived: in the response's task
 
     return StreamingResponse(body(), media_type="text/event-stream")
 
 
 async def boom(request: Request) -> Response:
-    usage.charge(int(request.query_params["tokens"]))
+    charge(request, int(request.query_params["tokens"]))
     raise RuntimeError("the handler failed after using tokens")
 
 
@@ -166,17 +173,12 @@ def test_the_tpm_setting_turns_the_limiter_on() -> None:
 
 
 @pytest.fixture
-def charged() -> Iterator[usage.TokenUsage]:
-    sink = usage.TokenUsage()
-    token = usage.current.set(sink)
-    try:
-        yield sink
-    finally:
-        usage.current.reset(token)
+def charged() -> usage.TokenUsage:
+    return usage.TokenUsage()
 
 
 def test_the_service_tracker_charges_finished_usage_once(charged: usage.TokenUsage) -> None:
-    track = Tracker(Metrics(), "tiny", "local", 0.0)
+    track = Tracker(Metrics(), "tiny", "local", 0.0, RequestContext(usage=charged))
     result = Result(prompt_tokens=30)
     track.started(result)
     result.completion_tokens = 12
@@ -189,7 +191,7 @@ def test_the_service_tracker_charges_finished_usage_once(charged: usage.TokenUsa
 def test_the_tracker_charges_what_was_used_when_a_request_ends_early(charged: usage.TokenUsage, end: str) -> None:
     from server.errors import GenerationError
 
-    track = Tracker(Metrics(), "tiny", "local", 0.0)
+    track = Tracker(Metrics(), "tiny", "local", 0.0, RequestContext(usage=charged))
     result = Result(prompt_tokens=30)
     track.started(result)
     result.completion_tokens = 7  # the deltas seen before the client left or the worker was lost
@@ -203,13 +205,37 @@ def test_the_tracker_charges_what_was_used_when_a_request_ends_early(charged: us
 def test_the_tracker_charges_nothing_for_a_request_refused_before_it_started(charged: usage.TokenUsage) -> None:
     from server.errors import ContextLengthError
 
-    Tracker(Metrics(), "tiny", "local", 0.0).failed(ContextLengthError("too long"))
+    Tracker(Metrics(), "tiny", "local", 0.0, RequestContext(usage=charged)).failed(ContextLengthError("too long"))
     assert charged.tokens == 0
 
 
 def test_without_a_token_limited_request_the_tracker_charges_nowhere() -> None:
-    assert usage.current.get() is None
-    track = Tracker(Metrics(), "tiny", "hosted", 0.0)
+    context = RequestContext()
+    track = Tracker(Metrics(), "tiny", "hosted", 0.0, context)
     track.finished(Result(prompt_tokens=3, completion_tokens=4), None)
-    usage.charge(10)  # a no-op outside a token-limited request
-    assert usage.current.get() is None
+    context.charge(10)  # a no-op outside a token-limited request
+    assert context.usage is None
+
+
+async def test_a_reservation_holds_only_what_the_request_has_not_held_yet() -> None:
+    held: list[int] = []
+
+    async def reserver(tokens: int) -> None:
+        held.append(tokens)
+
+    context = RequestContext(usage=usage.TokenUsage(reserver))
+    await context.reserve(300)
+    await context.reserve(200)  # already held
+    await context.reserve(450)
+    assert held == [300, 150]
+    assert context.usage is not None and context.usage.reserved == 450
+    await RequestContext().reserve(100)  # not token-limited: nothing to hold, nothing raised
+
+
+def test_the_usage_travels_in_the_scope_state() -> None:
+    scope: dict[str, object] = {"type": "http", "state": {"request_id": "req_1"}}
+    assert usage.of(scope) is None
+    sink = usage.TokenUsage()
+    usage.put(scope, sink)
+    assert usage.of(scope) is sink
+    assert scope["state"] == {"request_id": "req_1", usage.STATE_KEY: sink}, "other state is kept"
