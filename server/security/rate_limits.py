@@ -164,7 +164,7 @@ class RateLimiter:
             admission.token_limit = self.tpm
             admission.tokens_remaining = max(0, self.tpm - reading.tokens)
             admission.tokens_reset_s = reading.seconds(reading.tokens_free_s)
-        per = "per minute" if self.windows.window_s == 60 else f"per {self.windows.window_s:g} s"
+        per = self._per()
         if reading.refused_by == "requests":
             wait = max(1, admission.reset_s)
             raise RateLimitError(
@@ -180,6 +180,10 @@ class RateLimiter:
             )
         return reading
 
+    def _per(self) -> str:
+        """How the limits' messages name the window."""
+        return "per minute" if self.windows.window_s == 60 else f"per {self.windows.window_s:g} s"
+
     async def reserve(self, admission: Admission, tokens: int) -> None:
         """Hold `tokens` in the key's window now if they fit under the limit, else RateLimitError."""
         try:
@@ -191,7 +195,7 @@ class RateLimiter:
             admission.reservations.append(held.member)
             admission.tokens_remaining = max(0, self.tpm - held.tokens)
             return
-        per = "per minute" if self.windows.window_s == 60 else f"per {self.windows.window_s:g} s"
+        per = self._per()
         wait = max(1, held.seconds())
         if tokens > self.tpm:
             message = (f"This request may use up to {tokens} tokens (its prompt, estimated, plus n x max_tokens), "

@@ -72,6 +72,17 @@ local function tokens_in_window(log, total_key)
   if freed > 0 then return redis.call('DECRBY', total_key, freed) end  -- DECRBY keeps the TTL
   return tonumber(stored)
 end
+
+-- µs until enough of the oldest charges leave for what stays of `used` to be at most `room`
+local function free_after(log, used, room)
+  local left = used
+  local charges = redis.call('ZRANGE', log, 0, -1, 'WITHSCORES')
+  for i = 1, #charges, 2 do
+    left = left - charge_of(charges[i])
+    if left <= room then return tonumber(charges[i + 1]) + window + 1 - now end
+  end
+  return window
+end
 """.replace("SLACK_MS", str(KEY_SLACK_MS))
 
 # KEYS = request log, token log, token total; ARGV = window µs, request limit, token limit (0 = off),
@@ -105,17 +116,7 @@ if rpm > 0 and count > 0 then
 end
 -- tokens free up when the oldest charge leaves; past the limit, when enough have left to be under it
 local tokens_free = 0
-if tpm > 0 and used > 0 then
-  local left = used
-  local charges = redis.call('ZRANGE', KEYS[2], 0, -1, 'WITHSCORES')
-  for i = 1, #charges, 2 do
-    left = left - charge_of(charges[i])
-    if left < tpm then
-      tokens_free = tonumber(charges[i + 1]) + window + 1 - now
-      break
-    end
-  end
-end
+if tpm > 0 and used > 0 then tokens_free = free_after(KEYS[2], used, tpm - 1) end
 return {refused, count, requests_free, used, tokens_free}
 """
 
@@ -134,17 +135,7 @@ if used + tokens <= limit then
   return {1, total, 0}
 end
 local free = window
-if tokens <= limit then
-  local left = used
-  local charges = redis.call('ZRANGE', KEYS[1], 0, -1, 'WITHSCORES')
-  for i = 1, #charges, 2 do
-    left = left - charge_of(charges[i])
-    if left + tokens <= limit then
-      free = tonumber(charges[i + 1]) + window + 1 - now
-      break
-    end
-  end
-end
+if tokens <= limit then free = free_after(KEYS[1], used, limit - tokens) end
 return {0, used, free}
 """
 
