@@ -40,6 +40,12 @@ models:
 """
 
 
+
+def tiny_registry(*, n_ctx: int, n_threads: int, parallel: int) -> str:
+    """A registry of one local model, `tiny` (SmolLM2), of the given size."""
+    return (f"\nmodels:\n  tiny:\n    gguf: {SMOLLM2}\n    n_ctx: {n_ctx}\n    n_threads: {n_threads}\n"
+            f"    parallel: {parallel}\n")
+
 @pytest.fixture(autouse=True)
 def _clean_env(monkeypatch: pytest.MonkeyPatch) -> None:
     """No SLM_*/OPENAI_* setting of the developer's shell leaks into a test."""

@@ -14,18 +14,11 @@ from pathlib import Path
 import pytest
 
 from server.supervisor import WORKER_GRACE_S
-from tests.conftest import SMOLLM2, child_pids, running, start_server, wait_until
+from tests.conftest import child_pids, running, start_server, tiny_registry, wait_until
 
 pytestmark = pytest.mark.integration
 
-REGISTRY = f"""
-models:
-  tiny:
-    gguf: {SMOLLM2}
-    n_ctx: 256
-    n_threads: 1
-    parallel: 1
-"""
+REGISTRY = tiny_registry(n_ctx=256, n_threads=1, parallel=1)
 # the grace period (gateway and workers), the gateway's and the workers' 5 s floors, Redis's own 5 s stop
 EXIT_BOUND_S = WORKER_GRACE_S + 20
 

@@ -14,21 +14,14 @@ import redis
 
 from server.embedded_redis import EmbeddedRedis
 from server.queue import keys as redis_keys
-from tests.conftest import SMOLLM2, LiveServer, start_server, stop_server, wait_until
+from tests.conftest import LiveServer, start_server, stop_server, tiny_registry, wait_until
 from tests.integration.test_faults import STORY
 from tests.security.conftest import NamedKeys
 
 pytestmark = pytest.mark.integration
 
 TPM = 1000
-REGISTRY = f"""
-models:
-  tiny:
-    gguf: {SMOLLM2}
-    n_ctx: 1024
-    n_threads: 2
-    parallel: 2
-"""
+REGISTRY = tiny_registry(n_ctx=1024, n_threads=2, parallel=2)
 NAMES = ("bounds", "reserve", "big", "small")
 
 

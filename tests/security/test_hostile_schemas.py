@@ -15,19 +15,12 @@ import pytest
 import redis
 
 from server.schema_limits import MAX_DEPTH, MAX_NODES, MAX_PROPERTIES, MAX_REPEAT, MAX_TOTAL_REPEAT
-from tests.conftest import SMOLLM2, LiveServer, start_server, stop_server
+from tests.conftest import LiveServer, start_server, stop_server, tiny_registry
 from tests.integration.test_faults import STORY, events_of
 
 pytestmark = pytest.mark.integration
 
-REGISTRY = f"""
-models:
-  tiny:
-    gguf: {SMOLLM2}
-    n_ctx: 1024
-    n_threads: 2
-    parallel: 2
-"""
+REGISTRY = tiny_registry(n_ctx=1024, n_threads=2, parallel=2)
 RF = "response_format.json_schema.schema"
 TOOL = "tools.0.function.parameters"
 

@@ -10,16 +10,9 @@ from pathlib import Path
 import httpx
 
 from server.supervisor import worker_environment
-from tests.conftest import SMOLLM2, child_pids, start_server, stop_server
+from tests.conftest import child_pids, start_server, stop_server, tiny_registry
 
-REGISTRY = f"""
-models:
-  tiny:
-    gguf: {SMOLLM2}
-    n_ctx: 256
-    n_threads: 1
-    parallel: 1
-"""
+REGISTRY = tiny_registry(n_ctx=256, n_threads=1, parallel=1)
 
 
 def test_the_worker_environment_is_an_allow_list() -> None:
