@@ -48,9 +48,11 @@ lint: install-test
 	$(BIN)/ruff check server tests
 	$(BIN)/mypy
 
+# llama.cpp's own server is built from the sources of the llama-cpp-python sdist the lock pins (once).
 bench: $(UV)
 	$(SYNC) --extra test --extra bench
-	$(BIN)/python benchmarks/run_bench.py
+	bash tools/build-llama-server.sh
+	$(BIN)/python -m benchmarks.run_bench
 
 # Re-resolve every dependency to the newest versions pyproject.toml allows and rewrite uv.lock
 # (hashes included). Run it on purpose, then `make test`, and commit uv.lock with what it needed.

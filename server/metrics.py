@@ -51,6 +51,9 @@ class Metrics:
                                      ML, buckets=LATENCY_BUCKETS, registry=r)
         self.generation = Histogram("slm_generation_seconds", "Generation time, from the worker.",
                                     ML, buckets=LATENCY_BUCKETS, registry=r)
+        self.ttft_stage = Histogram("slm_ttft_stage_seconds", "Where the time to first token went, stage by stage "
+                                    "(local models, only with SLM_TRACE_STAGES=true; server/serving/stages.py).",
+                                    ["model", "stage"], buckets=ITL_BUCKETS, registry=r)
         self.prompt_tokens = Counter("slm_prompt_tokens", "Prompt tokens processed.", ML, registry=r)
         self.generation_tokens = Counter("slm_generation_tokens", "Tokens generated.", ML, registry=r)
         self.finish_reasons = Counter("slm_finish_reasons", "Completions by finish reason.",

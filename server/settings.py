@@ -74,6 +74,11 @@ class Settings(BaseSettings):
         description="Regex every hosted entry's `api_key_env` must fully match (`SLM_*` names never do).",
     )
 
+    trace_stages: bool = Field(
+        default=False, description="Time every local request's path to its first token, stage by stage (gateway, "
+        "queue, worker intake, tokenize, batch, prefill, back): the slm_ttft_stage_seconds histogram and one "
+        "`slm.trace` log line per request. Off by default: it is for finding where latency goes.")
+
     max_n: int = Field(default=8, ge=1, le=128, description="Largest `n` (choices) one request may ask for.")
     max_n_tokens: int = Field(default=16384, ge=1, description="Largest `n` x `max_tokens` of one request.")
 

@@ -74,6 +74,8 @@ class LocalGeneration:
         self._handed_out = False
         self._finished = False
         self._last_event = time.monotonic()
+        # a traced job's gateway-side marks (wall clock), joined with the worker's from `done`
+        self._marks: dict[str, float] | None = {"submitted": time.time()} if job.trace else None
 
     async def _next_event(self) -> Event:
         while True:
@@ -150,6 +152,8 @@ class LocalGeneration:
             if isinstance(event, Started):
                 continue
             if isinstance(event, TextDelta):
+                if self._marks is not None and event.text and "first_read" not in self._marks:
+                    self._marks["first_read"] = time.time()
                 self.result.completion_tokens += event.tokens
                 self._handed_out = self._handed_out or bool(event.text)
                 yield Delta(event.index, event.text, event.logprobs)
@@ -168,6 +172,8 @@ class LocalGeneration:
                 self.result.extra["cached_tokens"] = int(usage.get("cached_tokens", 0))
                 if event.embeddings is not None:
                     self.result.extra["embeddings"] = event.embeddings
+                if self._marks is not None and event.trace:
+                    self.result.extra["trace"] = {**event.trace, **self._marks}
                 return
             elif isinstance(event, Failed):
                 self._finished = True
@@ -189,8 +195,9 @@ class LocalBackend:
     enqueued) and follows its events."""
 
     def __init__(self, queue: QueueClient, *, queue_timeout_s: float, stall_timeout_s: float, lease_s: float,
-                 heartbeat_ttl_s: float) -> None:
+                 heartbeat_ttl_s: float, trace: bool = False) -> None:
         self.queue = queue
+        self.trace = trace  # SLM_TRACE_STAGES: jobs ask their worker for stage marks
         self.queue_timeout_s = queue_timeout_s
         self.stall_timeout_s = stall_timeout_s
         self.lease_s = lease_s
@@ -215,7 +222,7 @@ class LocalBackend:
         now = time.time()
         job = Job(id=uuid.uuid4().hex, model=model, kind="chat" if endpoint == "chat" else "completion",
                   enqueued_at=now, deadline=now + self.queue_timeout_s, params=params, n=req.n or 1,
-                  **payload)
+                  trace=True if self.trace else None, **payload)
         return await self.submit(job, entry)
 
     async def embedding(self, model: str, entry: LocalModel, inputs: list[str] | list[list[int]]) -> LocalGeneration:

@@ -2,7 +2,8 @@
 
 Each step puts the next token of every generating sequence into one batch and fills what room is
 left with prompt tokens of newcomers (in chunks, so a long prompt never stalls running streams
-for long). New sequences join between steps; a finished or cancelled one frees its slot at once.
+for long; the shortest prompt first, so a short chat is never queued behind a long document).
+New sequences join between steps; a finished or cancelled one frees its slot at once.
 A freed slot keeps its KV cache: a later prompt that shares a prefix with it (the same system
 prompt, say) only evaluates the tokens that differ.
 """
@@ -36,6 +37,7 @@ class Finish:
     prompt_ms: float
     generation_ms: float
     error: str | None = None
+    batch_wait_ms: float = 0.0  # admitted -> the step that first took its prompt tokens
 
 
 @dataclass
@@ -61,6 +63,7 @@ class _Sequence:
     next_token: int | None = None
     n_generated: int = 0
     t_first: float | None = None
+    t_batched: float | None = None
     logit_index: int = -1
     cancelled: bool = False
     top_logprobs: int | None = None  # None: no logprobs asked
@@ -200,11 +203,16 @@ class BatchEngine:
         if decoding:
             budget = min(budget, PREFILL_CHUNK_WHILE_DECODING)
         prefilling = [s for s in self._slots if s.seq is not None and s.seq.pending and not s.seq.cancelled]
-        for slot in sorted(prefilling, key=lambda s: s.seq.t_admit if s.seq else 0.0):
+        # the shortest prompt left first: a short chat arriving while a long prompt is being evaluated in
+        # chunks gets its first token in the next step instead of after the whole long prompt (the long
+        # one keeps the rest of the budget, so it always advances)
+        for slot in sorted(prefilling, key=lambda s: (len(s.seq.pending), s.seq.t_admit) if s.seq else (0, 0.0)):
             seq = slot.seq
             assert seq is not None
             if budget <= 0:
                 break
+            if seq.t_batched is None:
+                seq.t_batched = time.perf_counter()
             take = seq.pending[:budget]
             del seq.pending[:budget]
             budget -= len(take)
@@ -303,6 +311,7 @@ class BatchEngine:
             prompt_ms=(first - seq.t_admit) * 1000.0,
             generation_ms=(end - first) * 1000.0,
             error=error,
+            batch_wait_ms=((seq.t_batched or end) - seq.t_admit) * 1000.0,
         )
         seq.sampler.close()
         if seq.pending:  # cancelled during prefill: the cache holds a partial prompt, keep it consistent

@@ -45,6 +45,7 @@ class Done:
     timings: dict[str, float] | None = None  # prompt_ms, predicted_ms (milliseconds)
     cancelled: bool | None = None  # a generation's: whether a cancel ended it (absent for embeddings)
     embeddings: list[list[float]] | None = None
+    trace: dict[str, float] | None = None  # a traced job's stage marks (wall clock seconds; batch_wait_ms)
 
 
 @dataclass
@@ -90,6 +91,8 @@ def to_wire(event: Event) -> dict[str, Any]:
             wire["embeddings"] = event.embeddings
         wire["usage"] = event.usage or {}
         wire["timings"] = event.timings or {}
+        if event.trace is not None:
+            wire["trace"] = event.trace
         return wire
     if isinstance(event, Failed):
         return {"type": "error", "attempt": event.attempt, "status": event.status, "code": event.code,
@@ -112,7 +115,7 @@ def from_wire(wire: dict[str, Any]) -> Event:
         cancelled = wire.get("cancelled")
         return Done(attempt, str(wire.get("finish_reason", "stop")), dict(wire.get("usage") or {}),
                     dict(wire.get("timings") or {}), None if cancelled is None else bool(cancelled),
-                    wire.get("embeddings"))
+                    wire.get("embeddings"), wire.get("trace"))
     if kind == "error":
         code, param = wire.get("code"), wire.get("param")
         return Failed(attempt, int(wire.get("status", 500)), None if code is None else str(code),

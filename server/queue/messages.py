@@ -33,6 +33,7 @@ class Job(BaseModel):
     parallel_tool_calls: bool = True
     enqueued_at: float
     deadline: float
+    trace: bool | None = None  # the worker reports when each stage before the first token ended (`Done.trace`)
 
     def encode(self) -> dict[Any, Any]:
         return {JOB_FIELD: self.model_dump_json(exclude_none=True)}

@@ -99,7 +99,7 @@ class Service:
         self._hosted: dict[str, HostedBackend] = {}
         self.local = LocalBackend(queue, queue_timeout_s=settings.queue_timeout_s,
                                   stall_timeout_s=settings.stall_timeout_s, lease_s=settings.lease_s,
-                                  heartbeat_ttl_s=settings.heartbeat_ttl_s)
+                                  heartbeat_ttl_s=settings.heartbeat_ttl_s, trace=settings.trace_stages)
         self.upstream_health: HealthPolicy = DEFAULT_POLICY  # for hosted backends built from now on
         self.routing = Measurements()
         self.closing = Closing()

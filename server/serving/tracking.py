@@ -3,6 +3,8 @@ request's API key (its `RequestContext`'s usage), and what a local request teach
 
 from __future__ import annotations
 
+import json
+import logging
 import time
 from typing import Any
 
@@ -12,6 +14,9 @@ from server.metrics import Metrics
 from server.serving.context import RequestContext
 from server.serving.formatting import timings
 from server.serving.routing import Measurements, Pending
+from server.serving.stages import breakdown
+
+trace_log = logging.getLogger("slm.trace")
 
 
 class Tracker:
@@ -23,6 +28,7 @@ class Tracker:
         self.labels = (model, backend)
         self.arrived = arrived
         self.first: float | None = None
+        self.first_wall = 0.0  # wall clock of the first token, for stage traces
         self.last: float | None = None
         self.gone = False
         self.done = False
@@ -41,6 +47,7 @@ class Tracker:
         now = time.perf_counter()
         if self.first is None:
             self.first = now
+            self.first_wall = time.time()
             self.m.ttft.labels(*self.labels).observe(now - self.arrived)
         elif self.last is not None:
             self.m.itl.labels(*self.labels).observe(now - self.last)
@@ -71,7 +78,20 @@ class Tracker:
         self.m.finish_reasons.labels(*labels, result.finish_reason).inc()
         if redelivered:
             self.m.redeliveries.labels(labels[0], redelivered).inc()
+        marks = result.extra.get("trace")
+        if marks and self.first is not None:
+            self._stages(marks)
         self._end(result)
+
+    def _stages(self, marks: dict[str, float]) -> None:
+        """A traced request's TTFT, stage by stage, into the histogram and one log line."""
+        arrived_wall = self.first_wall - (self.first - self.arrived) if self.first is not None else 0.0
+        stages = breakdown(marks, arrived_wall, self.first_wall)
+        if stages is None:
+            return
+        for stage, seconds in stages.items():
+            self.m.ttft_stage.labels(self.labels[0], stage).observe(max(0.0, seconds))
+        trace_log.info("ttft stages (ms) %s", json.dumps({k: round(v * 1000, 3) for k, v in stages.items()}))
 
     def failed(self, exc: SlmError) -> None:
         self.m.errors.labels(*self.labels, exc.metric_type).inc()

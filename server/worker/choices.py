@@ -45,8 +45,6 @@ class Active:
     attempt: int
     remaining: set[int]
     choices: dict[int, Choice] = field(default_factory=dict)
-    last_flush: float = 0.0
-    first_sent: bool = False
     prompt_tokens: int = 0
     completion_tokens: int = 0
     cached_tokens: int = 0
@@ -56,6 +54,8 @@ class Active:
     cancelled: bool = False
     error: bool = False
     running: int = 0  # its sequences in the engine now
+    trace: dict[str, float] | None = None  # a traced job's stage marks (wall clock), sent with `done`
+    batch_wait_ms: float = 0.0
 
     def add(self, index: int, out: Output) -> Choice:
         """Gather one step's output for choice `index`."""
@@ -76,6 +76,7 @@ class Active:
         self.cached_tokens = max(self.cached_tokens, fin.cached_tokens)
         self.prompt_ms = max(self.prompt_ms, fin.prompt_ms)
         self.generation_ms = max(self.generation_ms, fin.generation_ms)
+        self.batch_wait_ms = max(self.batch_wait_ms, fin.batch_wait_ms)
         self.cancelled = self.cancelled or fin.reason == "cancelled"
         if fin.reason == "error":
             self.error = True
@@ -102,7 +103,8 @@ def final_event(act: Active) -> Done | Failed:
     return Done(act.attempt, act.finish_reason, cancelled=act.cancelled,
                 usage={"prompt_tokens": act.prompt_tokens, "completion_tokens": act.completion_tokens,
                        "cached_tokens": act.cached_tokens},
-                timings={"prompt_ms": round(act.prompt_ms, 3), "predicted_ms": round(act.generation_ms, 3)})
+                timings={"prompt_ms": round(act.prompt_ms, 3), "predicted_ms": round(act.generation_ms, 3)},
+                trace=None if act.trace is None else {**act.trace, "batch_wait_ms": round(act.batch_wait_ms, 3)})
 
 
 def admit_waiting(waiting: deque[Waiting], active: dict[str, Active],

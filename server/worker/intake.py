@@ -53,6 +53,7 @@ class Taken:
     entry_id: str
     job: Job
     attempt: int
+    read_at: float = 0.0  # wall clock: when the intake read it off the stream (stage traces)
 
 
 @dataclass
@@ -205,7 +206,7 @@ class Intake:
             replies.send(self.client, replies.ack(self.stream, entry_id))
             return
         self.holdings.hold(job.id, entry_id)
-        self.inbox.put(Taken(entry_id, job, attempt))
+        self.inbox.put(Taken(entry_id, job, attempt, time.time()))
 
     def _crashed_its_worker(self, job: Job, attempt: int, last: Any) -> bool:
         """Did the previous delivery's worker die inside the request's own work? Its mark says it began;

@@ -3,8 +3,7 @@
 Four threads, so that the one that decodes never waits on Redis:
 
     decode      (the caller of `run`) admits what the intake took into free slots, runs one batched
-                decode step after another and hands the tokens to the outbox (every sequence's text
-                at most every `FLUSH_INTERVAL_S`, the first token at once)
+                decode step after another and hands every step's tokens to the outbox at once
     intake      takes requests off the model's stream for the free slots and reclaims those of dead
                 workers (`server/worker/intake.py`)
     outbox      sends what the decode thread queued, in order, coalesced (`server/worker/outbox.py`)
@@ -44,7 +43,6 @@ from server.worker.outbox import Outbox
 
 log = logging.getLogger("slm.worker")
 
-FLUSH_INTERVAL_S = 0.02
 CANCEL_CHECK_INTERVAL_S = 0.05
 IDLE_WAIT_S = 0.1  # an idle decode thread waits this long at most for the intake, then ticks again
 RUNNING_MARK_TTL_S = 600  # outlives any redelivery of the request (leases are seconds)
@@ -269,6 +267,7 @@ class Worker:
     # -- requests -------------------------------------------------------------------------------
     def _admit(self, taken: Taken) -> None:
         job, entry_id, attempt = taken.job, taken.entry_id, taken.attempt
+        trace = {"read": taken.read_at, "admitted": time.time()} if job.trace else None
         # Before running anything of the request's own (template, tokenizer, grammar, sampler): a worker
         # that dies from here until `started` is out leaves this mark for the next to find (poison).
         self.redis.set(keys.job_running(job.id), attempt, ex=RUNNING_MARK_TTL_S)
@@ -284,8 +283,7 @@ class Worker:
                 tokens = self.engine.chat_tokens(messages)
             else:
                 tokens = self.engine.completion_tokens(job.prompt or "")
-            act = Active(job=job, entry_id=entry_id, attempt=attempt, last_flush=time.monotonic(),
-                          remaining=set(range(job.n)))
+            act = Active(job=job, entry_id=entry_id, attempt=attempt, remaining=set(range(job.n)), trace=trace)
             seqs = sequences(job, params)
             first_id, first_params = seqs[0]
             self.engine.add(first_id, tokens, first_params)  # refuses what cannot fit, before anything starts
@@ -293,6 +291,8 @@ class Worker:
             self._fail(entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
                        error_type=exc.type)
             return
+        if trace is not None:
+            trace["added"] = time.time()
         act.running = 1
         self.active[job.id] = act
         self.waiting.extend((seq_id, tokens, p) for seq_id, p in seqs[1:])
@@ -325,9 +325,9 @@ class Worker:
         self.waiting, self.claimable = admit_waiting(self.waiting, self.active, self.engine)
 
     def _emit(self, outputs: list[Output]) -> None:
-        """Hand what a step produced to the outbox: every sequence's text at most every
-        `FLUSH_INTERVAL_S` (the first token at once), a finished request's last event and its ack."""
-        now = time.monotonic()
+        """Hand what a step produced to the outbox: every sequence's new text (a token reaches the client
+        as soon as it is made, as llama-server streams; while the outbox is still sending, what piles up
+        goes out together in its next pipeline), a finished request's last event and its ack."""
         commands: list[Command] = []
         finished: list[Active] = []
         touched: dict[str, Active] = {}
@@ -337,6 +337,8 @@ class Worker:
             if act is None:
                 continue
             index = int(index_text)
+            if out.first_token and act.trace is not None and "first_token" not in act.trace:
+                act.trace["first_token"] = time.time()
             choice = act.add(index, out)
             touched[job_id] = act
             if out.finish is not None:
@@ -349,11 +351,8 @@ class Worker:
         for act in touched.values():
             if act in finished:
                 continue
-            if not act.first_sent or now - act.last_flush >= FLUSH_INTERVAL_S:
-                for index, choice in act.choices.items():
-                    commands += self._flush_choice(act, index, choice)
-                act.first_sent = True
-                act.last_flush = now
+            for index, choice in act.choices.items():
+                commands += self._flush_choice(act, index, choice)
         for act in finished:
             commands += self._event(act, final_event(act)) + replies.ack(self.stream, act.entry_id)
         self._reply(commands)

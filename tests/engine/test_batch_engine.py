@@ -6,7 +6,7 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.engine.batch_engine import BatchEngine
+from server.engine.batch_engine import PREFILL_CHUNK_WHILE_DECODING, BatchEngine
 from server.errors import ContextLengthError
 from server.queue.messages import SamplingParams
 from tests.engine_helpers import run_all, smollm2_engine
@@ -71,3 +71,29 @@ def test_seeded_sampling_repeats(engine: BatchEngine) -> None:
     first = run_all(engine, {"s1": (PROMPTS[2], params)})["s1"][0]
     second = run_all(engine, {"s2": (PROMPTS[2], params)})["s2"][0]
     assert first == second
+
+
+def test_a_short_prompt_is_not_queued_behind_a_long_one(engine: BatchEngine) -> None:
+    """While a sequence decodes, prompts go in by chunks; the shortest left goes first, so a short chat
+    that arrives after a long document gets its first token in the next step, not after the document."""
+    engine.add("running", engine.chat_tokens([{"role": "user", "content": "Write a long story."}]),
+               SamplingParams(temperature=0, max_tokens=200))
+    while not any(o.first_token for o in engine.step()):
+        pass
+    document = engine.chat_tokens([{"role": "user", "content": "Summarise: " + "the river runs east. " * 120}])
+    assert len(document) > 4 * PREFILL_CHUNK_WHILE_DECODING
+    engine.add("long", document, SamplingParams(temperature=0, max_tokens=4))
+    engine.add("short", engine.chat_tokens([{"role": "user", "content": "Name a fruit."}]),
+               SamplingParams(temperature=0, max_tokens=4))
+    firsts: list[str] = []
+    steps = 0
+    while "short" not in firsts:
+        firsts += [o.request_id for o in engine.step() if o.first_token]
+        steps += 1
+    assert steps == 1 and "long" not in firsts
+    while "long" not in firsts:  # the long prompt still advances, by the rest of each step's budget
+        firsts += [o.request_id for o in engine.step() if o.first_token]
+    for request_id in ("running", "long", "short"):
+        engine.cancel(request_id)
+    engine.step()
+    assert engine.free_slots() == engine.parallel

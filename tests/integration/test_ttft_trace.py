@@ -1,0 +1,61 @@
+"""SLM_TRACE_STAGES: a local request's time to first token, stage by stage, from both sides of the
+queue; and every token of a stream reaches the client in a chunk of its own."""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import pytest
+
+from server.serving.stages import STAGES
+from tests.conftest import LiveServer, start_server, stop_server, tiny_registry
+from tests.prometheus_text import scrape, value
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
+    server = start_server(tmp_path_factory.mktemp("traced"), tiny_registry(n_ctx=512, n_threads=2, parallel=2),
+                          env={"SLM_TRACE_STAGES": "true"})
+    yield server
+    stop_server(server)
+
+
+def stream(url: str, prompt: str, max_tokens: int) -> tuple[int, int]:
+    """(content chunks, completion tokens) of one streamed chat answer."""
+    body = {"model": "tiny", "messages": [{"role": "user", "content": prompt}], "max_tokens": max_tokens,
+            "temperature": 0, "stream": True, "stream_options": {"include_usage": True}}
+    chunks, tokens = 0, 0
+    with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=60) as response:
+        assert response.status_code == 200
+        for line in response.iter_lines():
+            if not line.startswith("data: {"):
+                continue
+            chunk = json.loads(line[6:])
+            if chunk.get("usage"):
+                tokens = chunk["usage"]["completion_tokens"]
+            chunks += sum(1 for c in chunk["choices"] if c["delta"].get("content"))
+    return chunks, tokens
+
+
+def test_the_stages_of_a_traced_request_add_up_to_its_ttft(traced: LiveServer) -> None:
+    stream(traced.url, "Count from 1 to 10.", 8)
+    samples = scrape(traced.url)
+    ttft = value(samples, "slm_time_to_first_token_seconds_sum", model="tiny", backend="local")
+    counts = {s: value(samples, "slm_ttft_stage_seconds_count", model="tiny", stage=s) for s in STAGES}
+    sums = {s: value(samples, "slm_ttft_stage_seconds_sum", model="tiny", stage=s) for s in STAGES}
+    assert counts == dict.fromkeys(STAGES, 1.0)
+    assert all(v >= 0 for v in sums.values())
+    assert sum(sums.values()) == pytest.approx(ttft, abs=0.002)
+    assert sums["prefill"] > 0  # the model's own work is one of them
+    assert "ttft stages (ms)" in traced.log()
+
+
+def test_every_token_reaches_the_client_in_its_own_chunk(traced: LiveServer) -> None:
+    chunks, tokens = stream(traced.url, "Count from 1 to 20, separated by commas.", 24)
+    assert tokens == 24
+    assert chunks == tokens
