@@ -16,6 +16,7 @@ LABELS = {
     "ours": "slm-server (this repo, `serve`, parallel 8)",
     "llama_cpp_server": "llama-cpp-python's server (`python -m llama_cpp.server`)",
     "llama_server": "llama.cpp `llama-server --parallel 8`",
+    "baseline": "slm-server from BENCH_BASELINE_TREE (before)",
 }
 # the goals, per workload: throughput >= 1.0x, TTFT p50 <= 1.0x, inter-token p99 <= 1.2x
 GOALS = {"tokens_per_s": (">=", 1.0), "ttft_p50": ("<=", 1.0), "itl_p99": ("<=", 1.2)}
@@ -36,6 +37,8 @@ def paired_summary(rounds: dict[str, Any]) -> dict[str, Any]:
             entry["goals"] = {metric: (ratio[metric] is not None
                                        and (ratio[metric] >= bound if op == ">=" else ratio[metric] <= bound))
                               for metric, (op, bound) in GOALS.items()}
+        if "baseline" in per_side and PEER in per_side:
+            entry["baseline_ratios"] = ratios(per_side, "baseline", PEER)
         stages = [row["stages_ms"] for row in per_side.get(OURS, []) if row.get("stages_ms")]
         if stages:
             entry["stages_ms"] = {stage: round(statistics.median(s.get(stage, 0.0) for s in stages), 2)
@@ -94,6 +97,10 @@ def render(results: dict[str, Any]) -> str:
         met = "all" if all(goals.values()) else "not " + ", ".join(k for k, v in goals.items() if not v)
         lines.append(f"| {workload} | " + " | ".join(_fmt(ratio[m], 2) for m in (
             "tokens_per_s", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "cpu_ms_per_token")) + f" | {met} |")
+        before = entry.get("baseline_ratios")
+        if before:
+            lines.append(f"| {workload}, before (baseline) | " + " | ".join(_fmt(before[m], 2) for m in (
+                "tokens_per_s", "ttft_p50", "ttft_p99", "itl_p50", "itl_p99", "cpu_ms_per_token")) + " | |")
     lines += ["", "## Raw figures (medians over rounds; milliseconds)", "",
               "| workload | server | tokens/s | TTFT p50 / p99 | inter-token p50 / p99 | server prompt_ms p50 "
               "| CPU ms per token (worker) | errors |", "|---|---|---|---|---|---|---|---|"]

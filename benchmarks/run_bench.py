@@ -30,7 +30,8 @@ Environment knobs:
   BENCH_THREADS=2
   BENCH_OVERHEAD_REQUESTS=100  rounds of one-token requests for the queue-hop cost
   BENCH_LLAMA_SERVER=PATH      the llama-server binary
-  BENCH_PAIRED=ours,llama_server  the contenders of the paired workloads
+  BENCH_BASELINE_TREE=DIR      also our server from that checkout (before / after a change, in one run)
+  BENCH_PAIRED=ours,llama_server,baseline  the contenders of the paired workloads
   BENCH_SKIP=a,b,c,d           leave some of the above out
   BENCH_OUT=DIR                where results.md / results.json go (default: this folder)
 """
@@ -73,7 +74,7 @@ LONG_PER_CLIENT = int(os.environ.get("BENCH_LONG_REQUESTS_PER_CLIENT", "1" if QU
 LONG_WORDS = int(os.environ.get("BENCH_LONG_WORDS", "1000"))  # ~1,500 tokens with SmolLM2's tokenizer
 TRACE = os.environ.get("BENCH_TRACE", "1") == "1"  # ours with SLM_TRACE_STAGES: the TTFT stage breakdown
 # the contenders of the paired workloads (llama-cpp-python's server serialises requests: hop only)
-PAIRED = set(os.environ.get("BENCH_PAIRED", "ours,llama_server").split(","))
+PAIRED = set(os.environ.get("BENCH_PAIRED", "ours,llama_server,baseline").split(","))
 MAX_TOKENS = int(os.environ.get("BENCH_MAX_TOKENS", "64"))
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 OVERHEAD_REQUESTS = int(os.environ.get("BENCH_OVERHEAD_REQUESTS", "6" if QUICK else "100"))
@@ -204,9 +205,10 @@ def _http(url: str, stack: contextlib.ExitStack, server: Server | None = None) -
     return Contender(bench, one_token, server)
 
 
-def start_ours(path: Path, tmp: Path, stack: contextlib.ExitStack) -> Contender:
-    """(b) `python -m server serve` with a registry of SmolLM2 alone."""
-    registry = tmp / "model_registry.yaml"
+def start_ours(path: Path, tmp: Path, stack: contextlib.ExitStack, tree: Path = REPO,
+               name: str = "slm-server") -> Contender:
+    """(b) `python -m server serve` with a registry of SmolLM2 alone (from the checkout `tree`)."""
+    registry = tmp / f"{name}.yaml"
     registry.write_text(  # the packaged form of `path`: the registry refuses paths outside its model dirs
         f"models:\n  {MODEL_NAME}:\n    gguf: {PACKAGE}/{path.name}\n    n_ctx: {N_CTX}\n    n_threads: {THREADS}\n"
         f"    parallel: {PARALLEL}\n    replicas: 1\n    max_queue: 64\n"
@@ -214,12 +216,12 @@ def start_ours(path: Path, tmp: Path, stack: contextlib.ExitStack) -> Contender:
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_")}
     env.update({"SLM_REGISTRY": str(registry), "SLM_PORT": str(port), "SLM_HOST": "127.0.0.1",
-                "SLM_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1"})
+                "SLM_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(tree)})
     if TRACE:
         env["SLM_TRACE_STAGES"] = "true"
     base = f"http://127.0.0.1:{port}"
-    pid = running(stack, "slm-server", [sys.executable, "-m", "server", "serve"], base + "/ready", tmp / "ours.log",
-                  env=env, cwd=REPO)
+    pid = running(stack, name, [sys.executable, "-m", "server", "serve"], base + "/ready", tmp / f"{name}.log",
+                  env=env, cwd=tree)
     return _http(base + "/v1", stack, Server(base + "/v1", pid, worker_match="server\x00worker",
                                              metrics_url=base + "/metrics" if TRACE else None))
 
@@ -254,6 +256,15 @@ def start_llama_server(path: Path, tmp: Path, stack: contextlib.ExitStack) -> Co
     return _http(base + "/v1", stack, Server(base + "/v1", pid))
 
 
+def start_baseline(path: Path, tmp: Path, stack: contextlib.ExitStack) -> Contender:
+    """(e) our server from another checkout (BENCH_BASELINE_TREE, e.g. a `git worktree` of the commit before
+    a change): before and after, measured in the same run."""
+    tree = os.environ.get("BENCH_BASELINE_TREE")
+    if not tree:
+        raise Unavailable("not asked for (BENCH_BASELINE_TREE)")
+    return start_ours(path, tmp, stack, Path(tree).resolve(), "slm-server-baseline")
+
+
 class Unavailable(Exception):
     """A contender that cannot run on this machine (not a failure)."""
 
@@ -263,6 +274,7 @@ STARTERS: dict[str, tuple[str, Callable[[Path, Path, contextlib.ExitStack], Cont
     "b": ("ours", start_ours),
     "c": ("llama_cpp_server", start_llama_cpp_server),
     "d": ("llama_server", start_llama_server),
+    "e": ("baseline", start_baseline),
 }
 
 
