@@ -36,6 +36,7 @@ from server.queue.events import Done, Event, Started
 from server.queue.messages import Job
 from server.queue.replies import Command
 from server.worker.choices import Active, Choice, Waiting, admit_waiting, final_event, sequences
+from server.worker.cohort import Cohort
 from server.worker.grammar import constrained
 from server.worker.holdings import Holdings
 from server.worker.intake import Intake, IntakeConfig, Taken
@@ -75,6 +76,7 @@ class Worker:
         self.claimable = 0  # waiting choices that may take the next free slot (read by the intake thread)
         self.stopping = False  # set by a signal handler or the keep-alive thread: plain flag, no lock
         self.holdings = Holdings()
+        self.cohort = Cohort()
         self.outbox = Outbox(client)
         self.intake = Intake(client, IntakeConfig(config.model, config.worker_id, config.lease_s,
                                                   config.max_deliveries, config.log_prompts, config.dlq_maxlen,
@@ -206,11 +208,20 @@ class Worker:
             self._emit(self.engine.step())
 
     def _take_new(self, *, block: bool) -> None:
-        """Admit what the intake took, while there are free slots; wait a little for it when idle."""
+        """Admit what the intake took, while there are free slots; wait a little for it when idle, and
+        after the first newcomer of an idle engine, briefly for the rest of its cohort (`cohort.py`)."""
         while self.engine.free_slots() - self.claimable > 0:
             try:
-                taken = self.intake.inbox.get(timeout=IDLE_WAIT_S) if block else self.intake.inbox.get_nowait()
+                if block:
+                    taken = self.intake.inbox.get(timeout=IDLE_WAIT_S)
+                    self.cohort.first_arrived(time.monotonic())
+                else:
+                    wait = self.cohort.wait_s(time.monotonic())
+                    taken = self.intake.inbox.get_nowait() if wait is None else self.intake.inbox.get(timeout=wait)
+                    self.cohort.arrived()
             except queue.Empty:
+                if block:
+                    self.cohort.idle_tick()
                 return
             block = False
             self._admit(taken)
@@ -359,6 +370,8 @@ class Worker:
         for act in finished:
             self._release(act)
         self._admit_waiting()
+        if finished:
+            self.cohort.ended(len(finished), idle=not self.engine.active() and not self.waiting)
 
     def _flush_choice(self, act: Active, index: int, choice: Choice) -> list[Command]:
         event = choice.drain(index, act.attempt)
