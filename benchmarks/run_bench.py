@@ -25,7 +25,7 @@ Environment knobs:
   BENCH_QUICK=1                a smoke run: 1 round, 2 requests per client, 6 one-token requests
   BENCH_ROUNDS=4               rounds of the paired workloads
   BENCH_REQUESTS_PER_CLIENT=4  per short-chat client per workload
-  BENCH_LONG_REQUESTS_PER_CLIENT=2, BENCH_LONG_WORDS=1000
+  BENCH_LONG_REQUESTS_PER_CLIENT=2, BENCH_LONG_WORDS=1100
   BENCH_MAX_TOKENS=64
   BENCH_THREADS=2
   BENCH_OVERHEAD_REQUESTS=100  rounds of one-token requests for the queue-hop cost
@@ -71,7 +71,7 @@ QUICK = os.environ.get("BENCH_QUICK") == "1"
 ROUNDS = int(os.environ.get("BENCH_ROUNDS", "1" if QUICK else "4"))
 PER_CLIENT = int(os.environ.get("BENCH_REQUESTS_PER_CLIENT", "2" if QUICK else "4"))
 LONG_PER_CLIENT = int(os.environ.get("BENCH_LONG_REQUESTS_PER_CLIENT", "1" if QUICK else "2"))
-LONG_WORDS = int(os.environ.get("BENCH_LONG_WORDS", "1000"))  # ~1,500 tokens with SmolLM2's tokenizer
+LONG_WORDS = int(os.environ.get("BENCH_LONG_WORDS", "1100"))  # ~1,500 prompt tokens with SmolLM2
 TRACE = os.environ.get("BENCH_TRACE", "1") == "1"  # ours with SLM_TRACE_STAGES: the TTFT stage breakdown
 # the contenders of the paired workloads (llama-cpp-python's server serialises requests: hop only)
 PAIRED = set(os.environ.get("BENCH_PAIRED", "ours,llama_server,baseline").split(","))
