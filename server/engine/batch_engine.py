@@ -36,6 +36,7 @@ class Finish:
     prompt_ms: float
     generation_ms: float
     error: str | None = None
+    stop_sequence: str | None = None  # which stop sequence ended the text (reason "stop")
 
 
 @dataclass
@@ -303,6 +304,7 @@ class BatchEngine:
             prompt_ms=(first - seq.t_admit) * 1000.0,
             generation_ms=(end - first) * 1000.0,
             error=error,
+            stop_sequence=seq.text.matched if reason == "stop" else None,
         )
         seq.sampler.close()
         if seq.pending:  # cancelled during prefill: the cache holds a partial prompt, keep it consistent
