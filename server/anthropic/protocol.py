@@ -143,10 +143,34 @@ ToolChoice = Annotated[AutoChoice | AnyChoice | ToolChoiceNamed | NoneChoice, Fi
 class ThinkingEnabled(_Wire):
     type: Literal["enabled"]
     budget_tokens: int = Field(ge=1024)
+    display: Literal["summarized", "omitted"] | None = None
+
+
+class ThinkingAdaptive(_Wire):
+    type: Literal["adaptive"]
+    display: Literal["summarized", "omitted"] | None = None
+
+
+class ThinkingBetweenTools(_Wire):
+    type: Literal["between_tools"]
 
 
 class ThinkingDisabled(_Wire):
     type: Literal["disabled"]
+
+
+Thinking = Annotated[ThinkingEnabled | ThinkingAdaptive | ThinkingBetweenTools | ThinkingDisabled,
+                     Field(discriminator="type")]
+
+
+class JsonOutputFormat(_Wire):
+    type: Literal["json_schema"]
+    schema_: dict[str, Any] = Field(alias="schema")
+
+
+class OutputConfig(_Wire):
+    effort: Literal["low", "medium", "high", "xhigh", "max"] | None = None
+    format: JsonOutputFormat | None = None
 
 
 class Metadata(_Wire):
@@ -161,7 +185,8 @@ class _Conversation(_Wire):
     system: str | list[TextBlock] | None = None
     tools: list[CustomTool] | None = Field(default=None, max_length=128)
     tool_choice: ToolChoice | None = None
-    thinking: Annotated[ThinkingEnabled | ThinkingDisabled, Field(discriminator="type")] | None = None
+    thinking: Thinking | None = None
+    cache_control: CacheControl = None
 
     @model_validator(mode="before")
     @classmethod
@@ -191,6 +216,8 @@ class MessagesRequest(_Conversation):
     top_p: float | None = Field(default=None, ge=0.0, le=1.0)
     top_k: int | None = Field(default=None, ge=0)
     metadata: Metadata | None = None
+    output_config: OutputConfig | None = None
+    service_tier: Literal["auto", "standard_only"] | None = None  # one tier here: both are what it serves
 
     @model_validator(mode="after")
     def _budget_under_max_tokens(self) -> MessagesRequest:

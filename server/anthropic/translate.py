@@ -10,7 +10,9 @@
     tool_choice auto | any | tool | none -> auto | required | the named function | none;
                                        disable_parallel_tool_use -> parallel_tool_calls false
     stop_sequences                  -> stop;   metadata.user_id -> user
-    thinking (enabled)              -> `thinking`, for hosted models (a local model refuses it)
+    thinking (but disabled)         -> `thinking`, for hosted models (a local model refuses it)
+    output_config.format            -> response_format json_schema (local models: grammar-constrained)
+    output_config.effort            -> reasoning_effort, for hosted models (a local model refuses it)
 
 The internal request is validated as any chat request is, so every bound of the chat path holds;
 its refusals are renamed to the Anthropic field they came from.
@@ -30,9 +32,10 @@ from server.anthropic.protocol import (
     ImageBlock,
     MessagesRequest,
     NoneChoice,
+    OutputConfig,
     TextBlock,
     ThinkingBlock,
-    ThinkingEnabled,
+    ThinkingDisabled,
     ToolChoiceNamed,
     ToolResultBlock,
     ToolUseBlock,
@@ -42,7 +45,8 @@ from server.errors import InvalidRequestError
 from server.protocol import ChatCompletionRequest
 
 # internal parameter names -> the Anthropic field they came from (for refusals)
-RENAMED = (("stop", "stop_sequences"), ("user", "metadata.user_id"), ("messages", "messages"))
+RENAMED = (("stop", "stop_sequences"), ("user", "metadata.user_id"), ("messages", "messages"),
+           ("response_format", "output_config.format"), ("reasoning_effort", "output_config.effort"))
 
 
 def to_chat_request(req: MessagesRequest | CountTokensRequest) -> ChatCompletionRequest:
@@ -53,8 +57,8 @@ def to_chat_request(req: MessagesRequest | CountTokensRequest) -> ChatCompletion
             **({"description": tool.description} if tool.description is not None else {})}} for tool in req.tools]
     if req.tool_choice is not None:
         _tool_choice(req, data)
-    if isinstance(req.thinking, ThinkingEnabled):
-        data["thinking"] = req.thinking.model_dump()
+    if req.thinking is not None and not isinstance(req.thinking, ThinkingDisabled):
+        data["thinking"] = req.thinking.model_dump(exclude_none=True)
     if isinstance(req, MessagesRequest):
         data.update({"max_tokens": req.max_tokens, "stream": req.stream})
         if req.stream:
@@ -66,6 +70,8 @@ def to_chat_request(req: MessagesRequest | CountTokensRequest) -> ChatCompletion
             data["stop"] = req.stop_sequences
         if req.metadata is not None and req.metadata.user_id is not None:
             data["user"] = req.metadata.user_id
+        if req.output_config is not None:
+            _output_config(req.output_config, data)
     try:
         return ChatCompletionRequest.model_validate(data)
     except ValidationError as exc:
@@ -85,6 +91,14 @@ def _renamed(exc: InvalidRequestError) -> InvalidRequestError:
     if exc.param != param and param:
         exc.message = exc.message.replace(f"'{param}'", f"'{exc.param}'")
     return exc
+
+
+def _output_config(config: OutputConfig, data: dict[str, Any]) -> None:
+    if config.format is not None:
+        data["response_format"] = {"type": "json_schema",
+                                   "json_schema": {"name": "output", "schema": config.format.schema_}}
+    if config.effort is not None:
+        data["reasoning_effort"] = config.effort
 
 
 def _tool_choice(req: MessagesRequest | CountTokensRequest, data: dict[str, Any]) -> None:

@@ -9,14 +9,18 @@ one internal chat request (`server.anthropic.translate`) and served by `Service.
 
 from __future__ import annotations
 
+from typing import Any, TypeVar
+
 from fastapi import APIRouter, Request, Response
 from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ValidationError
 
 from server.anthropic.answer import whole_message
 from server.anthropic.events import anthropic_stream
 from server.anthropic.protocol import CountTokensRequest, MessagesRequest
 from server.anthropic.translate import to_chat_request
-from server.api.deps import ServiceDep, named_model, read_json, validate
+from server.api.deps import ServiceDep, named_model, read_json
+from server.api.errors import from_validation
 from server.api.event_stream import EventStreamResponse
 from server.api.openai_routes import STREAM_HEADERS
 from server.errors import SlmError
@@ -26,6 +30,17 @@ from server.serving.streaming import ClientGone
 from server.serving.transcript import open_transcript
 
 router = APIRouter(prefix="/v1")
+M = TypeVar("M", bound=BaseModel)
+
+
+def parse(data: dict[str, Any], model: type[M]) -> M:
+    """`data` as `model`, or a 400 naming the most specific field that is wrong (for a block of the
+    wrong type: the block, not the string the content could also have been)."""
+    try:
+        return model.model_validate(data)
+    except ValidationError as exc:
+        errors = sorted(exc.errors(), key=lambda error: -len(error.get("loc", ())))
+        raise from_validation(errors) from None
 
 
 @router.post("/messages")
@@ -39,7 +54,7 @@ async def messages(request: Request, service: ServiceDep) -> Response:
         found = service.registry.resolve(hint) if hint else None
         if found is not None:  # only registry names become label values
             label = (found[0], found[1].backend)
-        req = validate(data, MessagesRequest)
+        req = parse(data, MessagesRequest)
         stream = req.stream
         chat = to_chat_request(req)
         transcript = None
@@ -70,5 +85,5 @@ async def messages(request: Request, service: ServiceDep) -> Response:
 
 @router.post("/messages/count_tokens")
 async def count_tokens(request: Request, service: ServiceDep) -> JSONResponse:
-    req = validate(await read_json(request), CountTokensRequest)
+    req = parse(await read_json(request), CountTokensRequest)
     return JSONResponse({"input_tokens": await service.count_tokens(to_chat_request(req))})
