@@ -40,7 +40,7 @@ WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLengt
                                             "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},
            "required": ["city", "unit"], "additionalProperties": False}
 TOOLS: list[Any] = [{"name": "get_weather", "description": "The weather in a city", "input_schema": WEATHER}]
-ASK = [{"role": "user", "content": "Write a short poem about the sea."}]
+ASK: list[Any] = [{"role": "user", "content": "Write a short poem about the sea."}]
 
 
 @pytest.fixture(scope="session")

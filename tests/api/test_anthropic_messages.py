@@ -173,6 +173,7 @@ def test_hosted_thinking_streamed(client: anthropic.Anthropic, fake: FakeUpstrea
     assert "thinking" in kinds and "text" in kinds  # the client's events for thinking_delta and text_delta
     assert [block.type for block in final.content] == ["thinking", "text"]
     assert final.content[0].thinking == "two plus two" and texts(final) == "The answer is 4"  # type: ignore[union-attr]
+    assert final.usage.input_tokens > 0 and final.usage.output_tokens > 0  # from message_delta: known at the end
 
 
 def test_hosted_tool_use_whole_and_streamed(client: anthropic.Anthropic, fake: FakeUpstream) -> None:
