@@ -1,5 +1,6 @@
 """The server the Messages API tests share: `slm-server serve` with SmolLM2 (`tiny`, at most one request
-queued or running), a hosted entry on the fake upstream and one on a closed port, API keys on."""
+queued or running), a hosted entry on the fake upstream, one on a closed port and one there that
+falls back to the first, a router escalating images to the hosted one, API keys on."""
 
 from __future__ import annotations
 
@@ -35,6 +36,20 @@ models:
     api_key_env: HOSTED_TEST_API_KEY
     timeout: 5
     retries: 0
+  flaky-hosted:
+    backend: hosted
+    litellm_model: openai/fake-model
+    api_base: http://127.0.0.1:{{dead_port}}/v1
+    api_key_env: HOSTED_TEST_API_KEY
+    timeout: 5
+    retries: 0
+    fallbacks: [big-hosted]
+  smart:
+    backend: router
+    targets: [tiny]
+    escalate:
+      - images: true
+        to: big-hosted
 """
 WEATHER = {"type": "object", "properties": {"city": {"type": "string", "maxLength": 30},
                                             "unit": {"type": "string", "enum": ["celsius", "fahrenheit"]}},

@@ -220,3 +220,18 @@ def test_count_tokens_hosted(client: anthropic.Anthropic) -> None:
 def test_bearer_auth_also_accepted(server: LiveServer) -> None:
     client = anthropic.Anthropic(base_url=server.url, api_key=None, auth_token=KEY, max_retries=0)
     assert client.messages.count_tokens(model="tiny", messages=ASK).input_tokens > 0
+
+
+def test_routers_and_fallbacks_serve_messages(client: anthropic.Anthropic, fake: FakeUpstream) -> None:
+    image = {"type": "image", "source": {"type": "url", "url": "https://example.com/cat.png"}}
+    fake.script(Reply.describe())
+    raw = client.messages.with_raw_response.create(model="smart", max_tokens=8, messages=[
+        {"role": "user", "content": [image, {"type": "text", "text": "What is this?"}]}])
+    message = raw.parse()
+    assert (raw.headers["x-slm-router"], raw.headers["x-slm-route"], message.model) == ("smart", "escalated",
+                                                                                         "big-hosted")
+    assert texts(message) == "I see 1 image(s): https://example.com/cat.png"
+    plain = client.messages.with_raw_response.create(model="smart", max_tokens=4, messages=ASK)
+    assert plain.headers["x-slm-model"] == "tiny" and plain.parse().model == "tiny"
+    fallen = client.messages.with_raw_response.create(model="flaky-hosted", max_tokens=8, messages=ASK)
+    assert fallen.headers["x-slm-fallback-from"] == "flaky-hosted" and fallen.parse().model == "big-hosted"
