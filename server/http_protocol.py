@@ -85,7 +85,7 @@ class _TooManyConnections:
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
         await reply(send, RateLimitError(
             f"Too many open connections from your address (at most {self.limit}); close some and retry.",
-            code="too_many_connections", retry_after=1), close=True)
+            code="too_many_connections", retry_after=1), scope.get("path", ""), close=True)
 
 
 def raw_response(exc: SlmError) -> bytes:

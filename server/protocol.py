@@ -229,7 +229,7 @@ class _Sampling(BaseModel):
 # Parameters of the spec local models do not serve, with the value that means "not used".
 UNSUPPORTED_CHAT: dict[str, Any] = {
     "functions": [], "function_call": "none", "audio": None, "modalities": ["text"], "prediction": None,
-    "web_search_options": None, "reasoning_effort": None,
+    "web_search_options": None, "reasoning_effort": None, "thinking": None,
 }
 UNSUPPORTED_COMPLETION: dict[str, Any] = {"echo": False, "best_of": 1, "suffix": None}
 

@@ -1,4 +1,5 @@
-"""The one place where errors become HTTP answers in the OpenAI envelope."""
+"""The handlers that turn errors into HTTP answers, in the envelope of the API the path names
+(`server.envelopes`: OpenAI's, or Anthropic's under `/v1/messages`)."""
 
 from __future__ import annotations
 
@@ -11,13 +12,15 @@ from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from server.envelopes import render, render_http
 from server.errors import InvalidRequestError, SlmError
 
 log = logging.getLogger("slm.api")
 
 
-def error_response(exc: SlmError) -> JSONResponse:
-    return JSONResponse(exc.to_body(), status_code=exc.status, headers=exc.headers())
+def error_response(exc: SlmError, path: str = "") -> JSONResponse:
+    status, body, headers = render(exc, path)
+    return JSONResponse(body, status_code=status, headers=headers)
 
 
 _UNION_BRANCHES = {"str", "int", "float", "bool", "list", "dict", "none"}
@@ -42,25 +45,25 @@ def from_validation(errors: list[Any]) -> InvalidRequestError:
 
 def install_error_handlers(app: FastAPI) -> None:
     @app.exception_handler(SlmError)
-    async def _slm(_: Request, exc: SlmError) -> JSONResponse:
-        return error_response(exc)
+    async def _slm(request: Request, exc: SlmError) -> JSONResponse:
+        return error_response(exc, request.scope["path"])
 
     @app.exception_handler(RequestValidationError)
-    async def _request_validation(_: Request, exc: RequestValidationError) -> JSONResponse:
-        return error_response(from_validation(list(exc.errors())))
+    async def _request_validation(request: Request, exc: RequestValidationError) -> JSONResponse:
+        return error_response(from_validation(list(exc.errors())), request.scope["path"])
 
     @app.exception_handler(ValidationError)
-    async def _validation(_: Request, exc: ValidationError) -> JSONResponse:
-        return error_response(from_validation(list(exc.errors())))
+    async def _validation(request: Request, exc: ValidationError) -> JSONResponse:
+        return error_response(from_validation(list(exc.errors())), request.scope["path"])
 
     @app.exception_handler(StarletteHTTPException)
-    async def _http(_: Request, exc: StarletteHTTPException) -> JSONResponse:
-        kind = "not_found" if exc.status_code == 404 else "invalid_request_error"
-        body = {"error": {"message": str(exc.detail), "type": kind, "param": None, "code": None}}
+    async def _http(request: Request, exc: StarletteHTTPException) -> JSONResponse:
+        body = render_http(exc.status_code, str(exc.detail), request.scope["path"])
         return JSONResponse(body, status_code=exc.status_code)
 
     @app.exception_handler(Exception)
     async def _unexpected(request: Request, exc: Exception) -> JSONResponse:
         log.error("unexpected error on %s (request %s)", request.url.path,
                   getattr(request.state, "request_id", "-"), exc_info=exc)
-        return error_response(SlmError("The server had an error while processing your request."))
+        return error_response(SlmError("The server had an error while processing your request."),
+                              request.scope["path"])

@@ -7,7 +7,8 @@ client's 400). Nothing is refused here: the gateway never invents a refusal for 
 Fields the client added beyond the spec (the openai client's `extra_body`, merged into the request's
 top level), our llama.cpp extensions when set (`top_k`, `min_p`, `repeat_penalty`), and the spec
 fields litellm would keep for itself (`user`, `metadata`) reach the provider only inside litellm's
-`extra_body`, never as litellm keyword arguments: litellm acts on some names of its own
+`extra_body`, never as litellm keyword arguments (but `thinking`, which litellm maps for the providers
+that take it and is told to pass on to the others): litellm acts on some names of its own
 (`mock_response`, `api_base`, `custom_llm_provider`, `caching`...), and a client must not steer it.
 Provider settings (`api_base`, keys...) were refused when the request was parsed
 (`server.protocol.PROVIDER_FIELDS`).
@@ -67,7 +68,9 @@ class HostedParams:
                 options["logprobs"] = req.logprobs
             spec = COMPLETION_SPEC_EXTRAS
         for name, value in (req.model_extra or {}).items():
-            if name == "extra_body" and isinstance(value, dict):
+            if name == "thinking":  # Anthropic's: litellm maps it for providers that take it, else passes it on
+                options.update(thinking=value, allowed_openai_params=["thinking"])
+            elif name == "extra_body" and isinstance(value, dict):
                 extra_body.update(value)  # a client that nested them itself
             elif name in spec:
                 options[name] = value

@@ -170,6 +170,8 @@ class LocalGeneration:
                 self.result.prompt_ms = float(timings.get("prompt_ms", 0.0))
                 self.result.predicted_ms = float(timings.get("predicted_ms", 0.0))
                 self.result.extra["cached_tokens"] = int(usage.get("cached_tokens", 0))
+                if event.stop_sequence is not None:
+                    self.result.extra["stop_sequence"] = event.stop_sequence
                 if event.embeddings is not None:
                     self.result.extra["embeddings"] = event.embeddings
                 if self._marks is not None and event.trace:
@@ -212,17 +214,20 @@ class LocalBackend:
                          req: ChatCompletionRequest | CompletionRequest, payload: dict[str, Any],
                          max_tokens: int | None) -> LocalGeneration:
         params = sampling_params(req, max_tokens)
-        tool_mode = req.tool_mode() if isinstance(req, ChatCompletionRequest) else None
-        if isinstance(req, ChatCompletionRequest) and req.response_format is not None:
-            payload["response_format"] = req.response_format.for_worker()
-        if tool_mode is not None and isinstance(req, ChatCompletionRequest) and req.tools:
-            payload["tools"] = [t.model_dump(exclude_none=True) for t in req.tools]
-            payload["tool_choice"] = tool_mode
-            payload["parallel_tool_calls"] = req.parallel_tool_calls is not False
+        if isinstance(req, ChatCompletionRequest):
+            payload.update(chat_fields(req))
         now = time.time()
         job = Job(id=uuid.uuid4().hex, model=model, kind="chat" if endpoint == "chat" else "completion",
                   enqueued_at=now, deadline=now + self.queue_timeout_s, params=params, n=req.n or 1,
                   trace=True if self.trace else None, **payload)
+        return await self.submit(job, entry)
+
+    async def tokenize(self, model: str, entry: LocalModel, req: ChatCompletionRequest) -> LocalGeneration:
+        """A job that measures the chat prompt (template, tools) with the model's own tokenizer."""
+        now = time.time()
+        job = Job(id=uuid.uuid4().hex, model=model, kind="tokenize", enqueued_at=now,
+                  deadline=now + self.queue_timeout_s, messages=[m.for_template() for m in req.messages],
+                  **chat_fields(req))
         return await self.submit(job, entry)
 
     async def embedding(self, model: str, entry: LocalModel, inputs: list[str] | list[list[int]]) -> LocalGeneration:
@@ -230,6 +235,19 @@ class LocalBackend:
         job = Job(id=uuid.uuid4().hex, model=model, kind="embedding", inputs=inputs, enqueued_at=now,
                   deadline=now + self.queue_timeout_s)
         return await self.submit(job, entry)
+
+
+def chat_fields(req: ChatCompletionRequest) -> dict[str, Any]:
+    """A chat job's fields besides its messages: the response format, the tools it may call."""
+    fields: dict[str, Any] = {}
+    if req.response_format is not None:
+        fields["response_format"] = req.response_format.for_worker()
+    tool_mode = req.tool_mode()
+    if tool_mode is not None and req.tools:
+        fields["tools"] = [t.model_dump(exclude_none=True) for t in req.tools]
+        fields["tool_choice"] = tool_mode
+        fields["parallel_tool_calls"] = req.parallel_tool_calls is not False
+    return fields
 
 
 def sampling_params(req: ChatCompletionRequest | CompletionRequest, max_tokens: int | None) -> SamplingParams:

@@ -38,6 +38,7 @@ class Finish:
     generation_ms: float
     error: str | None = None
     batch_wait_ms: float = 0.0  # admitted -> the step that first took its prompt tokens
+    stop_sequence: str | None = None  # which stop sequence ended the text (reason "stop")
 
 
 @dataclass
@@ -312,6 +313,7 @@ class BatchEngine:
             generation_ms=(end - first) * 1000.0,
             error=error,
             batch_wait_ms=((seq.t_batched or end) - seq.t_admit) * 1000.0,
+            stop_sequence=seq.text.matched if reason == "stop" else None,
         )
         seq.sampler.close()
         if seq.pending:  # cancelled during prefill: the cache holds a partial prompt, keep it consistent

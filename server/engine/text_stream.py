@@ -15,6 +15,7 @@ class TextStream:
         self._stops = [s for s in stops if s]
         self._held = ""
         self.stopped = False
+        self.matched: str | None = None  # the stop sequence that ended the text, once one did
 
     def push(self, data: bytes) -> str:
         """Add a token's bytes; return the text now safe to send (may be empty)."""
@@ -24,8 +25,9 @@ class TextStream:
         if not self._stops:
             self._held = ""
             return text
-        cut = min((i for i in (text.find(s) for s in self._stops) if i >= 0), default=-1)
-        if cut >= 0:
+        found = [(i, -len(s), s) for s in self._stops if (i := text.find(s)) >= 0]
+        if found:
+            cut, _, self.matched = min(found)  # the earliest; at one place the longest
             self.stopped = True
             self._held = ""
             return text[:cut]

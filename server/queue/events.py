@@ -2,10 +2,11 @@
 
 Each is one JSON object in the response stream entry's `e` field (`messages.encode_event`), told
 apart by its `type`: `started` (a worker took the request, after its prompt was measured), `delta`
-(text of one choice), `finish` (one choice of `n` > 1 ended), `done` (the last: finish reason,
-usage, timings; embeddings) and `error` (the last: a refusal or a failure). Every event carries the
-`attempt` (delivery) it belongs to. `to_wire` writes the same keys the worker always wrote, and
-`from_wire` reads with the same defaults the gateway always used, so old and new processes mix.
+(text of one choice), `finish` (one choice of `n` > 1 ended), `done` (the last: finish reason, the
+stop sequence that ended the text, usage, timings; embeddings) and `error` (the last: a refusal or a
+failure). Every event carries the `attempt` (delivery) it belongs to. `to_wire` writes the same keys
+the worker always wrote, and `from_wire` reads with the same defaults the gateway always used, so old
+and new processes mix.
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ class Done:
     timings: dict[str, float] | None = None  # prompt_ms, predicted_ms (milliseconds)
     cancelled: bool | None = None  # a generation's: whether a cancel ended it (absent for embeddings)
     embeddings: list[list[float]] | None = None
+    stop_sequence: str | None = None  # the stop sequence that ended the text, when one did
     trace: dict[str, float] | None = None  # a traced job's stage marks (wall clock seconds; batch_wait_ms)
 
 
@@ -89,6 +91,8 @@ def to_wire(event: Event) -> dict[str, Any]:
             wire["cancelled"] = event.cancelled
         if event.embeddings is not None:
             wire["embeddings"] = event.embeddings
+        if event.stop_sequence is not None:
+            wire["stop_sequence"] = event.stop_sequence
         wire["usage"] = event.usage or {}
         wire["timings"] = event.timings or {}
         if event.trace is not None:
@@ -112,10 +116,10 @@ def from_wire(wire: dict[str, Any]) -> Event:
     if kind == "finish":
         return ChoiceFinished(attempt, int(wire["index"]), str(wire.get("finish_reason", "stop")))
     if kind == "done":
-        cancelled = wire.get("cancelled")
+        cancelled, stop = wire.get("cancelled"), wire.get("stop_sequence")
         return Done(attempt, str(wire.get("finish_reason", "stop")), dict(wire.get("usage") or {}),
                     dict(wire.get("timings") or {}), None if cancelled is None else bool(cancelled),
-                    wire.get("embeddings"), wire.get("trace"))
+                    wire.get("embeddings"), None if stop is None else str(stop), wire.get("trace"))
     if kind == "error":
         code, param = wire.get("code"), wire.get("param")
         return Failed(attempt, int(wire.get("status", 500)), None if code is None else str(code),

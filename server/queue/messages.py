@@ -21,7 +21,7 @@ class Job(BaseModel):
 
     id: str
     model: str
-    kind: Literal["chat", "completion", "embedding"]
+    kind: Literal["chat", "completion", "embedding", "tokenize"]  # tokenize: the chat prompt's length only
     messages: list[dict[str, Any]] | None = None
     prompt: str | None = None
     inputs: list[str] | list[list[int]] | None = None  # embedding inputs, as text or token ids

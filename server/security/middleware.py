@@ -7,7 +7,8 @@ For each HTTP request, in this order:
    skip the check: Kubernetes probes and Prometheus name the pod by IP or by its own name.
 1. **API key** — when keys are configured, every path but the open ones (`/health`, `/ready`,
    `/metrics` unless `SLM_PROTECT_METRICS`, `/`, `/static/*`, the API docs) needs
-   `Authorization: Bearer <key>`. The scheme is case-insensitive (RFC 7235), the key is not.
+   `Authorization: Bearer <key>` or `x-api-key: <key>` (Anthropic's clients send that), exactly one.
+   The scheme is case-insensitive (RFC 7235), the key is not.
    The decision reads `scope["path"]`, never a URL rebuilt from `Host` or `X-Forwarded-*`.
 2. **Content-Length** — above `SLM_MAX_BODY_BYTES`: 413 before reading any of the body.
    **Content-Type** — a request to `/v1/*` with a body must say `application/json` (or
@@ -25,7 +26,8 @@ For each HTTP request, in this order:
 
 Admitted requests carry their key's `x-ratelimit-*` headers (requests and tokens) on the response.
 
-Every refusal is one of `server.errors`' classes in the OpenAI envelope. A refusal sent before
+Every refusal is one of `server.errors`' classes in the envelope of the API the path names
+(`server.envelopes`: Anthropic's under `/v1/messages`, else OpenAI's). A refusal sent before
 the body was read says `Connection: close`, so the rest of a hostile upload is not drained.
 """
 
@@ -39,6 +41,7 @@ from dataclasses import dataclass, field
 import anyio
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from server.envelopes import render
 from server.errors import (
     AuthenticationError,
     InvalidRequestError,
@@ -61,7 +64,7 @@ METRICS_PATH = "/metrics"
 ANY_HOST_PATHS = frozenset({"/health", "/ready", METRICS_PATH})
 WWW_AUTHENTICATE = {"WWW-Authenticate": 'Bearer realm="slm-server"'}
 NO_KEY = ("You didn't provide an API key. You need to provide your API key in an Authorization header "
-          "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY).")
+          "using Bearer auth (i.e. Authorization: Bearer YOUR_KEY), or in an x-api-key header.")
 
 
 @dataclass
@@ -136,7 +139,7 @@ class SecurityMiddleware:
             if might_have_body and path.startswith("/v1/"):
                 _check_content_type(headers)
         except SlmError as exc:
-            await reply(send, exc, close=might_have_body)
+            await reply(send, exc, path, close=might_have_body)
             return
 
         admission: Admission | None = None
@@ -146,19 +149,20 @@ class SecurityMiddleware:
                 try:
                     admission = await limiter.admit(kid)
                 except SlmError as exc:
-                    await reply(send, exc, close=might_have_body)
+                    await reply(send, exc, path, close=might_have_body)
                     return
             if might_have_body:
                 try:
                     receive = await self._buffer_body(receive)
                 except _BodyTooLarge:
-                    await reply(send, _too_large(self.config.max_body_bytes), close=True)
+                    await reply(send, _too_large(self.config.max_body_bytes), path, close=True)
                     return
                 except _BodyTimeout:
                     timeout = self.config.body_timeout_s
                     log.info("request body not received within %s s: 408, connection closed", timeout)
                     await reply(send, RequestTimeoutError(
-                        f"The request body did not arrive within {timeout:g} s.", code="request_timeout"), close=True)
+                        f"The request body did not arrive within {timeout:g} s.", code="request_timeout"), path,
+                        close=True)
                     return
                 except _ClientGone:
                     return
@@ -196,17 +200,7 @@ class SecurityMiddleware:
         keys = self.config.keys
         if not keys or not self._needs_key(path):
             return None
-        values = [v for k, v in headers if k.lower() == b"authorization"]
-        if not values:
-            raise AuthenticationError(NO_KEY, headers=WWW_AUTHENTICATE)
-        if len(values) > 1:
-            raise AuthenticationError("Send exactly one Authorization header.", headers=WWW_AUTHENTICATE)
-        scheme, _, credential = values[0].strip().partition(b" ")
-        credential = credential.strip()
-        if scheme.lower() != b"bearer":
-            raise AuthenticationError(NO_KEY, headers=WWW_AUTHENTICATE)
-        if not credential:
-            raise AuthenticationError(NO_KEY, headers=WWW_AUTHENTICATE)
+        credential = _presented_key(headers)
         matched = keys.identify(credential)
         if matched is None:
             shown = mask(credential.decode("latin-1"))
@@ -242,6 +236,27 @@ class SecurityMiddleware:
             return await receive()
 
         return replay
+
+
+def _presented_key(headers: list[tuple[bytes, bytes]]) -> bytes:
+    """The key of `Authorization: Bearer <key>` or of `x-api-key: <key>` (Anthropic's header): exactly
+    one of them, once."""
+    values = [v for k, v in headers if k.lower() == b"authorization"]
+    api_keys = [v.strip() for k, v in headers if k.lower() == b"x-api-key"]
+    if len(values) + len(api_keys) > 1:
+        raise AuthenticationError("Send exactly one API key: one Authorization or one x-api-key header.",
+                                  headers=WWW_AUTHENTICATE)
+    if api_keys:
+        if not api_keys[0]:
+            raise AuthenticationError(NO_KEY, headers=WWW_AUTHENTICATE)
+        return api_keys[0]
+    if not values:
+        raise AuthenticationError(NO_KEY, headers=WWW_AUTHENTICATE)
+    scheme, _, credential = values[0].strip().partition(b" ")
+    credential = credential.strip()
+    if scheme.lower() != b"bearer" or not credential:
+        raise AuthenticationError(NO_KEY, headers=WWW_AUTHENTICATE)
+    return credential
 
 
 class _ClientGone(Exception):
@@ -309,12 +324,14 @@ def _with_headers(send: Send, extra: list[tuple[bytes, bytes]]) -> Send:
     return sender
 
 
-async def reply(send: Send, exc: SlmError, *, close: bool) -> None:
-    """Send `exc` in the OpenAI envelope; `close`: say `Connection: close` (the body was not read)."""
-    body = json.dumps(exc.to_body()).encode()
+async def reply(send: Send, exc: SlmError, path: str, *, close: bool) -> None:
+    """Send `exc` in the envelope of the API `path` names; `close`: say `Connection: close` (the body
+    was not read)."""
+    status, payload, extra = render(exc, path)
+    body = json.dumps(payload).encode()
     headers = [(b"content-type", b"application/json"), (b"content-length", str(len(body)).encode())]
-    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in exc.headers().items()]
+    headers += [(k.lower().encode("latin-1"), v.encode("latin-1")) for k, v in extra.items()]
     if close:
         headers.append((b"connection", b"close"))
-    await send({"type": "http.response.start", "status": exc.status, "headers": headers})
+    await send({"type": "http.response.start", "status": status, "headers": headers})
     await send({"type": "http.response.body", "body": body, "more_body": False})

@@ -9,21 +9,23 @@ After the first byte a failure becomes one error frame then `[DONE]`.
 
 from __future__ import annotations
 
+import asyncio
 import base64
 import json
 import logging
 import struct
 import time
 import uuid
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from dataclasses import dataclass
 from typing import Any, Literal
 
-from server.backends.base import Generation
+from server.backends.base import Generation, Result
 from server.backends.health import DEFAULT_POLICY, HealthPolicy
 from server.backends.hosted import HostedBackend
 from server.backends.hosted_params import HostedParams, provider_messages
 from server.backends.local import LocalBackend, refuse_for_local, wants_logprobs
+from server.backends.upstream import load_litellm
 from server.errors import (
     InvalidRequestError,
     ModelNotFoundError,
@@ -71,11 +73,14 @@ Endpoint = Literal["chat", "completions"]
 
 @dataclass
 class Answer:
-    """Either a whole body or a stream of SSE frames, plus headers naming who served."""
+    """Either a whole body or a stream of SSE frames, plus headers naming who served; `result()`: the
+    generation's outcome (complete once the body is, or once the stream has ended), for a front door
+    that says more than OpenAI's shapes do (which stop sequence ended the text)."""
 
     headers: dict[str, str]
     body: dict[str, Any] | None = None
     stream: AsyncIterator[bytes] | None = None
+    result: Callable[[], Result] | None = None
 
 
 class WorkerPresence:
@@ -175,6 +180,32 @@ class Service:
         body = {"object": "list", "data": data, "model": model,
                 "usage": {"prompt_tokens": used, "total_tokens": used}}
         return Answer({"x-slm-model": model, "x-slm-backend": "local"}, body=body)
+
+    async def count_tokens(self, req: ChatCompletionRequest) -> int:
+        """The prompt's length in tokens as the model that would serve it counts: a local model's own
+        template and tokenizer (a `tokenize` job, nothing generated), litellm's counter for a hosted
+        model; a router counts with its first target."""
+        model, entry = self.resolve(req.model)
+        if isinstance(entry, RouterModel):
+            model = entry.targets[0]
+            entry = self.registry.models[model]
+        if isinstance(entry, HostedModel):
+            counter = load_litellm().token_counter
+            tools = [tool.model_dump(exclude_none=True) for tool in req.tools or []] or None
+            return int(await asyncio.to_thread(counter, model=entry.litellm_model, messages=provider_messages(req),
+                                               tools=tools))
+        if not isinstance(entry, LocalModel):  # a router targeting a router is refused at load
+            raise InvalidRequestError(f"The model '{model}' cannot count tokens.", param="model")
+        refuse_for_local(req, model)
+        self._check_can_queue(model)
+        gen = await self.local.tokenize(model, entry, req)
+        try:
+            await gen.start()
+            async for _ in gen.deltas():
+                pass
+        finally:
+            await shielded(gen.close())
+        return gen.result.prompt_tokens
 
     def hosted_backend(self, model: str, entry: HostedModel) -> HostedBackend:
         """One backend (concurrency slots, client) per hosted entry, rebuilt when the entry changes."""
@@ -330,9 +361,9 @@ class Service:
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
             return Answer(headers, stream=stream(gen, shape, track, self.closing, include_usage, req.n or 1,
-                                                 with_tools))
+                                                 with_tools), result=lambda: gen.result)
         return Answer(headers, body=await whole(gen, shape, track, is_disconnected, self.closing,
-                                                wants_logprobs(req), with_tools))
+                                                wants_logprobs(req), with_tools), result=lambda: gen.result)
 
     async def wait_closed(self) -> None:
         """Let the clean-ups still running finish (at shutdown, before the Redis clients close)."""

@@ -51,6 +51,7 @@ class Active:
     prompt_ms: float = 0.0
     generation_ms: float = 0.0
     finish_reason: str = "stop"
+    stop_sequence: str | None = None
     cancelled: bool = False
     error: bool = False
     running: int = 0  # its sequences in the engine now
@@ -83,6 +84,7 @@ class Active:
         if self.job.n > 1 and fin.reason != "error":
             return ChoiceFinished(self.attempt, index, finish_reason(fin))
         self.finish_reason = finish_reason(fin)
+        self.stop_sequence = fin.stop_sequence
         return None
 
 
@@ -100,7 +102,7 @@ def final_event(act: Active) -> Done | Failed:
     if act.error:
         return Failed(act.attempt, 500, "generation_failed", "The model failed while generating.",
                       error_type="server_error")
-    return Done(act.attempt, act.finish_reason, cancelled=act.cancelled,
+    return Done(act.attempt, act.finish_reason, cancelled=act.cancelled, stop_sequence=act.stop_sequence,
                 usage={"prompt_tokens": act.prompt_tokens, "completion_tokens": act.completion_tokens,
                        "cached_tokens": act.cached_tokens},
                 timings={"prompt_ms": round(act.prompt_ms, 3), "predicted_ms": round(act.generation_ms, 3)},

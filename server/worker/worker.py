@@ -288,6 +288,9 @@ class Worker:
         if job.kind == "embedding":
             self._embed(entry_id, job, attempt)
             return
+        if job.kind == "tokenize":
+            self._count(entry_id, job, attempt)
+            return
         try:
             messages, params = constrained(job)
             if job.kind == "chat":
@@ -330,6 +333,20 @@ class Worker:
         started = replies.event(job.id, Started(attempt, self.config.worker_id, used))
         done = replies.event(job.id, Done(attempt, "stop", usage={"prompt_tokens": used, "completion_tokens": 0},
                                           timings={}, embeddings=vectors))
+        self._settle(job.id, entry_id, started + done)
+
+    def _count(self, entry_id: str, job: Job, attempt: int) -> None:
+        """A chat prompt's length in tokens (its template, tools described, tokenized), nothing generated."""
+        try:
+            messages, _ = constrained(job)
+            used = len(self.engine.chat_tokens(messages))
+        except SlmError as exc:
+            self._fail(entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
+                       error_type=exc.type)
+            return
+        started = replies.event(job.id, Started(attempt, self.config.worker_id, used))
+        done = replies.event(job.id, Done(attempt, "stop", usage={"prompt_tokens": used, "completion_tokens": 0},
+                                          timings={}))
         self._settle(job.id, entry_id, started + done)
 
     def _admit_waiting(self) -> None:

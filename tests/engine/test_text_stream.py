@@ -38,3 +38,13 @@ def test_held_text_is_flushed_at_the_end() -> None:
     stream = TextStream(["STOP"])
     assert stream.push(b"go ST") == "go "
     assert stream.finish() == "ST"
+
+
+def test_the_stop_sequence_that_ended_the_text_is_named() -> None:
+    stream = TextStream(["world", "lo w", "o"])
+    assert stream.push(b"hello world") == "hel"  # "o" and "lo w" are both there; "lo w" starts first
+    assert stream.matched == "lo w"
+    longest = TextStream(["ab", "abc"])
+    assert longest.push(b"xabcd") == "x" and longest.matched == "abc"  # at one place, the longest
+    never = TextStream(["zz"])
+    assert feed(never, [b"abc"]) == "abc" and never.matched is None

@@ -97,6 +97,25 @@ def test_two_authorization_headers_are_refused(secure: SecureServer) -> None:
     assert_401(response)
 
 
+def test_x_api_key_works_like_bearer(secure: SecureServer) -> None:
+    key = secure.keys["auth"]
+    assert httpx.get(secure.url + "/v1/models", headers={"x-api-key": key}, timeout=10).status_code == 200
+    wrong = "sk-wrong-0123456789abcdef0123456789abcdef"
+    for value in (wrong, "", key.upper(), key[:-1]):
+        response = httpx.get(secure.url + "/v1/models", headers={"x-api-key": value}, timeout=10)
+        assert_401(response, not_echoing=key if value else None)
+    assert "sk-wr****cdef" in httpx.get(secure.url + "/v1/models", headers={"x-api-key": wrong}, timeout=10).text
+
+
+def test_two_keys_in_two_headers_are_refused(secure: SecureServer) -> None:
+    """One key a request: a valid one beside another is no way in."""
+    key = secure.keys["auth"]
+    for headers in ([("x-api-key", "nope"), ("Authorization", f"Bearer {key}")],
+                    [("x-api-key", key), ("x-api-key", key)]):
+        with httpx.Client(timeout=10) as client:
+            assert_401(client.get(secure.url + "/v1/models", headers=headers))
+
+
 @pytest.mark.parametrize("headers", [
     {"Host": "127.0.0.1/health?x="},
     {"Host": "evil.example/health#"},
