@@ -35,6 +35,7 @@ from server.queue import keys, replies
 from server.queue.events import Done, Event, Started
 from server.queue.messages import Job
 from server.queue.replies import Command
+from server.worker import instant
 from server.worker.choices import Active, Choice, Waiting, admit_waiting, final_event, sequences
 from server.worker.cohort import Cohort
 from server.worker.grammar import constrained
@@ -285,11 +286,8 @@ class Worker:
         if self.config.crash_marker and self.config.crash_marker in (job.model_dump_json()):
             log.critical("test crash marker found in request %s: aborting", job.id)
             os.abort()
-        if job.kind == "embedding":
-            self._embed(entry_id, job, attempt)
-            return
-        if job.kind == "tokenize":
-            self._count(entry_id, job, attempt)
+        if job.kind in ("embedding", "tokenize"):
+            self._at_once(entry_id, job, attempt)
             return
         try:
             messages, params = constrained(job)
@@ -313,19 +311,10 @@ class Worker:
         self._admit_waiting()
         self.outbox.put(replies.event(job.id, Started(attempt, self.config.worker_id, len(tokens))))
 
-    def _embed(self, entry_id: str, job: Job, attempt: int) -> None:
-        """Embeddings are computed at once, between decode steps (small models embed in milliseconds)."""
-        if self.embedder is None:
-            self._fail(entry_id, job, attempt, 400, None, "This model does not serve embeddings.", param="model",
-                       error_type="invalid_request_error")
-            return
+    def _at_once(self, entry_id: str, job: Job, attempt: int) -> None:
+        """Embeddings and token counts: answered between two decode steps, without a slot (`instant.py`)."""
         try:
-            vectors, used = [], 0
-            for item in job.inputs or []:
-                tokens = (self.engine.model.tokenize(item, add_special=True, parse_special=False)
-                          if isinstance(item, str) else list(item))
-                used += len(tokens)
-                vectors.append(self.embedder.embed(tokens))
+            used, vectors = instant.answer(job, self.engine, self.embedder)
         except SlmError as exc:
             self._fail(entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
                        error_type=exc.type)
@@ -333,20 +322,6 @@ class Worker:
         started = replies.event(job.id, Started(attempt, self.config.worker_id, used))
         done = replies.event(job.id, Done(attempt, "stop", usage={"prompt_tokens": used, "completion_tokens": 0},
                                           timings={}, embeddings=vectors))
-        self._settle(job.id, entry_id, started + done)
-
-    def _count(self, entry_id: str, job: Job, attempt: int) -> None:
-        """A chat prompt's length in tokens (its template, tools described, tokenized), nothing generated."""
-        try:
-            messages, _ = constrained(job)
-            used = len(self.engine.chat_tokens(messages))
-        except SlmError as exc:
-            self._fail(entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
-                       error_type=exc.type)
-            return
-        started = replies.event(job.id, Started(attempt, self.config.worker_id, used))
-        done = replies.event(job.id, Done(attempt, "stop", usage={"prompt_tokens": used, "completion_tokens": 0},
-                                          timings={}))
         self._settle(job.id, entry_id, started + done)
 
     def _admit_waiting(self) -> None:
