@@ -7,6 +7,7 @@ With `SLM_WORKER_PORT` set, a small HTTP server answers /health (the loop is bea
 
 from __future__ import annotations
 
+import gc
 import logging
 import os
 import signal
@@ -152,6 +153,8 @@ def run_worker(settings: Settings, model: str) -> int:
     signal.signal(signal.SIGTERM, stop)
     signal.signal(signal.SIGINT, stop)
     http = _serve_http(settings.worker_port, settings.host, worker, metrics) if settings.worker_port else None
+    gc.collect()
+    gc.freeze()  # what loading made is never scanned by the collector again: no long pause in the decode loop
     try:
         worker.run()
     finally:
