@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import logs
-from server.api import docs, health, openai_routes, web
+from server.api import docs, health, openai_routes, responses_routes, web
 from server.api.errors import install_error_handlers
 from server.backends.upstream import close_hosted_clients, load_litellm
 from server.http_protocol import ConnectionLimits
@@ -167,6 +167,7 @@ def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnRelo
     app.add_middleware(RequestIdMiddleware, in_flight=app.state.in_flight)
     app.include_router(health.router)
     app.include_router(openai_routes.router)
+    app.include_router(responses_routes.router)
     app.include_router(web.router)
     if settings.docs:
         app.include_router(docs.router)

@@ -1,0 +1,133 @@
+"""Serve `POST /v1/responses` through the one serving path (`Service.chat`), and keep its state.
+
+The request is read into item resources (`items`), the stored conversation is put before them when
+`previous_response_id` continues one, and the whole becomes one chat request (`translate`) that the
+service plans, admits and serves exactly as a chat completion (fallbacks, routers, limits, metrics).
+Its answer comes back as a Response object (`objects`) or the Responses event stream (`events`),
+and is stored (`store`) before the client sees its end, so that any gateway can continue it at once.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator, Callable
+from dataclasses import dataclass
+from typing import Any
+
+from server.errors import ContextLengthError, InvalidRequestError, SlmError, StorageFullError
+from server.protocol import ChatCompletionRequest
+from server.protocol_responses import ResponsesRequest
+from server.responses import objects
+from server.responses.events import TERMINAL, EventWriter, frame, translated
+from server.responses.items import new_id, read_input
+from server.responses.store import ResponseStore
+from server.responses.translate import chat_request, renamed
+from server.serving.context import RequestContext
+from server.serving.formatting import LastChunk
+from server.serving.service import Answer, Service
+from server.serving.streaming import IsDisconnected
+
+log = logging.getLogger("slm.responses")
+
+STORED_HEADER = "x-slm-response-stored"
+ChatValidator = Callable[[dict[str, Any]], ChatCompletionRequest]
+
+
+@dataclass
+class Turn:
+    """One request to answer: who asks, the conversation so far, the new input."""
+
+    owner: str
+    history: list[dict[str, Any]]
+    new_items: list[dict[str, Any]]
+
+    @property
+    def items(self) -> list[dict[str, Any]]:
+        return self.history + self.new_items
+
+
+def dropped_oldest(items: list[dict[str, Any]]) -> list[dict[str, Any]] | None:
+    """`items` less their oldest turn (up to the next user message), or None when only one turn is left."""
+    for i in range(1, len(items)):
+        item = items[i]
+        if item["type"] == "message" and item["role"] == "user":
+            return items[i:]
+    return None
+
+
+class ResponsesService:
+    def __init__(self, service: Service, store: ResponseStore, validate_chat: ChatValidator) -> None:
+        self.service = service
+        self.store = store
+        self.validate_chat = validate_chat
+
+    async def turn(self, req: ResponsesRequest, owner: str) -> Turn:
+        history: list[dict[str, Any]] = []
+        if req.previous_response_id is not None:
+            record = await self.store.load(owner, req.previous_response_id)
+            if record is None:
+                raise InvalidRequestError(f"Previous response with id '{req.previous_response_id}' not found.",
+                                          param="previous_response_id", code="previous_response_not_found")
+            history = [*record["items"], *record["response"]["output"]]
+        return Turn(owner, history, read_input(req.input))
+
+    async def create(self, req: ResponsesRequest, owner: str, is_disconnected: IsDisconnected,
+                     context: RequestContext) -> Answer:
+        req.refuse_unsupported()
+        if req.background:
+            raise InvalidRequestError("Background responses are not served yet.", param="background")
+        turn = await self.turn(req, owner)
+        if req.stores and not await self.store.has_room():
+            raise StorageFullError("Stored responses are at this server's cap (SLM_RESPONSES_MAX_BYTES); send "
+                                   "'store': false, or delete stored responses.", param="store")
+        answer = await self._chat(req, turn.items, is_disconnected, context)
+        local = answer.headers.get("x-slm-backend") == "local"
+        response = objects.skeleton(req, new_id("resp"), answer.headers.get("x-slm-model", req.model),
+                                    objects.echoed_tools(req))
+        if answer.stream is None:
+            objects.from_chat(response, answer.body or {}, local)
+            stored = await self._save(req, turn, response)
+            return Answer({**answer.headers, STORED_HEADER: str(stored).lower()}, body=response)
+        writer = EventWriter(response, local)
+
+        async def before_end(final: dict[str, Any]) -> None:
+            await self._save(req, turn, final)
+
+        return Answer(answer.headers, stream=_encoded(translated(answer.stream, writer, before_end)))
+
+    async def _chat(self, req: ResponsesRequest, items: list[dict[str, Any]], is_disconnected: IsDisconnected,
+                    context: RequestContext) -> Answer:
+        """The chat answer; with `truncation: auto` the oldest turns are dropped until the prompt fits."""
+        while True:
+            try:
+                chat = self.validate_chat(chat_request(req, items))
+                return await self.service.chat(chat, is_disconnected, context)
+            except ContextLengthError as exc:
+                shorter = dropped_oldest(items) if req.truncation == "auto" else None
+                if shorter is None:
+                    raise renamed(exc) from None
+                log.info("truncation auto: %d of %d items dropped", len(items) - len(shorter), len(items))
+                items = shorter
+            except SlmError as exc:
+                raise renamed(exc) from None
+
+    async def _save(self, req: ResponsesRequest, turn: Turn, response: dict[str, Any]) -> bool:
+        """Store the response (`store` true), saying whether it was; a full store leaves `store` false."""
+        if not req.stores:
+            return False
+        stored = await self.store.save(turn.owner, response, turn.items)
+        if not stored:
+            log.warning("response %s not stored: stored responses are at their cap", response["id"])
+            response["store"] = False
+        return stored
+
+
+async def _encoded(batches: AsyncIterator[list[dict[str, Any]]]) -> AsyncIterator[bytes]:
+    try:
+        async for batch in batches:
+            data = b"".join(frame(event) for event in batch)
+            yield LastChunk(data) if batch and batch[-1]["type"] in TERMINAL else data
+    finally:
+        aclose = getattr(batches, "aclose", None)
+        if aclose is not None:
+            await aclose()
