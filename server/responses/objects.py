@@ -27,7 +27,8 @@ def skeleton(req: ResponsesRequest, response_id: str, model: str, tools: list[di
         "text": {"format": fmt, "verbosity": "medium"},
         "tool_choice": req.tool_choice if req.tool_choice is not None else "auto", "tools": tools,
         "top_p": req.top_p if req.top_p is not None else 1.0, "truncation": req.truncation or "disabled",
-        "usage": None, "user": req.user, "metadata": req.metadata or {},
+        "metadata": req.metadata or {},
+        **({"user": req.user} if req.user is not None else {}),  # `usage` and `user` are left out until known
     }
 
 
