@@ -12,10 +12,12 @@ from fastapi import APIRouter, Query, Request, Response
 from fastapi.responses import JSONResponse
 
 from server.api.deps import ServiceDep, validate
-from server.api.openai_routes import _counted
+from server.api.event_stream import EventStreamResponse
+from server.api.openai_routes import STREAM_HEADERS, _counted
 from server.errors import InvalidRequestError, NotFoundError
 from server.protocol import ChatCompletionRequest
 from server.protocol_responses import ResponsesRequest
+from server.responses.background import EventLog
 from server.responses.serving import ResponsesService
 from server.responses.store import ResponseStore
 from server.security import owner
@@ -36,9 +38,14 @@ def _validate_chat(body: dict[str, Any]) -> ChatCompletionRequest:
     return validate(body, ChatCompletionRequest)
 
 
+def _responses(request: Request, service: Service) -> ResponsesService:
+    events = EventLog(service.queue.commands, service.queue.reader, service.settings.responses_ttl_s)
+    return ResponsesService(service, _store(service), _validate_chat, request.app.state.responses_runs, events)
+
+
 @router.post("/responses")
 async def create_response(request: Request, service: ServiceDep) -> Response:
-    responses = ResponsesService(service, _store(service), _validate_chat)
+    responses = _responses(request, service)
     kid = owner.of(request.scope)
 
     async def serve(req: ResponsesRequest, context: RequestContext) -> Any:
@@ -55,9 +62,35 @@ async def _record(service: Service, request: Request, response_id: str) -> dict[
 
 
 @router.get("/responses/{response_id}")
-async def retrieve_response(response_id: str, request: Request, service: ServiceDep) -> JSONResponse:
+async def retrieve_response(response_id: str, request: Request, service: ServiceDep,
+                            stream: str | None = Query(default=None),
+                            starting_after: str | None = Query(default=None)) -> Response:
+    """The stored response; with `stream=true` a background response's events (after `starting_after`)."""
     record = await _record(service, request, response_id)
-    return JSONResponse(record["response"])
+    if stream not in (None, "false", "true"):
+        raise InvalidRequestError("Invalid value for 'stream': expected true or false.", param="stream")
+    if stream != "true":
+        if starting_after is not None:
+            raise InvalidRequestError("'starting_after' is only allowed with 'stream=true'.", param="starting_after")
+        return JSONResponse(record["response"])
+    if not record["response"].get("background"):
+        raise InvalidRequestError("Only background responses can be streamed again.", param="stream")
+    after = -1
+    if starting_after is not None:
+        if not starting_after.isascii() or not starting_after.isdigit():
+            raise InvalidRequestError("Invalid value for 'starting_after': a sequence number.",
+                                      param="starting_after")
+        after = int(starting_after)
+    frames = _responses(request, service).resume(owner.of(request.scope), response_id, after)
+    return EventStreamResponse(frames, headers=STREAM_HEADERS)
+
+
+@router.post("/responses/{response_id}/cancel")
+async def cancel_response(response_id: str, request: Request, service: ServiceDep) -> JSONResponse:
+    response = await _responses(request, service).cancel(owner.of(request.scope), response_id)
+    if response is None:
+        raise NotFoundError(f"No response found with id '{response_id}'.", param="response_id")
+    return JSONResponse(response)
 
 
 @router.delete("/responses/{response_id}")

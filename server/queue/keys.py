@@ -81,3 +81,13 @@ def stored_responses_sizes() -> str:
 def stored_responses_total() -> str:
     """The bytes all stored responses hold (what the memory cap bounds)."""
     return f"{PREFIX}:responses:bytes"
+
+
+def response_events(owner: str, response_id: str) -> str:
+    """Stream: the events of a background response, in order (a reconnecting client resumes them); expires."""
+    return f"{PREFIX}:responses:events:{owner}:{response_id}"
+
+
+def response_cancel(response_id: str) -> str:
+    """Set when a background response is cancelled; the gateway running it stops its generation."""
+    return f"{PREFIX}:responses:cancel:{response_id}"

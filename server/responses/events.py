@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import copy
 import json
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncGenerator, AsyncIterator, Awaitable, Callable
 from typing import Any
 
 from server.responses import objects
@@ -59,7 +59,14 @@ class EventWriter:
         return self._event(kind, response=copy.deepcopy(self.response))
 
     def start(self) -> list[dict[str, Any]]:
-        return [self._snapshot("response.created"), self._snapshot("response.in_progress")]
+        return [self.created(), self.in_progress()]
+
+    def created(self) -> dict[str, Any]:
+        return self._snapshot("response.created")
+
+    def in_progress(self) -> dict[str, Any]:
+        self.response["status"] = "in_progress"
+        return self._snapshot("response.in_progress")
 
     def chat_chunk(self, payload: dict[str, Any]) -> list[dict[str, Any]]:
         events: list[dict[str, Any]] = []
@@ -154,11 +161,13 @@ class EventWriter:
 
 
 async def translated(chat: AsyncIterator[bytes], writer: EventWriter,
-                     before_end: Callable[[dict[str, Any]], Awaitable[None]]) -> AsyncIterator[list[dict[str, Any]]]:
-    """The chat stream's frames as batches of Responses events (those of one chat write together);
-    `before_end(response)` runs before the last event (the response is stored before a client could
-    continue it), which comes alone in the last batch."""
-    yield writer.start()
+                     before_end: Callable[[dict[str, Any]], Awaitable[None]] | None = None,
+                     opening: list[dict[str, Any]] | None = None) -> AsyncGenerator[list[dict[str, Any]]]:
+    """The chat stream's frames as batches of Responses events (those of one chat write together),
+    after `opening` (by default `response.created`, `response.in_progress`); `before_end(response)`
+    runs before the last event (the response is stored before a client could continue it), which
+    comes alone in the last batch."""
+    yield writer.start() if opening is None else opening
     try:
         async for chunk in chat:
             events: list[dict[str, Any]] = []
@@ -174,7 +183,8 @@ async def translated(chat: AsyncIterator[bytes], writer: EventWriter,
             if events or end[:-1]:
                 yield events + end[:-1]
             if end:
-                await before_end(writer.response)
+                if before_end is not None:
+                    await before_end(writer.response)
                 yield end[-1:]
                 return
     finally:
