@@ -85,7 +85,7 @@ class ResponsesService:
             raise InvalidRequestError("A background response must be stored: 'store' cannot be false.",
                                       param="background")
         turn = await self.turn(req, owner)
-        if req.stores and not await self.store.has_room():
+        if req.stores and not await self.store.has_room(turn.items):
             raise StorageFullError(FULL, param="store")
         if req.background:
             return await self._background(req, turn)

@@ -18,6 +18,8 @@ import redis.asyncio as aioredis
 
 from server.queue import keys
 
+RECORD_OVERHEAD = 2048  # bytes: a response object with a short answer, beside its input items
+
 # KEYS: record, expiry zset, sizes hash, total. ARGV: ttl ms, cap bytes, payload. 1 stored, 0 over the cap.
 _SAVE = """
 local t = redis.call('TIME')
@@ -62,16 +64,19 @@ class ResponseStore:
         return [keys.stored_response(owner, response_id), keys.stored_responses_expiry(),
                 keys.stored_responses_sizes(), keys.stored_responses_total()]
 
-    async def has_room(self) -> bool:
-        """Whether the stored responses are below the cap (checked before generating one to store)."""
+    async def has_room(self, items: list[dict[str, Any]]) -> bool:
+        """Whether a response on `items` is likely to fit under the cap (checked before generating it):
+        the items' size plus `RECORD_OVERHEAD` for the response object and a short answer. A longer
+        answer that does not fit is not stored, and its response says so (`store: false`)."""
+        need = len(json.dumps(items, separators=(",", ":"), ensure_ascii=False).encode()) + RECORD_OVERHEAD
         total = await self.client.get(keys.stored_responses_total())
-        return int(total or 0) < self.max_bytes
+        return int(total or 0) + need <= self.max_bytes
 
     async def save(self, owner: str, response: dict[str, Any], items: list[dict[str, Any]]) -> bool:
         """Store (or replace) a response; False when it would pass the cap (nothing written)."""
         payload = json.dumps({"response": response, "items": items}, separators=(",", ":"), ensure_ascii=False)
         stored = await self._save(keys=self._keys(owner, response["id"]),
-                                  args=[self.ttl_s * 1000, self.max_bytes, payload])
+                                  args=[self.ttl_s * 1000, self.max_bytes, payload.encode()])
         return bool(stored)
 
     async def load(self, owner: str, response_id: str) -> dict[str, Any] | None:

@@ -45,3 +45,21 @@ def test_three_turns_across_gateways_and_a_restart(cluster: Cluster) -> None:
     assert texts[0] == "My name is Ada. Name a colour." and texts[2] == "Name a fruit."
     assert texts[-1] == "What is my name?" and len(texts) == 5  # three inputs, two answers
     assert client(b).responses.retrieve(three.id).output_text == three.output_text
+
+
+def test_at_the_cap_new_responses_are_refused_not_evicted(cluster: Cluster) -> None:
+    cluster.env["SLM_RESPONSES_MAX_BYTES"] = "8000"
+    cluster.spawn("worker", "--model", "tiny")
+    a, _ = cluster.gateway()
+    wait_until(lambda: ready(a, 1), timeout_s=60, what="the worker")
+    kept = []
+    with pytest.raises(openai.InternalServerError) as caught:
+        for _ in range(10):
+            kept.append(client(a).responses.create(model="tiny", input="Hi.", max_output_tokens=4).id)
+    assert caught.value.status_code == 507 and caught.value.code == "storage_full"
+    assert caught.value.response.headers["x-should-retry"] == "false"
+    assert kept and all(client(a).responses.retrieve(rid).id == rid for rid in kept)  # none evicted
+    unstored = client(a).responses.create(model="tiny", input="Hi.", max_output_tokens=4, store=False)
+    assert unstored.store is False and unstored.output_text is not None
+    client(a).responses.delete(kept[0])
+    assert client(a).responses.create(model="tiny", input="Hi.", max_output_tokens=4).store is True

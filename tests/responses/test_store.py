@@ -44,7 +44,8 @@ async def test_the_cap_refuses_new_writes_and_keeps_live_ones(client: aioredis.R
     kept = [response("x" * 200) for _ in range(3)]
     for r in kept:
         assert await store.save("key-a", r, [])
-    assert await store.has_room()
+    assert not await store.has_room([])  # under the cap, but not with room for another response
+    assert await ResponseStore(client, ttl_s=120, max_bytes=1 << 20).has_room([{"id": "msg_1"}])
     one_more = response("y" * 600)
     assert not await store.save("key-a", one_more, [])
     assert await store.load("key-a", one_more["id"]) is None
