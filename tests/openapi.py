@@ -37,7 +37,21 @@ def _spec() -> dict[str, Any]:
         raise FileNotFoundError(f"the OpenAI spec is missing at {SPEC} (set SLM_OPENAPI_SPEC)")
     with SPEC.open() as fh:
         data: dict[str, Any] = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    return _denull(data)
+    return _response_nulls(_denull(data))
+
+
+def _response_nulls(spec: dict[str, Any]) -> dict[str, Any]:
+    """The Response object's `user` and `usage` "or null": the spec's own examples (`response.created`,
+    `response.failed`) and the real API send `"usage": null, "user": null`, and the official client
+    types both optional; the schema alone forgot it."""
+    schemas = spec["components"]["schemas"]
+    for name, field in (("ModelResponseProperties", "user"), ("Response", "usage")):
+        holder = schemas[name] if name != "Response" else next(
+            part for part in schemas["Response"]["allOf"] if "properties" in part and "usage" in part["properties"])
+        properties = holder.get("properties", {})
+        if field in properties:
+            properties[field] = {"anyOf": [properties[field], {"type": "null"}]}
+    return spec
 
 
 @functools.cache

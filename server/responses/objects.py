@@ -27,8 +27,11 @@ def skeleton(req: ResponsesRequest, response_id: str, model: str, tools: list[di
         "text": {"format": fmt, "verbosity": "medium"},
         "tool_choice": req.tool_choice if req.tool_choice is not None else "auto", "tools": tools,
         "top_p": req.top_p if req.top_p is not None else 1.0, "truncation": req.truncation or "disabled",
-        "metadata": req.metadata or {},
-        **({"user": req.user} if req.user is not None else {}),  # `usage` and `user` are left out until known
+        "usage": None, "user": req.user, "metadata": req.metadata or {},
+        # asked for by Open Responses' response resource; what this server does with them
+        "presence_penalty": 0.0, "frequency_penalty": 0.0, "top_logprobs": 0, "max_tool_calls": None,
+        "service_tier": "default", "safety_identifier": req.safety_identifier,
+        "prompt_cache_key": req.prompt_cache_key,
     }
 
 
