@@ -2,8 +2,10 @@
 
 `response.created`, `response.in_progress`; per output item `response.output_item.added`, for a
 message `response.content_part.added`, `response.output_text.delta`... `.done`,
-`response.content_part.done`, for a function call `response.function_call_arguments.delta`...
-`.done`; `response.output_item.done`; last `response.completed` (or `response.incomplete`). A
+`response.content_part.done` (a provider's refusal: `response.refusal.delta`... `.done` in its own
+part), for a function call `response.function_call_arguments.delta`... `.done`, for a provider's
+reasoning text a reasoning item with `response.reasoning_text.delta`... `.done`;
+`response.output_item.done`; last `response.completed` (or `response.incomplete`). A
 failure after the first byte is an `error` event then `response.failed`. Every event carries its
 `sequence_number`; each SSE frame names its event (`event: response.output_text.delta`).
 """
@@ -45,7 +47,9 @@ class EventWriter:
         self.sequence = 0
         self.output: list[dict[str, Any]] = response["output"]
         self._message: dict[str, Any] | None = None  # the message item being written
-        self._text = ""
+        self._parts: dict[str, str] = {}  # its content parts so far: kind (output_text, refusal) -> text
+        self._reasoning: dict[str, Any] | None = None  # the reasoning item being written
+        self._reasoning_text = ""
         self._calls: dict[int, dict[str, Any]] = {}  # chat tool-call index -> its item (being written)
         self.finish_reason: str | None = None
         self.usage: dict[str, Any] | None = None
@@ -74,28 +78,63 @@ class EventWriter:
             self.usage = payload["usage"]
         for choice in payload.get("choices") or []:
             delta = choice.get("delta") or {}
+            if delta.get("reasoning_content"):
+                events += self._reasoning_delta(delta["reasoning_content"])
             if delta.get("content"):
-                events += self._text_delta(delta["content"])
+                events += self._part_delta("output_text", delta["content"])
+            if delta.get("refusal"):
+                events += self._part_delta("refusal", delta["refusal"])
             for fragment in delta.get("tool_calls") or []:
                 events += self._call_fragment(fragment)
             if choice.get("finish_reason"):
                 self.finish_reason = choice["finish_reason"]
         return events
 
-    def _text_delta(self, text: str) -> list[dict[str, Any]]:
+    def _added(self, item: dict[str, Any]) -> dict[str, Any]:
+        self.output.append(item)
+        return self._event("response.output_item.added", output_index=len(self.output) - 1, item=copy.deepcopy(item))
+
+    def _reasoning_delta(self, text: str) -> list[dict[str, Any]]:
         events = []
+        if self._reasoning is None:
+            self._reasoning = objects.reasoning_item("", status="in_progress")
+            events.append(self._added(self._reasoning))
+        self._reasoning_text += text
+        events.append(self._event("response.reasoning_text.delta", item_id=self._reasoning["id"],
+                                  output_index=self.output.index(self._reasoning), content_index=0, delta=text))
+        return events
+
+    def _close_reasoning(self) -> list[dict[str, Any]]:
+        item = self._reasoning
+        if item is None:
+            return []
+        self._reasoning = None
+        text, self._reasoning_text = self._reasoning_text, ""
+        index = self.output.index(item)
+        item.update(objects.reasoning_item(text, item["id"]))
+        return [self._event("response.reasoning_text.done", item_id=item["id"], output_index=index, content_index=0,
+                            text=text),
+                self._event("response.output_item.done", output_index=index, item=copy.deepcopy(item))]
+
+    def _part_delta(self, kind: str, text: str) -> list[dict[str, Any]]:
+        """Text or refusal text of the message being written (opened, and its part, on first use)."""
+        events = self._close_reasoning()
         if self._message is None:
             self._message = objects.message_item("", status="in_progress")
-            self.output.append(self._message)
-            index = len(self.output) - 1
-            events.append(self._event("response.output_item.added", output_index=index,
-                                      item=copy.deepcopy(self._message)))
-            events.append(self._event("response.content_part.added", item_id=self._message["id"],
-                                      output_index=index, content_index=0, part=objects.text_part("")))
-        self._text += text
-        events.append(self._event("response.output_text.delta", item_id=self._message["id"],
-                                  output_index=self.output.index(self._message), content_index=0, delta=text,
-                                  logprobs=[]))
+            events.append(self._added(self._message))
+        index = self.output.index(self._message)
+        if kind not in self._parts:
+            self._parts[kind] = ""
+            events.append(self._event("response.content_part.added", item_id=self._message["id"], output_index=index,
+                                      content_index=list(self._parts).index(kind), part=objects.part(kind, "")))
+        self._parts[kind] += text
+        position = list(self._parts).index(kind)
+        if kind == "output_text":
+            events.append(self._event("response.output_text.delta", item_id=self._message["id"], output_index=index,
+                                      content_index=position, delta=text, logprobs=[]))
+        elif text:
+            events.append(self._event("response.refusal.delta", item_id=self._message["id"], output_index=index,
+                                      content_index=position, delta=text))
         return events
 
     def _close_message(self) -> list[dict[str, Any]]:
@@ -104,19 +143,24 @@ class EventWriter:
             return []
         self._message = None
         index = self.output.index(message)
-        part = objects.text_part(self._text)
-        message["content"] = [part]
+        events = []
+        for position, (kind, text) in enumerate(self._parts.items()):
+            if kind == "output_text":
+                events.append(self._event("response.output_text.done", item_id=message["id"], output_index=index,
+                                          content_index=position, text=text, logprobs=[]))
+            else:
+                events.append(self._event("response.refusal.done", item_id=message["id"], output_index=index,
+                                          content_index=position, refusal=text))
+            events.append(self._event("response.content_part.done", item_id=message["id"], output_index=index,
+                                      content_index=position, part=objects.part(kind, text)))
+        message["content"] = [objects.part(kind, text) for kind, text in self._parts.items()]
         message["status"] = "completed"
-        return [
-            self._event("response.output_text.done", item_id=message["id"], output_index=index, content_index=0,
-                        text=self._text, logprobs=[]),
-            self._event("response.content_part.done", item_id=message["id"], output_index=index, content_index=0,
-                        part=copy.deepcopy(part)),
-            self._event("response.output_item.done", output_index=index, item=copy.deepcopy(message)),
-        ]
+        self._parts = {}
+        events.append(self._event("response.output_item.done", output_index=index, item=copy.deepcopy(message)))
+        return events
 
     def _call_fragment(self, fragment: dict[str, Any]) -> list[dict[str, Any]]:
-        events = self._close_message()
+        events = self._close_reasoning() + self._close_message()
         position = int(fragment.get("index", 0))
         function = fragment.get("function") or {}
         item = self._calls.get(position)
@@ -124,9 +168,7 @@ class EventWriter:
             item = objects.call_item(fragment.get("id") or new_id("call"), function.get("name") or "", "",
                                      status="in_progress")
             self._calls[position] = item
-            self.output.append(item)
-            events.append(self._event("response.output_item.added", output_index=len(self.output) - 1,
-                                      item=copy.deepcopy(item)))
+            events.append(self._added(item))
         piece = function.get("arguments") or ""
         if piece:
             item["arguments"] += piece
@@ -146,9 +188,9 @@ class EventWriter:
         return events
 
     def complete(self) -> list[dict[str, Any]]:
-        events = self._close_message() + self._close_calls()
+        events = self._close_reasoning() + self._close_message() + self._close_calls()
         if not self.output:  # an empty answer is still one (empty) message
-            events += self._text_delta("") + self._close_message()
+            events += self._part_delta("output_text", "") + self._close_message()
         objects.finish(self.response, self.finish_reason, self.usage, self.local)
         kind = "response.incomplete" if self.response["status"] == "incomplete" else "response.completed"
         return [*events, self._snapshot(kind)]

@@ -55,13 +55,28 @@ def usage(chat_usage: dict[str, Any] | None, local: bool) -> dict[str, Any]:
             "total_tokens": prompt + completion}
 
 
-def message_item(text: str, item_id: str | None = None, status: str = "completed") -> dict[str, Any]:
+def message_item(text: str, item_id: str | None = None, status: str = "completed",
+                 refusal: str | None = None) -> dict[str, Any]:
+    parts = [text_part(text)] if text or not refusal else []
+    if refusal:
+        parts.append(part("refusal", refusal))
     return {"id": item_id or new_id("msg"), "type": "message", "role": "assistant", "status": status,
-            "content": [text_part(text)] if status != "in_progress" else []}
+            "content": parts if status != "in_progress" else []}
 
 
 def text_part(text: str) -> dict[str, Any]:
     return {"type": "output_text", "text": text, "annotations": [], "logprobs": []}
+
+
+def part(kind: str, text: str) -> dict[str, Any]:
+    """A message's content part: `output_text` or `refusal`."""
+    return text_part(text) if kind == "output_text" else {"type": "refusal", "refusal": text}
+
+
+def reasoning_item(text: str, item_id: str | None = None, status: str = "completed") -> dict[str, Any]:
+    """A hosted model's reasoning text (`reasoning_content`) as a reasoning item."""
+    return {"id": item_id or new_id("rs"), "type": "reasoning", "summary": [], "status": status,
+            "content": [{"type": "reasoning_text", "text": text}] if status != "in_progress" else []}
 
 
 def call_item(call_id: str, name: str, arguments: str, item_id: str | None = None,
@@ -86,8 +101,10 @@ def from_chat(response: dict[str, Any], body: dict[str, Any], local: bool) -> di
     choice = body["choices"][0]
     message = choice["message"]
     output = []
-    if message.get("content"):
-        output.append(message_item(message["content"]))
+    if message.get("reasoning_content"):
+        output.append(reasoning_item(message["reasoning_content"]))
+    if message.get("content") or message.get("refusal"):
+        output.append(message_item(message.get("content") or "", refusal=message.get("refusal")))
     for call in message.get("tool_calls") or []:
         output.append(call_item(call["id"], call["function"]["name"], call["function"]["arguments"]))
     if not output:

@@ -75,6 +75,10 @@ class ResponsesService:
             if record is None:
                 raise InvalidRequestError(f"Previous response with id '{req.previous_response_id}' not found.",
                                           param="previous_response_id", code="previous_response_not_found")
+            if record["response"]["status"] in ("queued", "in_progress"):
+                raise InvalidRequestError(f"Previous response with id '{req.previous_response_id}' is still in "
+                                          "progress; continue it once it has finished.",
+                                          param="previous_response_id")
             history = [*record["items"], *record["response"]["output"]]
         return Turn(owner, history, read_input(req.input))
 

@@ -76,3 +76,24 @@ def test_chat_frames_are_read_back() -> None:
     frames = b': ok\n\ndata: {"a":1}\n\ndata: [DONE]\n\n'
     payloads = chat_payloads(frames)
     assert payloads[0] == {"a": 1} and len(payloads) == 2
+
+
+def test_a_providers_reasoning_and_refusal() -> None:
+    w = writer()
+    events = w.start()
+    events += w.chat_chunk(chunk({"reasoning_content": "The user wants "}))
+    events += w.chat_chunk(chunk({"reasoning_content": "something harmful."}))
+    events += w.chat_chunk(chunk({"refusal": "I can't help with that."}))
+    events += w.chat_chunk(chunk({}, finish="stop"))
+    events += w.complete()
+    check(events)
+    kinds = [e["type"] for e in events]
+    assert kinds[2:] == [
+        "response.output_item.added", "response.reasoning_text.delta", "response.reasoning_text.delta",
+        "response.reasoning_text.done", "response.output_item.done", "response.output_item.added",
+        "response.content_part.added", "response.refusal.delta", "response.refusal.done",
+        "response.content_part.done", "response.output_item.done", "response.completed"]
+    final = events[-1]["response"]
+    assert_valid("Response", final)
+    assert final["output"][0]["content"] == [{"type": "reasoning_text", "text": "The user wants something harmful."}]
+    assert final["output"][1]["content"] == [{"type": "refusal", "refusal": "I can't help with that."}]

@@ -236,6 +236,21 @@ def test_hosted_whole_and_streamed(responses_server: ResponsesServer) -> None:
     assert upstream.requests[-1].body["tools"][0]["function"]["name"] == "get_weather"
 
 
+def test_hosted_reasoning_and_refusal(responses_server: ResponsesServer) -> None:
+    upstream = responses_server.upstream
+    upstream.script(Reply.ok("Sure.", reasoning="Thinking it over."), Reply.ok("", refusal="I cannot."))
+    events = raw_events(responses_server, {"model": "hosted", "input": "Think, then answer."})
+    final = events[-1]["response"]
+    assert [item["type"] for item in final["output"]] == ["reasoning", "message"]
+    assert final["output"][0]["content"][0]["text"] == "".join(
+        e["delta"] for e in events if e["type"] == "response.reasoning_text.delta") == "Thinking it over."
+    assert final["usage"]["output_tokens_details"]["reasoning_tokens"] > 0
+    refused = responses_server.client().responses.create(model="hosted", previous_response_id=final["id"],
+                                                         input="Now something else.")
+    assert refused.output[0].type == "message" and refused.output[0].content[0].type == "refusal"
+    assert upstream.requests[-1].body["messages"][-2] == {"role": "assistant", "content": "Sure."}
+
+
 def test_metrics_count_the_responses_endpoint(responses_server: ResponsesServer) -> None:
     labels = {"model": "tiny", "backend": "local", "endpoint": "responses", "stream": "false", "code": "200"}
     before = value(scrape(responses_server.url), "slm_requests_total", **labels)
