@@ -191,14 +191,27 @@ def test_bad_input_is_a_4xx_naming_the_parameter(responses_server: ResponsesServ
         ({"reasoning": {"effort": "high"}}, "reasoning.effort"),  # a local model has no reasoning effort
         ({"include": ["reasoning.encrypted_content"]}, "include"),
         ({"model": "nope"}, "model"),
+        ({"background": True, "store": False}, "background"),
+        ({"text": {"format": {"type": "json_schema", "name": "x", "schema": {"type": "object", "properties": {
+            "a": {"type": "string", "minLength": 5000}}}}}}, "text.format.schema.properties.a.minLength"),
     ]
     for extra, param in cases:
         assert bad(responses_server, {**base, **extra})["param"] == param, extra
     big = httpx.post(responses_server.url + "/v1/responses", json={**base, "input": "x" * (5 << 20)}, timeout=60,
                      headers={"Authorization": f"Bearer {KEY_A}"})
     assert big.status_code == 413 and big.json()["error"]["code"] == "request_too_large"
-    # still serving
-    assert responses_server.client().responses.create(**base).output_text is not None
+    headers = {"Authorization": f"Bearer {KEY_A}"}
+    stored = responses_server.client().responses.create(**base)  # still serving
+    assert stored.output_text is not None
+    for method, path, param in (("GET", f"/v1/responses/{stored.id}?stream=true", "stream"),
+                                ("GET", f"/v1/responses/{stored.id}/input_items?limit=0", "limit"),
+                                ("GET", f"/v1/responses/{stored.id}/input_items?order=up", "order"),
+                                ("GET", f"/v1/responses/{stored.id}/input_items?after=msg_x", "after"),
+                                ("POST", f"/v1/responses/{stored.id}/cancel", "response_id"),
+                                ("POST", "/v1/responses/resp_unknown/cancel", "response_id")):
+        answer = httpx.request(method, responses_server.url + path, headers=headers, timeout=10)
+        assert 400 <= answer.status_code < 500 and answer.status_code != 422, answer.text
+        assert answer.json()["error"]["param"] == param, (path, answer.text)
 
 
 def test_another_keys_response_is_not_found(responses_server: ResponsesServer) -> None:
