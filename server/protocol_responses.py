@@ -27,6 +27,8 @@ UNSUPPORTED: dict[str, tuple[Any, ...]] = {
     "service_tier": (None, "auto", "default"),
     "context_management": (None, []),
     "prompt_cache_retention": (None,),
+    "prompt_cache_options": (None,),  # the worker keeps a prefix while its slot holds it, no longer
+    "moderation": (None,),  # no moderation model runs here
 }
 
 

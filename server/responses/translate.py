@@ -28,7 +28,7 @@ _PARAMS = (
     (re.compile(r"^tools\.(\d+)(.*)$"), r"tools[\1]\2"),
     (re.compile(r"^response_format\.json_schema\.(.+)$"), r"text.format.\1"),
     (re.compile(r"^response_format.*$"), "text.format"),
-    (re.compile(r"^max_completion_tokens$"), "max_output_tokens"),
+    (re.compile(r"^max_(completion_)?tokens$"), "max_output_tokens"),
     (re.compile(r"^reasoning_effort$"), "reasoning.effort"),
     (re.compile(r"^tool_choice\.function\.(.+)$"), r"tool_choice.\1"),
 )

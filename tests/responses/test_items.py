@@ -91,7 +91,8 @@ def test_built_in_tools_and_unknown_fields_are_refused_by_name() -> None:
 
 def test_unserved_parameters_are_refused_by_name() -> None:
     for name, value in (("conversation", "conv_1"), ("include", ["reasoning.encrypted_content"]),
-                        ("prompt", {"id": "pmpt_1"}), ("top_logprobs", 3), ("api_base", "http://x")):
+                        ("prompt", {"id": "pmpt_1"}), ("top_logprobs", 3), ("api_base", "http://x"),
+                        ("moderation", {"model": "omni"}), ("prompt_cache_options", {"ttl": "24h"})):
         req = ResponsesRequest.model_validate({"model": "m", "input": "hi", name: value})
         assert refused(req.refuse_unsupported).param == name
     req = ResponsesRequest.model_validate({"model": "m"})
@@ -112,5 +113,6 @@ def test_chat_parameter_names_become_responses_names() -> None:
     assert responses_param("tools.2.function.parameters") == "tools[2].parameters"
     assert responses_param("response_format.json_schema.schema") == "text.format.schema"
     assert responses_param("max_completion_tokens") == "max_output_tokens"
+    assert responses_param("max_tokens") == "max_output_tokens"  # a worker's "no room for them" names it so
     assert responses_param("reasoning_effort") == "reasoning.effort"
     assert responses_param("model") == "model"
