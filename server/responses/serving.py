@@ -168,6 +168,9 @@ class ResponsesService:
             objects.failed(response, "server_error", "The gateway running this response stopped.")
             await shielded(self._save_run(turn, response))
             raise
+        except Exception:  # a detached task has no caller to raise to: logged once, the response failed
+            log.exception("background response %s failed", rid)
+            objects.failed(response, "server_error", "The server had an error while processing your request.")
         if response["status"] not in FINAL_STATUSES:
             response["status"] = "cancelled"
         await self._save_run(turn, response)
