@@ -18,7 +18,7 @@ from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from server import logs
-from server.api import anthropic_routes, docs, health, openai_routes, web
+from server.api import anthropic_routes, docs, health, openai_routes, responses_routes, web
 from server.api.errors import install_error_handlers
 from server.backends.upstream import close_hosted_clients, load_litellm
 from server.http_protocol import ConnectionLimits
@@ -27,6 +27,7 @@ from server.metrics import Metrics
 from server.queue.client import QueueClient
 from server.registry import HostedModel, Registry, RouterModel
 from server.reload import OnReload, RegistryWatcher, diff
+from server.responses.background import BackgroundRuns
 from server.security import SecurityConfig, SecurityMiddleware
 from server.serving.dispatch import plan_for
 from server.serving.routing import Route
@@ -151,6 +152,7 @@ def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnRelo
                 task.cancel()
                 with contextlib.suppress(asyncio.CancelledError):
                     await task
+            await app.state.responses_runs.stop()  # background responses: their jobs cancelled, marked failed
             await service.wait_closed()
             await queue.close()
             await close_hosted_clients()
@@ -164,10 +166,12 @@ def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnRelo
     app.add_middleware(SecurityMiddleware, config=security)
     app.state.connection_limits = ConnectionLimits.from_settings(settings, keys_configured=bool(security.keys))
     app.state.in_flight = InFlight()
+    app.state.responses_runs = BackgroundRuns()
     app.add_middleware(RequestIdMiddleware, in_flight=app.state.in_flight)
     app.include_router(health.router)
     app.include_router(openai_routes.router)
     app.include_router(anthropic_routes.router)
+    app.include_router(responses_routes.router)
     app.include_router(web.router)
     if settings.docs:
         app.include_router(docs.router)

@@ -6,6 +6,7 @@
     │   └── SchemaLimitError       400 code=schema_too_complex (a JSON schema past the grammar's bounds)
     ├── AuthenticationError        401
     ├── ModelNotFoundError         404 code=model_not_found
+    ├── NotFoundError              404 (a stored response unknown, expired or another key's)
     ├── RequestTimeoutError        408 code=request_timeout (headers or body too slow; the connection closes)
     ├── RequestTooLargeError       413
     ├── OverloadedError            429 + Retry-After (queue full)
@@ -14,7 +15,8 @@
     ├── ServiceUnavailableError    503 + Retry-After (Redis or workers down, queue timeout)
     │   └── UpstreamUnavailableError  503 code=upstream_unavailable (a hosted model's circuit is open)
     ├── UpstreamTimeoutError       504
-    └── GenerationError            500 (worker failed, request dead-lettered)
+    ├── GenerationError            500 (worker failed, request dead-lettered)
+    └── StorageFullError           507 code=storage_full (stored responses at their cap; not retried)
 
 `server.api.errors` installs the handlers that render these as the OpenAI error envelope; the
 same `to_body()` renders the error frame of a stream that already started.
@@ -150,6 +152,25 @@ class GenerationError(SlmError):
     type = "server_error"
     default_code = "generation_failed"
     metric_type = "worker_lost"
+
+
+class NotFoundError(SlmError):
+    status = 404
+    type = "invalid_request_error"
+    default_code = "not_found"
+    metric_type = "validation"
+
+
+class StorageFullError(SlmError):
+    """Nothing more can be stored; retrying soon would not help (the client is told not to)."""
+
+    status = 507
+    type = "server_error"
+    default_code = "storage_full"
+    metric_type = "overloaded"
+
+    def __init__(self, message: str, *, param: str | None = None) -> None:
+        super().__init__(message, param=param, headers={"x-should-retry": "false"})
 
 
 class RegistryError(Exception):

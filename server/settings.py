@@ -79,6 +79,14 @@ class Settings(BaseSettings):
         "queue, worker intake, tokenize, batch, prefill, back): the slm_ttft_stage_seconds histogram and one "
         "`slm.trace` log line per request. Off by default: it is for finding where latency goes.")
 
+    # stored responses (server/responses/store.py): Redis also holds the queue, so they are bounded in time
+    # and size. A day covers an agent's working session and a redeploy (OpenAI keeps 30 days on disks of its
+    # own); 256 MiB holds thousands of whole conversations of small-context models (one is at most a few
+    # hundred KiB) and stays small beside a self-hosted Redis. At the cap new responses are not stored (507).
+    responses_ttl_s: int = Field(default=24 * 3600, ge=60, description="How long a stored response is kept.")
+    responses_max_bytes: int = Field(
+        default=256 * 1024 * 1024, ge=1024, description="What stored responses may hold in Redis, in all.")
+
     max_n: int = Field(default=8, ge=1, le=128, description="Largest `n` (choices) one request may ask for.")
     max_n_tokens: int = Field(default=16384, ge=1, description="Largest `n` x `max_tokens` of one request.")
 

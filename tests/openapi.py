@@ -37,7 +37,21 @@ def _spec() -> dict[str, Any]:
         raise FileNotFoundError(f"the OpenAI spec is missing at {SPEC} (set SLM_OPENAPI_SPEC)")
     with SPEC.open() as fh:
         data: dict[str, Any] = yaml.load(fh, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
-    return _denull(data)
+    return _response_nulls(_denull(data))
+
+
+def _response_nulls(spec: dict[str, Any]) -> dict[str, Any]:
+    """The Response object's `user` and `usage` "or null": the spec's own examples (`response.created`,
+    `response.failed`) and the real API send `"usage": null, "user": null`, and the official client
+    types both optional; the schema alone forgot it."""
+    schemas = spec["components"]["schemas"]
+    for name, field in (("ModelResponseProperties", "user"), ("Response", "usage")):
+        holder = schemas[name] if name != "Response" else next(
+            part for part in schemas["Response"]["allOf"] if "properties" in part and "usage" in part["properties"])
+        properties = holder.get("properties", {})
+        if field in properties:
+            properties[field] = {"anyOf": [properties[field], {"type": "null"}]}
+    return spec
 
 
 @functools.cache
@@ -54,3 +68,23 @@ def assert_valid(component: str, body: Any) -> None:
     if errors:
         details = "\n".join(f"- {'/'.join(map(str, e.path)) or '<root>'}: {e.message[:300]}" for e in errors[:5])
         raise AssertionError(f"response does not match {component}:\n{details}")
+
+
+@functools.cache
+def _event_components() -> dict[str, str]:
+    """Each Responses stream event's `type` -> its component (the members of `ResponseStreamEvent`)."""
+    out = {}
+    for ref in _spec()["components"]["schemas"]["ResponseStreamEvent"]["anyOf"]:
+        name = ref["$ref"].rsplit("/", 1)[-1]
+        kind = _spec()["components"]["schemas"][name].get("properties", {}).get("type", {}).get("enum", [None])[0]
+        if kind:
+            out[kind] = name
+    return out
+
+
+def assert_valid_event(event: dict[str, Any]) -> None:
+    """A Responses stream event, against the component its `type` names (a clearer failure than the anyOf)."""
+    component = _event_components().get(event.get("type", ""))
+    if component is None:
+        raise AssertionError(f"the spec has no stream event of type {event.get('type')!r}")
+    assert_valid(component, event)

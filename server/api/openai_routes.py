@@ -30,7 +30,7 @@ def _respond(answer: Answer) -> Response:
     return JSONResponse(answer.body, headers=answer.headers)
 
 
-async def _counted(request: Request, service: ServiceDep, endpoint: str, model: type[Any],
+async def counted(request: Request, service: ServiceDep, endpoint: str, model: type[Any],
                   serve: Callable[[Any, RequestContext], Awaitable[Answer]]) -> Response:
     """Serve and count the request by final status; refusals (400s included) are counted too. The
     request's context (its key's token usage, its transcript) goes to the service explicitly."""
@@ -66,19 +66,19 @@ async def _counted(request: Request, service: ServiceDep, endpoint: str, model: 
 
 @router.post("/chat/completions")
 async def chat_completions(request: Request, service: ServiceDep) -> Response:
-    return await _counted(request, service, "chat", ChatCompletionRequest,
+    return await counted(request, service, "chat", ChatCompletionRequest,
                           lambda req, context: service.chat(req, request.is_disconnected, context))
 
 
 @router.post("/completions")
 async def completions(request: Request, service: ServiceDep) -> Response:
-    return await _counted(request, service, "completions", CompletionRequest,
+    return await counted(request, service, "completions", CompletionRequest,
                           lambda req, context: service.completion(req, request.is_disconnected, context))
 
 
 @router.post("/embeddings")
 async def embeddings(request: Request, service: ServiceDep) -> Response:
-    return await _counted(request, service, "embeddings", EmbeddingRequest,
+    return await counted(request, service, "embeddings", EmbeddingRequest,
                           service.embeddings)
 
 

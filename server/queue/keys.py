@@ -60,3 +60,34 @@ def token_window_total(kid: str) -> str:
 def concurrent_requests(kid: str) -> str:
     """Requests of one key being served now."""
     return f"{PREFIX}:ratelimit:concurrent:{kid}"
+
+
+# Stored responses (server/responses/store.py). `owner` is the API key's id (`api_keys.key_id()`), never the key.
+def stored_response(owner: str, response_id: str) -> str:
+    """One stored response and the input items of its conversation (JSON); expires."""
+    return f"{PREFIX}:responses:{owner}:{response_id}"
+
+
+def stored_responses_expiry() -> str:
+    """Sorted set: each stored response's key, scored by when it expires (unix ms)."""
+    return f"{PREFIX}:responses:expiry"
+
+
+def stored_responses_sizes() -> str:
+    """Hash: each stored response's key -> its size in bytes."""
+    return f"{PREFIX}:responses:sizes"
+
+
+def stored_responses_total() -> str:
+    """The bytes all stored responses hold (what the memory cap bounds)."""
+    return f"{PREFIX}:responses:bytes"
+
+
+def response_events(owner: str, response_id: str) -> str:
+    """Stream: the events of a background response, in order (a reconnecting client resumes them); expires."""
+    return f"{PREFIX}:responses:events:{owner}:{response_id}"
+
+
+def response_cancel(response_id: str) -> str:
+    """Set when a background response is cancelled; the gateway running it stops its generation."""
+    return f"{PREFIX}:responses:cancel:{response_id}"

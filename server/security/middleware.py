@@ -49,7 +49,7 @@ from server.errors import (
     RequestTooLargeError,
     SlmError,
 )
-from server.security import usage
+from server.security import owner, usage
 from server.security.api_keys import ApiKeys, key_id, mask
 from server.security.hosts import HostPolicy
 from server.security.rate_limits import Admission, RateLimiter
@@ -133,6 +133,7 @@ class SecurityMiddleware:
         try:
             self._check_host(path, headers)
             kid = self._authenticate(path, headers)
+            owner.put(scope, kid)
             length = _content_length(headers)
             if length is not None and length > self.config.max_body_bytes:
                 raise _too_large(self.config.max_body_bytes)
