@@ -109,10 +109,13 @@ def pair_prompt(turns_a: Sequence[Turn], turns_b: Sequence[Turn], reference: str
         reference_note=_REFERENCE_NOTE if reference is not None else "",
         turn_note=_TURN_NOTE if len(turns_a) > 1 else "",
     )
-    body = (
-        f"[Instruction]\n{instruction}\n\n{_reference(reference)}"
-        f"{_dialogue(turns_a, 'Assistant A')}\n\n{_dialogue(turns_b, 'Assistant B')}"
-    )
+    if len(turns_a) == 1:  # one question, then the two answers
+        answers = [f"[The Start of {name}'s Answer]\n{turns[0][1]}\n[The End of {name}'s Answer]"
+                   for name, turns in (("Assistant A", turns_a), ("Assistant B", turns_b))]  # fmt: skip
+        shown = f"[User Question]\n{turns_a[0][0]}\n\n" + "\n\n".join(answers)
+    else:
+        shown = f"{_dialogue(turns_a, 'Assistant A')}\n\n{_dialogue(turns_b, 'Assistant B')}"
+    body = f"[Instruction]\n{instruction}\n\n{_reference(reference)}{shown}"
     return [{"role": "system", "content": SYSTEM}, {"role": "user", "content": body}]
 
 
