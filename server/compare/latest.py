@@ -20,15 +20,15 @@ def latest_summary(path: Path) -> dict[str, Any] | None:
         return None
     if not isinstance(doc, dict) or not isinstance(doc.get("models"), list) or not isinstance(doc.get("meta"), dict):
         return None
-    pairwise = doc.get("pairwise") if isinstance(doc.get("pairwise"), dict) else {}
+    pairwise = _mapping(doc.get("pairwise"))
     win_rates = {p.get("model"): p.get("win_rate") for p in pairwise.get("summary") or [] if isinstance(p, dict)}
-    judge = doc.get("judge") if isinstance(doc.get("judge"), dict) else None
+    judge = _mapping(doc.get("judge"))
     meta = doc["meta"]
     models = []
     for m in doc["models"]:
         if not isinstance(m, dict):
             continue
-        total = m.get("total_ms") if isinstance(m.get("total_ms"), dict) else {}
+        total = _mapping(m.get("total_ms"))
         models.append({
             "model": m.get("model"), "quality": m.get("quality"), "judge_score": m.get("judge_score"),
             "median_total_ms": total.get("median"), "cost_per_1000": m.get("cost_per_1000"),
@@ -38,7 +38,11 @@ def latest_summary(path: Path) -> dict[str, Any] | None:
         "created": meta.get("created"),
         "eval_source": meta.get("eval_source"),
         "items": meta.get("items"),
-        "judge": judge.get("model") if judge else None,
+        "judge": judge.get("model"),
         "baseline": pairwise.get("baseline"),
         "models": models,
     }
+
+
+def _mapping(value: Any) -> dict[str, Any]:
+    return value if isinstance(value, dict) else {}
