@@ -79,6 +79,10 @@ class HostedModel(_Entry):
     timeout: float = Field(default=60.0, gt=0)
     max_concurrency: int = Field(default=16, ge=1)
     retries: int = Field(default=1, ge=0, le=10)
+    input_price_per_million: float | None = Field(
+        default=None, ge=0, description="USD per million input tokens (`compare`); default: litellm's price table.")
+    output_price_per_million: float | None = Field(
+        default=None, ge=0, description="USD per million output tokens (`compare`); default: litellm's price table.")
 
     @field_validator("api_key_env")
     @classmethod

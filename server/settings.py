@@ -39,6 +39,9 @@ class Settings(BaseSettings):
     heartbeat_s: float = Field(default=1.0, gt=0, description="How often a worker says it is alive.")
     redis_timeout_s: float = Field(default=1.0, gt=0, description="Connect/command timeout towards Redis.")
     reload_interval_s: float = Field(default=1.0, ge=0, description="Registry file polling; 0 = no hot reload.")
+    compare_results: Path | None = Field(
+        default=None, description="A `slm-server compare` results.json the page at `/` shows beside live latency."
+    )
     log_level: str = "INFO"
     log_format: Literal["text", "json"] = "text"
     log_prompts: bool = False

@@ -1,7 +1,8 @@
-"""The built-in page: `GET /` (models, live status, a streaming playground), its assets, `/v1/status`.
+"""The built-in page: `GET /` (models, live status, a streaming playground), its assets, `/v1/status`,
+and `/v1/compare` (the latest `slm-server compare` results, when `SLM_COMPARE_RESULTS` names them).
 
 The page is three static files shipped in the package (`server/web/`), no build step and nothing
-from a CDN; it talks to the server only through `/v1/status` and `/v1/chat/completions`.
+from a CDN; it talks to the server only through `/v1/status`, `/v1/compare` and `/v1/chat/completions`.
 """
 
 from __future__ import annotations
@@ -13,6 +14,7 @@ from typing import Any
 from fastapi import APIRouter, HTTPException, Response
 
 from server.api.deps import ServiceDep
+from server.compare.latest import latest_summary
 from server.serving.status import reporter_for
 
 router = APIRouter()
@@ -51,3 +53,11 @@ async def asset(name: str) -> Response:
 async def status(service: ServiceDep) -> dict[str, Any]:
     """Per registry model: backend, aliases, state, workers, queue depth and recent latency."""
     return await reporter_for(service).status()
+
+
+@router.get("/v1/compare")
+async def compare_results(service: ServiceDep) -> dict[str, Any]:
+    """The latest `slm-server compare` run's summary, when `SLM_COMPARE_RESULTS` names its results.json;
+    `results` is null otherwise (not an error: the page asks on every load, and most servers have none)."""
+    path = service.settings.compare_results
+    return {"object": "compare.summary", "results": latest_summary(path) if path is not None else None}

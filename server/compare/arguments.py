@@ -28,6 +28,31 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--temperature", type=float, default=0.0, help="sampling temperature (0)")
     parser.add_argument("--warmup", type=_non_negative_int, default=1, help="untimed requests per model (1)")
     parser.add_argument("--timeout", type=float, default=300.0, help="seconds per request (300)")
+    judging = parser.add_argument_group("judging (MT-Bench style)")
+    judging.add_argument(
+        "--judge", metavar="MODEL", help="a model the server lists (typically hosted) that rates each answer 1-10"
+    )
+    judging.add_argument(
+        "--baseline", metavar="MODEL",
+        help="compare every other model with this one, pairwise, both orders asked (needs --judge)",
+    )  # fmt: skip
+    judging.add_argument("--judge-max-tokens", type=_positive_int, default=512, help="per verdict (512)")
+    costs = parser.add_argument_group(
+        "cost", "prices come from the registry (the global --registry, else $SLM_REGISTRY, else "
+        "./model_registry.yaml if present): hosted entries' prices, else litellm's price table",
+    )  # fmt: skip
+    costs.add_argument("--cpu-hour-price", type=_price, metavar="USD", help="a local CPU machine's price per hour")
+    costs.add_argument("--gpu-hour-price", type=_price, metavar="USD", help="a local GPU machine's price per hour")
+
+
+def _price(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"not a number: {text!r}") from None
+    if not value >= 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a finite number >= 0; got {text}")
+    return value
 
 
 def _model_list(text: str) -> list[str]:

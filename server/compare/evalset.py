@@ -7,6 +7,12 @@ optional `system` prompt put before either. `expected` is, by scoring method:
     exact, contains   a string (or number), or a list of acceptable strings
     choice            one letter A-D
     json-fields       an object: the fields the answer's first JSON object must hold
+    judge             absent: only a judge model (`--judge`) grades the answer
+A multi-turn item (as MT-Bench) gives `turns`, a list of user messages, in place of `prompt`: each
+turn is asked with the model's own earlier answers fed back, and each is judged; its scoring is
+`judge`, and `reference` may give one reference answer per turn (a list) for the judge. Any item may
+name a `category` (writing, extraction, reasoning...) for the per-category breakdown, and a
+single-turn item a `reference` string.
 Blank lines are skipped; unknown fields are refused (a typo must not pass silently).
 """
 
@@ -21,13 +27,16 @@ from typing import Any, Literal, TypeAlias, TypedDict, cast, get_args
 
 from server.compare.errors import EvalFileError
 
-Scoring = Literal["exact", "contains", "choice", "json-fields"]
+Scoring = Literal["exact", "contains", "choice", "json-fields", "judge"]
 SCORINGS: tuple[str, ...] = get_args(Scoring)
 Expected: TypeAlias = tuple[str, ...] | dict[str, Any]
 
 DEFAULT_EVAL_NAME = "default_eval.jsonl"
+MULTITURN_EVAL_NAME = "multiturn_eval.jsonl"
+BUILTIN_SETS = (DEFAULT_EVAL_NAME, MULTITURN_EVAL_NAME)
+BUILTIN = "builtin:"
 ROLES = ("system", "user", "assistant")
-FIELDS = ("id", "prompt", "messages", "system", "expected", "scoring", "lang")
+FIELDS = ("id", "prompt", "messages", "turns", "system", "expected", "scoring", "lang", "category", "reference")
 
 
 class ChatMessage(TypedDict):
@@ -43,6 +52,13 @@ class EvalItem:
     scoring: Scoring
     lang: str | None = None
     line: int = 0
+    turns: tuple[str, ...] = ()  # a multi-turn item's user messages; `messages` then holds the system prompt
+    category: str | None = None
+    references: tuple[str, ...] = ()  # for the judge: one per turn (a single-turn item has at most one)
+
+    @property
+    def turn_count(self) -> int:
+        return max(1, len(self.turns))
 
 
 @dataclass(frozen=True)
@@ -58,10 +74,15 @@ class EvalSet:
 
 
 def load_eval_set(path: Path | None = None) -> EvalSet:
-    """Load `path`, or the built-in set shipped in `server/compare/data/` when `path` is None."""
-    if path is None:
-        source = f"builtin:{DEFAULT_EVAL_NAME}"
-        data = resources.files("server.compare").joinpath("data").joinpath(DEFAULT_EVAL_NAME).read_bytes()
+    """Load `path`, or a set shipped in `server/compare/data/`: the default one when `path` is None,
+    another by its name as `builtin:NAME` (`builtin:multiturn_eval.jsonl`)."""
+    if path is None or str(path).startswith(BUILTIN):
+        name = DEFAULT_EVAL_NAME if path is None else str(path).removeprefix(BUILTIN)
+        source = BUILTIN + name
+        shipped = resources.files("server.compare").joinpath("data").joinpath(name)
+        if not shipped.is_file():
+            raise EvalFileError(source, f"no such built-in set (shipped: {', '.join(BUILTIN_SETS)})")
+        data = shipped.read_bytes()
     else:
         source = str(path)
         try:
@@ -124,34 +145,67 @@ def _parse_line(raw: str, source: str, line: int) -> EvalItem:
     if scoring not in SCORINGS:
         raise fail(f"field 'scoring' must be one of {', '.join(SCORINGS)}; got {scoring!r}")
     scoring = cast(Scoring, scoring)
-    if "expected" not in obj:
+    if scoring == "judge":
+        if "expected" in obj:
+            raise fail("field 'expected' is not used with scoring 'judge' (give a 'reference' for the judge)")
+        expected: Expected = ()
+    elif "turns" in obj:
+        raise fail("an item with 'turns' is graded by the judge: give \"scoring\": \"judge\"")
+    elif "expected" not in obj:
         raise fail("field 'expected' is required")
-    try:
-        expected = _expected(scoring, obj["expected"])
-    except ValueError as exc:
-        raise fail(f"field 'expected': {exc}") from None
+    else:
+        try:
+            expected = _expected(scoring, obj["expected"])
+        except ValueError as exc:
+            raise fail(f"field 'expected': {exc}") from None
 
-    lang = obj.get("lang")
-    if lang is not None and not isinstance(lang, str):
-        raise fail("field 'lang' must be a string")
+    for name in ("lang", "category"):
+        value = obj.get(name)
+        if value is not None and (not isinstance(value, str) or not value.strip()):
+            raise fail(f"field {name!r} must be a non-empty string")
     try:
-        messages = _messages(obj)
+        messages, turns = _messages(obj)
+        references = _references(obj.get("reference"), turns)
     except ValueError as exc:
         raise fail(str(exc)) from None
-    return EvalItem(item_id, messages, expected, scoring, lang, line)
+    return EvalItem(
+        item_id, messages, expected, scoring, obj.get("lang"), line, turns, obj.get("category"), references
+    )
 
 
-def _messages(obj: dict[str, Any]) -> tuple[ChatMessage, ...]:
-    has_prompt, has_messages = "prompt" in obj, "messages" in obj
-    if has_prompt == has_messages:
-        raise ValueError("give exactly one of 'prompt' or 'messages'")
+def _references(value: Any, turns: tuple[str, ...]) -> tuple[str, ...]:
+    if value is None:
+        return ()
+    if not turns:
+        if not isinstance(value, str) or not value.strip():
+            raise ValueError("field 'reference' must be a non-empty string")
+        return (value,)
+    if not isinstance(value, list) or len(value) != len(turns) or not all(isinstance(v, str) for v in value):
+        raise ValueError(f"field 'reference' must be a list of {len(turns)} strings, one per turn")
+    return tuple(value)
+
+
+def _messages(obj: dict[str, Any]) -> tuple[tuple[ChatMessage, ...], tuple[str, ...]]:
+    if sum(name in obj for name in ("prompt", "messages", "turns")) != 1:
+        raise ValueError("give exactly one of 'prompt', 'messages' or 'turns'")
     out: list[ChatMessage] = []
     system = obj.get("system")
     if system is not None:
         if not isinstance(system, str) or not system.strip():
             raise ValueError("field 'system' must be a non-empty string")
         out.append({"role": "system", "content": system})
-    if has_prompt:
+    if "turns" in obj:
+        turns = obj["turns"]
+        if not isinstance(turns, list) or not turns:
+            raise ValueError("field 'turns' must be a non-empty list of user messages")
+        if not all(isinstance(t, str) and t.strip() for t in turns):
+            raise ValueError("each of 'turns' must be a non-empty string")
+        return tuple(out), tuple(turns)
+    return _chat(obj, out), ()
+
+
+def _chat(obj: dict[str, Any], out: list[ChatMessage]) -> tuple[ChatMessage, ...]:
+    if "prompt" in obj:
         prompt = obj["prompt"]
         if not isinstance(prompt, str) or not prompt.strip():
             raise ValueError("field 'prompt' must be a non-empty string")

@@ -6,6 +6,10 @@ token, time to the end of the stream). When the server sends no `timings` (a for
 OpenAI-compatible server), the client's clock stands in: prompt evaluation ~ TTFT, generation =
 total - TTFT, and the result says `timing_source: "client"`.
 
+A multi-turn item is asked turn by turn, the model's own earlier answers fed back as assistant
+messages; each turn is one request and one result (`turn` 1, 2...). An item graded only by the judge
+has `score` None until the judge has seen it.
+
 Before measuring a model, one untimed warm-up request loads it; a model whose warm-up fails is
 skipped with the reason, so an embedding-only or broken entry does not stall the whole run.
 """
@@ -39,7 +43,12 @@ class RequestResult:
     scoring: str
     lang: str | None
     answer: str = ""
-    score: float = 0.0
+    score: float | None = 0.0  # rule-based, 0..1; None for an item that only a judge grades
+    turn: int = 1
+    category: str | None = None
+    judge_score: float | None = None  # 1..10 from the judge, None if not judged or no verdict
+    judgement: dict[str, Any] | None = None  # the judge's prompt, replies and parsed verdict
+    cost: float | None = None  # in the price's currency (USD), None when the model has no price
     error: str | None = None
     finish_reason: str | None = None
     served_by: str | None = None
@@ -144,33 +153,57 @@ class Runner:
         for repeat in range(1, self.config.repeats + 1):
             for item in items:
                 done += 1
-                result = self.request(run.model, item, repeat)
-                run.results.append(result)
-                self.progress(f"{label}: item {done}/{total} {_describe(item, result)}")
-                failures = failures + 1 if result.error is not None else 0
+                for result in self.conversation(run.model, item, repeat):
+                    run.results.append(result)
+                    self.progress(f"{label}: item {done}/{total} {_describe(item, result)}")
+                    failures = failures + 1 if result.error is not None else 0
                 if failures >= GIVE_UP_AFTER:
-                    run.skipped = f"gave up after {failures} failures in a row: {result.error}"
+                    run.skipped = f"gave up after {failures} failures in a row: {run.results[-1].error}"
                     self.progress(f"{label}: skipped ({run.skipped})")
                     return
 
+    def conversation(self, model: str, item: EvalItem, repeat: int) -> list[RequestResult]:
+        """Each turn of the item, the model's earlier answers fed back; a failed turn ends it."""
+        if not item.turns:
+            return [self.request(model, item, repeat)]
+        history = list(item.messages)
+        results: list[RequestResult] = []
+        for turn, text in enumerate(item.turns, start=1):
+            history.append({"role": "user", "content": text})
+            result = self.request(model, item, repeat, messages=tuple(history), turn=turn)
+            results.append(result)
+            if result.error is not None:
+                break
+            history.append({"role": "assistant", "content": result.answer})
+        return results
+
     def request(
-        self, model: str, item: EvalItem, repeat: int, max_tokens: int | None = None
+        self,
+        model: str,
+        item: EvalItem,
+        repeat: int,
+        max_tokens: int | None = None,
+        *,
+        messages: tuple[ChatMessage, ...] | None = None,
+        turn: int = 1,
     ) -> RequestResult:
-        result = RequestResult(model, item.id, repeat, item.scoring, item.lang)
+        result = RequestResult(model, item.id, repeat, item.scoring, item.lang, turn=turn, category=item.category)
         try:
-            self._stream(result, item, max_tokens or self.config.max_tokens)
+            self._stream(result, messages or item.messages, max_tokens or self.config.max_tokens)
         except openai.APIStatusError as exc:
             result.error = f"HTTP {exc.status_code}: {_message(exc)}"
         except openai.APIConnectionError as exc:
             result.error = f"connection error: {_cause(exc)}"
         except openai.OpenAIError as exc:
             result.error = f"{type(exc).__name__}: {exc}"
-        if result.error is None:
+        if item.scoring == "judge":
+            result.score = None
+        elif result.error is None:
             result.score = score_answer(item, result.answer)
         return result
 
-    def _stream(self, result: RequestResult, item: EvalItem, max_tokens: int) -> None:
-        messages = cast("list[ChatCompletionMessageParam]", [dict(m) for m in item.messages])
+    def _stream(self, result: RequestResult, sent: tuple[ChatMessage, ...], max_tokens: int) -> None:
+        messages = cast("list[ChatCompletionMessageParam]", [dict(m) for m in sent])
         started = time.perf_counter()
         raw = self.client.chat.completions.with_raw_response.create(
             model=result.model,
@@ -250,10 +283,12 @@ def _int(timings: Mapping[str, Any] | None, key: str) -> int | None:
 
 def _describe(item: EvalItem, result: RequestResult) -> str:
     repeat = f" #{result.repeat}" if result.repeat > 1 else ""
+    turn = f" turn {result.turn}/{item.turn_count}" if item.turns else ""
     if result.error is not None:
-        return f"({item.id}{repeat}) error: {result.error}"
+        return f"({item.id}{repeat}){turn} error: {result.error}"
     seconds = (result.total_ms or 0.0) / 1000
-    return f"({item.id}{repeat}) {seconds:.2f} s score {result.score:.2f}"
+    score = "for the judge" if result.score is None else f"score {result.score:.2f}"
+    return f"({item.id}{repeat}){turn} {seconds:.2f} s {score}"
 
 
 def _message(exc: openai.APIStatusError) -> str:

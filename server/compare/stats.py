@@ -4,11 +4,14 @@ from __future__ import annotations
 
 import math
 import statistics
-from collections.abc import Iterable, Sequence
-from dataclasses import asdict, dataclass
+from collections.abc import Callable, Iterable, Sequence
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from server.compare.cost import cost_per_thousand
 from server.compare.runner import RequestResult
+
+OTHER_CATEGORY = "other"
 
 
 @dataclass(frozen=True)
@@ -43,7 +46,7 @@ class ModelSummary:
     requests: int
     ok: int
     errors: int
-    quality: float
+    quality: float | None  # rule-based items, 0..1; None when every item is for the judge
     quality_se: float
     timing_sources: tuple[str, ...]
     served_by: tuple[str, ...]
@@ -55,6 +58,12 @@ class ModelSummary:
     queue_ms: Spread | None
     tokens_per_s: Spread | None
     last_error: str | None = None
+    judge_score: float | None = None  # mean 1..10 over the judged answers
+    judge_se: float = 0.0
+    judged: int = 0
+    judge_missing: int = 0  # successful answers whose verdict stayed unreadable
+    cost_per_1000: float | None = None
+    categories: dict[str, dict[str, float | int | None]] = field(default_factory=dict)
 
     def to_dict(self) -> dict[str, Any]:
         out = asdict(self)
@@ -64,18 +73,16 @@ class ModelSummary:
 
 
 def summarise(model: str, results: Sequence[RequestResult]) -> ModelSummary:
-    """Quality counts every request (a failed one scores 0); the timings only the successful ones.
+    """Quality counts every rule-scored request (a failed one scores 0); the judge's score every
+    successful answer that has a verdict; the timings and costs only the successful ones.
 
-    The standard error of the quality is taken over items (each item's mean over its repeats): the
-    repeats of one item are not independent draws, the items are.
+    Standard errors are taken over items (each item's mean over its repeats and turns): the repeats of
+    one item are not independent draws, the items are.
     """
     ok = [r for r in results if r.error is None]
-    quality = statistics.fmean(r.score for r in results) if results else 0.0
-    by_item: dict[str, list[float]] = {}
-    for r in results:
-        by_item.setdefault(r.item_id, []).append(r.score)
-    item_means = [statistics.fmean(scores) for scores in by_item.values()]
-    quality_se = statistics.stdev(item_means) / math.sqrt(len(item_means)) if len(item_means) > 1 else 0.0
+    quality, quality_se = _mean_and_se(results, lambda r: r.score)
+    judged = [r for r in ok if r.judgement is not None]
+    judge_score, judge_se = _mean_and_se(judged, lambda r: r.judge_score)
     errors = [r.error for r in results if r.error is not None]
     return ModelSummary(
         model=model,
@@ -94,4 +101,37 @@ def summarise(model: str, results: Sequence[RequestResult]) -> ModelSummary:
         queue_ms=spread(r.queue_ms for r in ok),
         tokens_per_s=spread(r.tokens_per_s for r in ok),
         last_error=errors[-1] if errors else None,
+        judge_score=judge_score,
+        judge_se=judge_se,
+        judged=sum(r.judge_score is not None for r in judged),
+        judge_missing=sum(r.judge_score is None for r in judged),
+        cost_per_1000=cost_per_thousand([r.cost for r in ok]),
+        categories=by_category(results),
     )
+
+
+def _mean_and_se(
+    results: Sequence[RequestResult], value: Callable[[RequestResult], float | None]
+) -> tuple[float | None, float]:
+    """Mean over the results that have a value; its standard error over items (each item's mean)."""
+    scored = [(r.item_id, v) for r in results if (v := value(r)) is not None]
+    if not scored:
+        return None, 0.0
+    by_item: dict[str, list[float]] = {}
+    for item_id, v in scored:
+        by_item.setdefault(item_id, []).append(v)
+    item_means = [statistics.fmean(values) for values in by_item.values()]
+    se = statistics.stdev(item_means) / math.sqrt(len(item_means)) if len(item_means) > 1 else 0.0
+    return statistics.fmean(v for _, v in scored), se
+
+
+def by_category(results: Sequence[RequestResult]) -> dict[str, dict[str, float | int | None]]:
+    """Per category (an item without one is `other`): rule quality, judge score, and how many answers."""
+    out: dict[str, dict[str, float | int | None]] = {}
+    names = sorted({r.category or OTHER_CATEGORY for r in results})
+    for name in names:
+        mine = [r for r in results if (r.category or OTHER_CATEGORY) == name]
+        quality, _ = _mean_and_se(mine, lambda r: r.score)
+        judge, _ = _mean_and_se([r for r in mine if r.error is None], lambda r: r.judge_score)
+        out[name] = {"quality": quality, "judge_score": judge, "n": len(mine)}
+    return out

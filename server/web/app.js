@@ -2,6 +2,7 @@
 "use strict";
 
 const REFRESH_MS = 4000;
+const COMPARE_REFRESH_MS = 60000;  // compare results change only when a run rewrites them
 const KEY_STORE = "slm-server.api-key";
 const $ = (id) => document.getElementById(id);
 
@@ -97,6 +98,31 @@ function renderModels(status) {
   el.window.textContent = formatDuration(Math.max(1, win));
   el.serverState.textContent = status.status === "ok" ? `${status.models.length} models · up ${formatDuration(status.uptime_s)}`
     : status.status;
+}
+
+// The latest compare results, when the server is pointed at them (SLM_COMPARE_RESULTS); else hidden.
+async function refreshCompare() {
+  let response;
+  try {
+    response = await fetch("v1/compare", {headers: headers(), cache: "no-store"});
+  } catch (_) {
+    return;
+  }
+  const section = $("compare");
+  const doc = response.ok ? (await response.json()).results : null;
+  section.hidden = !doc;
+  if (!doc) return;
+  const fixed = (v, digits) => (v === null || v === undefined ? "—" : Number(v).toFixed(digits));
+  const rows = doc.models.map((m) => {
+    const tr = document.createElement("tr");
+    tr.append(cell(m.model, "name"), cell(fixed(m.quality, 3)), cell(fixed(m.judge_score, 2)),
+      cell(fixed(m.win_rate, 2)), cell(m.median_total_ms == null ? "—" : formatMs(m.median_total_ms)),
+      cell(m.cost_per_1000 == null ? "—" : "$" + fixed(m.cost_per_1000, 4)));
+    return tr;
+  });
+  document.querySelector("#compare-table tbody").replaceChildren(...rows);
+  const judge = doc.judge ? `, judged by ${doc.judge}` + (doc.baseline ? ` against ${doc.baseline}` : "") : "";
+  $("compare-about").textContent = `${doc.items} items of ${doc.eval_source}${judge}, ${doc.created}.`;
 }
 
 async function refresh() {
@@ -288,3 +314,5 @@ document.addEventListener("keydown", (e) => {
 document.addEventListener("visibilitychange", refresh);
 refresh();
 setInterval(refresh, REFRESH_MS);
+refreshCompare();
+setInterval(refreshCompare, COMPARE_REFRESH_MS);

@@ -5,6 +5,8 @@
     foreign      sends no `timings` (a foreign server): the client's clock must stand in
     broken       400 invalid_request_error for every chat request
     embedder     listed as an embedding model: left out of the default model list
+A request without `stream` gets one whole chat.completion (usage: 11 prompt tokens, one completion
+token a word): that is how the judge is asked, and a test lists a judge model by adding it to `listed`.
 """
 
 from __future__ import annotations
@@ -71,6 +73,15 @@ def _handler(fake: FakeOpenAI) -> type[BaseHTTPRequestHandler]:
                 self._json(400, {"error": error})
                 return
             text = fake.answer(model, body["messages"])
+            if not body.get("stream"):
+                message = {"role": "assistant", "content": text}
+                usage = {"prompt_tokens": 11, "completion_tokens": len(text.split()),
+                         "total_tokens": 11 + len(text.split())}  # fmt: skip
+                self._json(200, {
+                    "id": "chatcmpl-1", "object": "chat.completion", "created": 1, "model": model,
+                    "choices": [{"index": 0, "message": message, "finish_reason": "stop"}], "usage": usage,
+                })  # fmt: skip
+                return
             self.send_response(200)
             self.send_header("Content-Type", "text/event-stream")
             self.send_header("x-slm-model", model)

@@ -86,8 +86,8 @@ USER_ONLY = [{"role": "user"}]
         (entry(id=" "), "field 'id' must be a non-empty string"),
         (entry(scoring="fuzzy"), "field 'scoring' must be one of exact, contains, choice, json-fields"),
         (entry(expected=DROP), "field 'expected' is required"),
-        (entry(prompt=DROP), "exactly one of 'prompt' or 'messages'"),
-        (entry(messages=[]), "exactly one of 'prompt' or 'messages'"),
+        (entry(prompt=DROP), "exactly one of 'prompt', 'messages' or 'turns'"),
+        (entry(messages=[]), "exactly one of 'prompt', 'messages' or 'turns'"),
         (entry(prompt="  "), "field 'prompt' must be a non-empty string"),
         (entry(prompt=DROP, messages=[]), "field 'messages' must be a non-empty list"),
         (entry(prompt=DROP, messages=[{"role": "bot", "content": "hi"}]), "messages[0].role must be one of"),
@@ -104,9 +104,18 @@ USER_ONLY = [{"role": "user"}]
         (entry(expected=[], scoring="contains"), "the list of acceptable answers is empty"),
         (entry(expected=True), "a string, a number or a list of them is required; got a boolean"),
         (entry(expected=[None]), "got null"),
-        (entry(lang=5), "field 'lang' must be a string"),
+        (entry(lang=5), "field 'lang' must be a non-empty string"),
         (entry(system=3), "field 'system' must be a non-empty string"),
         (entry(id="q1"), "duplicate id 'q1' (first on line 1)"),
+        (entry(prompt=DROP, turns=["a"]), "an item with 'turns' is graded by the judge"),
+        (entry(prompt=DROP, turns=[], scoring="judge", expected=DROP), "field 'turns' must be a non-empty list"),
+        (entry(prompt=DROP, turns=["a", " "], scoring="judge", expected=DROP), "each of 'turns' must be"),
+        (entry(turns=["a"], scoring="judge", expected=DROP), "exactly one of 'prompt', 'messages' or 'turns'"),
+        (entry(scoring="judge"), "'expected' is not used with scoring 'judge'"),
+        (entry(prompt=DROP, turns=["a", "b"], scoring="judge", expected=DROP, reference=["r"]),
+         "field 'reference' must be a list of 2 strings, one per turn"),
+        (entry(reference=["r"]), "field 'reference' must be a non-empty string"),
+        (entry(category=""), "field 'category' must be a non-empty string"),
     ],
 )
 def test_malformed_line_names_file_and_line(tmp_path: Path, line: str, reason: str) -> None:
@@ -148,3 +157,22 @@ def test_utf8_bom_is_accepted(tmp_path: Path) -> None:
 def test_text_api_names_the_source() -> None:
     with pytest.raises(EvalFileError, match=r"^inline:2: invalid JSON"):
         parse_eval_text(GOOD + "\n{oops}\n", "inline")
+
+
+def test_multi_turn_items_and_the_shipped_bilingual_set(tmp_path: Path) -> None:
+    path = tmp_path / "mt.jsonl"
+    path.write_text(json.dumps({"id": "m", "scoring": "judge", "system": "Be kind.", "category": "roleplay",
+                                "turns": ["Hi", "Bye"], "reference": ["Hello", "Goodbye"]}) + "\n", encoding="utf-8")
+    (item,) = load_eval_set(path).items
+    assert item.turns == ("Hi", "Bye") and item.turn_count == 2 and item.references == ("Hello", "Goodbye")
+    assert item.messages == ({"role": "system", "content": "Be kind."},)
+    assert (item.expected, item.category) == ((), "roleplay")
+
+    shipped = load_eval_set(Path("builtin:multiturn_eval.jsonl"))
+    assert shipped.source == "builtin:multiturn_eval.jsonl"
+    assert all(len(i.turns) >= 2 and i.scoring == "judge" for i in shipped.items)
+    assert {i.category for i in shipped.items} == {"writing", "extraction", "reasoning", "coding", "roleplay"}
+    for category in ("writing", "extraction", "reasoning", "coding", "roleplay"):
+        assert {i.lang for i in shipped.items if i.category == category} == {"en", "fr"}
+    with pytest.raises(EvalFileError, match="no such built-in set"):
+        load_eval_set(Path("builtin:nothing.jsonl"))

@@ -37,7 +37,8 @@ def test_png_with_two_labelled_models(tmp_path: Path) -> None:
     assert [t.get_text() for t in ax.texts] == ["smollm2", "gemma3-270m"]
     legend = ax.get_legend()
     assert legend is not None
-    assert [t.get_text() for t in legend.get_texts()] == ["smollm2", "gemma3-270m"]
+    # both are on the Pareto front: gemma3-270m is faster, smollm2 better
+    assert [t.get_text() for t in legend.get_texts()] == ["Pareto front", "smollm2", "gemma3-270m"]
     # each point sits at (median total s, quality)
     bars = [c for c in ax.containers if isinstance(c, ErrorbarContainer)]
     assert [c.get_label() for c in bars] == ["smollm2", "gemma3-270m"]

@@ -73,7 +73,7 @@ def test_results_json_and_report_agree(tmp_path: Path) -> None:
     assert cells[3].startswith(f"{by_model['smollm2']['total_ms']['median'] / 1000:.2f} (")
     assert cells[4].startswith(f"{by_model['smollm2']['prompt_ms']['median']:.0f} (")
     assert cells[-1] == "server"
-    assert "| broken | 0.000 ± 0.000 | 0 / 0 | - |" in text
+    assert "| broken | - | 0 / 0 | - |"  # no scored request: no quality in text
     assert "- **broken**: warm-up failed: HTTP 400: nope" in text
     # per-item table: mean over the two repeats, the pipe in an id escaped
     assert "| q1 | en | choice | 1.00 | 0.50 | - |" in text

@@ -63,7 +63,7 @@ def test_quality_error_is_taken_over_items_not_repeats() -> None:
 
 def test_summary_of_a_model_without_results() -> None:
     s = summarise("gone", [])
-    assert (s.requests, s.ok, s.quality, s.total_ms) == (0, 0, 0.0, None)
+    assert (s.requests, s.ok, s.quality, s.total_ms) == (0, 0, None, None)
 
 
 def test_server_timings_fill_the_figures() -> None:
