@@ -1,8 +1,9 @@
 """Continuous batching: up to `parallel` sequences decoded together, one `llama_decode` a step.
 
 Each step puts the next token of every generating sequence into one batch and fills what room is
-left with prompt tokens of newcomers (in chunks, so a long prompt never stalls running streams
-for long; the shortest prompt first, so a short chat is never queued behind a long document).
+left with prompt tokens of newcomers (in chunks of at most 512 while others decode; the shortest
+prompt first, and a step that can finish a short prompt takes no part of a long one, so a short chat
+is never queued behind a long document).
 New sequences join between steps; a finished or cancelled one frees its slot at once.
 A freed slot keeps its KV cache: a later prompt that shares a prefix with it (the same system
 prompt, say) only evaluates the tokens that differ.
@@ -24,8 +25,16 @@ from server.engine.sampling import GrammarError, SamplerChain
 from server.engine.text_stream import TextStream
 from server.errors import ContextLengthError, InvalidRequestError
 
-# While other sequences are generating, a newcomer's prompt goes in at most this many tokens a step.
-PREFILL_CHUNK_WHILE_DECODING = 128
+# While other sequences are generating, prompts go in at most this many tokens a step: a long prompt
+# takes a few long steps (the running streams wait through them, as llama-server's wait through the whole
+# prompt) rather than many medium ones, during which their clients would keep finishing and sending new
+# requests that then meet slow steps too.
+PREFILL_CHUNK_WHILE_DECODING = 512
+# A prompt with at most this many tokens left is short: a step that can finish one takes nothing of longer
+# prompts, so a short chat that arrives while a long document is being read gets its first token in a fast
+# step (the document goes on in the next).
+SHORT_PROMPT_TOKENS = 128
+SHORT_ONLY_STEPS = 4  # at most this many such steps in a row: a long prompt is never starved by short ones
 
 
 @dataclass
@@ -95,6 +104,7 @@ class BatchEngine:
         self._slots = [_Slot(i) for i in range(self.parallel)]
         self._batch: Any = llama_cpp.llama_batch_init(model.n_batch, 0, self.parallel)
         self._by_id: dict[str, _Slot] = {}
+        self._short_only_run = 0  # consecutive steps that left long prompts out
 
     # -- capacity -------------------------------------------------------------------------------
     def free_slots(self) -> int:
@@ -201,16 +211,23 @@ class BatchEngine:
             seq.next_token = None
             involved.append(slot)
         budget = self.model.n_batch - n
+        # the shortest prompt left first: a short chat arriving while a long prompt is being evaluated in
+        # chunks is not queued behind it
+        prefilling = sorted((s for s in self._slots if s.seq is not None and s.seq.pending and not s.seq.cancelled),
+                            key=lambda s: (len(s.seq.pending), s.seq.t_admit) if s.seq else (0, 0.0))
+        short_only = False
         if decoding:
             budget = min(budget, PREFILL_CHUNK_WHILE_DECODING)
-        prefilling = [s for s in self._slots if s.seq is not None and s.seq.pending and not s.seq.cancelled]
-        # the shortest prompt left first: a short chat arriving while a long prompt is being evaluated in
-        # chunks gets its first token in the next step instead of after the whole long prompt (the long
-        # one keeps the rest of the budget, so it always advances)
-        for slot in sorted(prefilling, key=lambda s: (len(s.seq.pending), s.seq.t_admit) if s.seq else (0, 0.0)):
+            short_only = (bool(prefilling) and prefilling[0].seq is not None
+                          and len(prefilling[0].seq.pending) <= SHORT_PROMPT_TOKENS
+                          and self._short_only_run < SHORT_ONLY_STEPS)
+            if short_only:
+                budget = min(budget, SHORT_PROMPT_TOKENS)
+        self._short_only_run = self._short_only_run + 1 if short_only else 0
+        for slot in prefilling:
             seq = slot.seq
             assert seq is not None
-            if budget <= 0:
+            if budget <= 0 or (short_only and len(seq.pending) > budget):
                 break
             if seq.t_batched is None:
                 seq.t_batched = time.perf_counter()

@@ -6,7 +6,12 @@ from collections.abc import Iterator
 
 import pytest
 
-from server.engine.batch_engine import PREFILL_CHUNK_WHILE_DECODING, BatchEngine
+from server.engine.batch_engine import (
+    PREFILL_CHUNK_WHILE_DECODING,
+    SHORT_ONLY_STEPS,
+    SHORT_PROMPT_TOKENS,
+    BatchEngine,
+)
 from server.errors import ContextLengthError
 from server.queue.messages import SamplingParams
 from tests.engine_helpers import run_all, smollm2_engine
@@ -74,14 +79,15 @@ def test_seeded_sampling_repeats(engine: BatchEngine) -> None:
 
 
 def test_a_short_prompt_is_not_queued_behind_a_long_one(engine: BatchEngine) -> None:
-    """While a sequence decodes, prompts go in by chunks; the shortest left goes first, so a short chat
-    that arrives after a long document gets its first token in the next step, not after the document."""
+    """While a sequence decodes, prompts go in by chunks; the shortest left goes first, and a step that can
+    finish a short prompt takes nothing of a long one: a short chat that arrives after a long document gets
+    its first token in the next step, and the document then goes in by large chunks."""
     engine.add("running", engine.chat_tokens([{"role": "user", "content": "Write a long story."}]),
                SamplingParams(temperature=0, max_tokens=200))
     while not any(o.first_token for o in engine.step()):
         pass
     document = engine.chat_tokens([{"role": "user", "content": "Summarise: " + "the river runs east. " * 120}])
-    assert len(document) > 4 * PREFILL_CHUNK_WHILE_DECODING
+    assert 2 * SHORT_PROMPT_TOKENS < len(document) <= 2 * PREFILL_CHUNK_WHILE_DECODING
     engine.add("long", document, SamplingParams(temperature=0, max_tokens=4))
     engine.add("short", engine.chat_tokens([{"role": "user", "content": "Name a fruit."}]),
                SamplingParams(temperature=0, max_tokens=4))
@@ -91,9 +97,33 @@ def test_a_short_prompt_is_not_queued_behind_a_long_one(engine: BatchEngine) -> 
         firsts += [o.request_id for o in engine.step() if o.first_token]
         steps += 1
     assert steps == 1 and "long" not in firsts
-    while "long" not in firsts:  # the long prompt still advances, by the rest of each step's budget
+    steps = 0
+    while "long" not in firsts:
         firsts += [o.request_id for o in engine.step() if o.first_token]
+        steps += 1
+    assert steps <= 2  # by chunks of PREFILL_CHUNK_WHILE_DECODING
     for request_id in ("running", "long", "short"):
+        engine.cancel(request_id)
+    engine.step()
+    assert engine.free_slots() == engine.parallel
+
+
+def test_short_prompts_arriving_every_step_never_starve_a_long_one(engine: BatchEngine) -> None:
+    engine.add("running", engine.chat_tokens([{"role": "user", "content": "Write a long story."}]),
+               SamplingParams(temperature=0, max_tokens=300))
+    while not any(o.first_token for o in engine.step()):
+        pass
+    document = engine.chat_tokens([{"role": "user", "content": "Summarise: " + "the hill rises west. " * 40}])
+    engine.add("long", document, SamplingParams(temperature=0, max_tokens=2))
+    long_first = None
+    for step in range(20):
+        engine.add(f"short{step}", engine.chat_tokens([{"role": "user", "content": f"Name a fruit ({step})."}]),
+                   SamplingParams(temperature=0, max_tokens=1))
+        if any(o.request_id == "long" and o.first_token for o in engine.step()):
+            long_first = step
+            break
+    assert long_first is not None and long_first <= SHORT_ONLY_STEPS
+    for request_id in engine.request_ids():
         engine.cancel(request_id)
     engine.step()
     assert engine.free_slots() == engine.parallel
