@@ -19,15 +19,12 @@ from server.anthropic.answer import whole_message
 from server.anthropic.events import anthropic_stream
 from server.anthropic.protocol import CountTokensRequest, MessagesRequest
 from server.anthropic.translate import to_chat_request
-from server.api.deps import ServiceDep, named_model, read_json
+from server.api.deps import ServiceDep, read_json
 from server.api.errors import from_validation
 from server.api.event_stream import EventStreamResponse
-from server.api.openai_routes import STREAM_HEADERS
-from server.errors import SlmError
-from server.security import usage
-from server.serving.context import RequestContext
-from server.serving.streaming import ClientGone
-from server.serving.transcript import open_transcript
+from server.api.openai_routes import STREAM_HEADERS, counted
+from server.protocol import ChatCompletionRequest
+from server.serving.service import Answer
 
 router = APIRouter(prefix="/v1")
 M = TypeVar("M", bound=BaseModel)
@@ -43,44 +40,25 @@ def parse(data: dict[str, Any], model: type[M]) -> M:
         raise from_validation(errors) from None
 
 
+def _as_chat(data: dict[str, Any], _model: type[Any]) -> ChatCompletionRequest:
+    return to_chat_request(parse(data, MessagesRequest))
+
+
+def _anthropic_response(answer: Answer, chat: ChatCompletionRequest) -> Response:
+    served = answer.headers.get("x-slm-model", chat.model)
+    if answer.stream is not None:
+        return EventStreamResponse(anthropic_stream(answer.stream, served, answer.result),
+                                   headers={**STREAM_HEADERS, **answer.headers})
+    result = answer.result() if answer.result is not None else None
+    return JSONResponse(whole_message(answer.body or {}, result, served), headers=answer.headers)
+
+
 @router.post("/messages")
 async def messages(request: Request, service: ServiceDep) -> Response:
     """Serve one message, counted in `slm_requests_total{endpoint="messages"}` by its final status."""
-    code, stream = 500, False
-    label: tuple[str, str] | None = None
-    try:
-        data = await read_json(request)
-        hint = named_model(data)
-        found = service.registry.resolve(hint) if hint else None
-        if found is not None:  # only registry names become label values
-            label = (found[0], found[1].backend)
-        req = parse(data, MessagesRequest)
-        stream = req.stream
-        chat = to_chat_request(req)
-        transcript = None
-        if service.settings.log_prompts:
-            transcript = open_transcript(chat.model, chat.model_dump(include={"messages"}, exclude_none=True))
-        context = RequestContext(usage=usage.of(request.scope), transcript=transcript)
-        answer = await service.chat(chat, request.is_disconnected, context)
-        served = answer.headers.get("x-slm-model", chat.model)
-        response: Response
-        if answer.stream is not None:
-            response = EventStreamResponse(anthropic_stream(answer.stream, served, answer.result),
-                                           headers={**STREAM_HEADERS, **answer.headers})
-        else:
-            result = answer.result() if answer.result is not None else None
-            response = JSONResponse(whole_message(answer.body or {}, result, served), headers=answer.headers)
-        code = response.status_code
-        return response
-    except SlmError as exc:
-        code = exc.status
-        raise
-    except ClientGone:
-        code = 499
-        return Response(status_code=499)
-    finally:
-        if label is not None:
-            service.metrics.requests.labels(*label, "messages", str(stream).lower(), str(code)).inc()
+    return await counted(request, service, "messages", MessagesRequest,
+                         lambda chat, context: service.chat(chat, request.is_disconnected, context),
+                         parse=_as_chat, respond=_anthropic_response)
 
 
 @router.post("/messages/count_tokens")

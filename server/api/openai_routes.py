@@ -24,16 +24,19 @@ router = APIRouter(prefix="/v1")
 STREAM_HEADERS = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
 
 
-def _respond(answer: Answer) -> Response:
+def _respond(answer: Answer, _req: Any = None) -> Response:
     if answer.stream is not None:
         return EventStreamResponse(answer.stream, headers={**STREAM_HEADERS, **answer.headers})
     return JSONResponse(answer.body, headers=answer.headers)
 
 
 async def counted(request: Request, service: ServiceDep, endpoint: str, model: type[Any],
-                  serve: Callable[[Any, RequestContext], Awaitable[Answer]]) -> Response:
+                  serve: Callable[[Any, RequestContext], Awaitable[Answer]], *,
+                  parse: Callable[[dict[str, Any], type[Any]], Any] = validate,
+                  respond: Callable[[Answer, Any], Response] = _respond) -> Response:
     """Serve and count the request by final status; refusals (400s included) are counted too. The
-    request's context (its key's token usage, its transcript) goes to the service explicitly."""
+    request's context (its key's token usage, its transcript) goes to the service explicitly. Another
+    front door passes its own `parse` (wire body -> request) and `respond` (answer -> its wire shape)."""
     code = 500
     stream = False
     label: tuple[str, str] | None = None
@@ -43,14 +46,14 @@ async def counted(request: Request, service: ServiceDep, endpoint: str, model: t
         found = service.registry.resolve(hint) if hint else None
         if found is not None:  # only registry names become label values, never arbitrary strings
             label = (found[0], found[1].backend)
-        req = validate(data, model)
+        req = parse(data, model)
         stream = bool(getattr(req, "stream", False))
         transcript = None
         if service.settings.log_prompts:
             dumped = req.model_dump(include={"messages", "prompt", "input"}, exclude_none=True)
             transcript = open_transcript(req.model, dumped)
         context = RequestContext(usage=usage.of(request.scope), transcript=transcript)
-        response = _respond(await serve(req, context))
+        response = respond(await serve(req, context), req)
         code = response.status_code
         return response
     except SlmError as exc:
