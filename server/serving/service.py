@@ -24,7 +24,7 @@ from server.backends.base import Generation, Result
 from server.backends.health import DEFAULT_POLICY, HealthPolicy
 from server.backends.hosted import HostedBackend
 from server.backends.hosted_params import HostedParams, provider_messages
-from server.backends.local import LocalBackend, refuse_for_local, wants_logprobs
+from server.backends.local import LocalBackend, LocalGeneration, refuse_for_local, wants_logprobs
 from server.backends.upstream import load_litellm
 from server.errors import (
     InvalidRequestError,
@@ -165,12 +165,7 @@ class Service:
                                       param="dimensions")
         self._check_can_queue(model)
         gen = await self.local.embedding(model, entry, req.input_list())
-        try:
-            await gen.start()
-            async for _ in gen.deltas():
-                pass
-        finally:
-            await shielded(gen.close())
+        await _to_the_end(gen)
         vectors: list[list[float]] = gen.result.extra.get("embeddings") or []
         data = [{"object": "embedding", "index": i,
                  "embedding": _base64_floats(v) if req.encoding_format == "base64" else v}
@@ -199,12 +194,7 @@ class Service:
         refuse_for_local(req, model)
         self._check_can_queue(model)
         gen = await self.local.tokenize(model, entry, req)
-        try:
-            await gen.start()
-            async for _ in gen.deltas():
-                pass
-        finally:
-            await shielded(gen.close())
+        await _to_the_end(gen)
         return gen.result.prompt_tokens
 
     def hosted_backend(self, model: str, entry: HostedModel) -> HostedBackend:
@@ -368,6 +358,16 @@ class Service:
     async def wait_closed(self) -> None:
         """Let the clean-ups still running finish (at shutdown, before the Redis clients close)."""
         await self.closing.wait()
+
+
+async def _to_the_end(gen: LocalGeneration) -> None:
+    """Run a job that streams no text (embeddings, a token count) to its `done`; its result holds the answer."""
+    try:
+        await gen.start()
+        async for _ in gen.deltas():
+            pass
+    finally:
+        await shielded(gen.close())
 
 
 def _base64_floats(vector: list[float]) -> str:
