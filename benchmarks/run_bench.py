@@ -33,6 +33,8 @@ Environment knobs:
   BENCH_BASELINE_TREE=DIR      also our server from that checkout (before / after a change, in one run)
   BENCH_PAIRED=ours,llama_server,baseline  the contenders of the paired workloads
   BENCH_SKIP=a,b,c,d           leave some of the above out
+  BENCH_WORKLOADS=mixed,...    only these paired workloads (default: all five)
+  BENCH_PREFILL_CHUNK=N        our registry's `prefill_chunk` (not the baseline's; default: the registry's)
   BENCH_OUT=DIR                where results.md / results.json go (default: this folder)
 """
 
@@ -79,6 +81,8 @@ MAX_TOKENS = int(os.environ.get("BENCH_MAX_TOKENS", "64"))
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
 OVERHEAD_REQUESTS = int(os.environ.get("BENCH_OVERHEAD_REQUESTS", "6" if QUICK else "100"))
 SKIP = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
+WORKLOADS = set(filter(None, os.environ.get("BENCH_WORKLOADS", "").split(",")))
+PREFILL_CHUNK = os.environ.get("BENCH_PREFILL_CHUNK", "")
 OUT = Path(os.environ.get("BENCH_OUT", str(HERE)))
 PROMPT = DEFAULT_PROMPT
 N_CTX = 2048
@@ -212,6 +216,7 @@ def start_ours(path: Path, tmp: Path, stack: contextlib.ExitStack, tree: Path = 
     registry.write_text(  # the packaged form of `path`: the registry refuses paths outside its model dirs
         f"models:\n  {MODEL_NAME}:\n    gguf: {PACKAGE}/{path.name}\n    n_ctx: {N_CTX}\n    n_threads: {THREADS}\n"
         f"    parallel: {PARALLEL}\n    replicas: 1\n    max_queue: 64\n"
+        + (f"    prefill_chunk: {int(PREFILL_CHUNK)}\n" if PREFILL_CHUNK and tree == REPO else "")
     )
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_")}
@@ -304,7 +309,7 @@ def measure_all(path: Path, tmp: Path) -> dict[str, Any]:
                   if c.server is not None and key in PAIRED and "failed" not in servers[key]}
         rounds: dict[str, Any] = {}
         if paired:
-            plan = workloads(PER_CLIENT, LONG_PER_CLIENT)
+            plan = [w for w in workloads(PER_CLIENT, LONG_PER_CLIENT) if not WORKLOADS or w.name in WORKLOADS]
             say(f"paired workloads: {ROUNDS} rounds of {', '.join(w.name for w in plan)} on {', '.join(paired)} "
                 f"(load average {_loadavg()})")
             rounds = run_rounds(paired, MODEL_NAME, ROUNDS, plan, PROMPT, LONG_WORDS, MAX_TOKENS, say)

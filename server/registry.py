@@ -59,6 +59,10 @@ class LocalModel(_Entry):
     n_ctx: int = Field(default=2048, ge=64, le=1_048_576, description="Context length of one sequence.")
     n_threads: int | None = Field(default=None, ge=1, le=512, description="CPU threads; default all cores.")
     n_batch: int = Field(default=512, ge=8, le=65536, description="Prompt tokens evaluated per step.")
+    prefill_chunk: int = Field(
+        default=512, ge=16, le=65536,
+        description="Prompt tokens evaluated per step while other sequences generate (smaller: their "
+                    "tokens and new short prompts wait less, a long prompt takes a little longer).")
     n_gpu_layers: int = Field(default=0, ge=-1, description="Layers offloaded to the GPU; -1 = all.")
     parallel: int = Field(default=4, ge=1, le=256, description="Sequences one worker decodes together.")
     replicas: int = Field(default=1, ge=0, le=64, description="Worker processes `serve` starts.")

@@ -25,10 +25,10 @@ from server.engine.sampling import GrammarError, SamplerChain
 from server.engine.text_stream import TextStream
 from server.errors import ContextLengthError, InvalidRequestError
 
-# While other sequences are generating, prompts go in at most this many tokens a step: a long prompt
-# takes a few long steps (the running streams wait through them, as llama-server's wait through the whole
-# prompt) rather than many medium ones, during which their clients would keep finishing and sending new
-# requests that then meet slow steps too.
+# While other sequences are generating, prompts go in at most this many tokens a step by default (the
+# registry's `prefill_chunk`): a long prompt takes a few long steps (the running streams wait through them,
+# as llama-server's wait through the whole prompt) rather than many medium ones, during which their clients
+# would keep finishing and sending new requests that then meet slow steps too.
 PREFILL_CHUNK_WHILE_DECODING = 512
 # A prompt with at most this many tokens left is short: a step that can finish one takes nothing of longer
 # prompts, so a short chat that arrives while a long document is being read gets its first token in a fast
@@ -105,6 +105,7 @@ class BatchEngine:
         self._batch: Any = llama_cpp.llama_batch_init(model.n_batch, 0, self.parallel)
         self._by_id: dict[str, _Slot] = {}
         self._short_only_run = 0  # consecutive steps that left long prompts out
+        self.prefill_chunk = model.options.prefill_chunk
 
     # -- capacity -------------------------------------------------------------------------------
     def free_slots(self) -> int:
@@ -217,7 +218,7 @@ class BatchEngine:
                             key=lambda s: (len(s.seq.pending), s.seq.t_admit) if s.seq else (0, 0.0))
         short_only = False
         if decoding:
-            budget = min(budget, PREFILL_CHUNK_WHILE_DECODING)
+            budget = min(budget, self.prefill_chunk)
             short_only = (bool(prefilling) and prefilling[0].seq is not None
                           and len(prefilling[0].seq.pending) <= SHORT_PROMPT_TOKENS
                           and self._short_only_run < SHORT_ONLY_STEPS)

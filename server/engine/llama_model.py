@@ -48,6 +48,7 @@ class ModelOptions:
     parallel: int = 1
     n_threads: int | None = None
     n_batch: int = 512
+    prefill_chunk: int = 512  # prompt tokens per step while other sequences generate
     n_gpu_layers: int = 0
     embeddings: bool = False
 

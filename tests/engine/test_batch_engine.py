@@ -127,3 +127,37 @@ def test_short_prompts_arriving_every_step_never_starve_a_long_one(engine: Batch
         engine.cancel(request_id)
     engine.step()
     assert engine.free_slots() == engine.parallel
+
+
+@pytest.mark.parametrize("chunk", [96, PREFILL_CHUNK_WHILE_DECODING])
+def test_prefill_chunk_bounds_what_a_prompt_takes_of_a_step_while_others_generate(engine: BatchEngine,
+                                                                                   chunk: int) -> None:
+    """The registry's `prefill_chunk`: a long prompt that arrives while a sequence generates goes in by
+    chunks of that many tokens, one per step, and the generating sequence gets a token in every step."""
+    engine.prefill_chunk = chunk
+    try:
+        engine.add("running", engine.chat_tokens([{"role": "user", "content": "Write a long story."}]),
+                   SamplingParams(temperature=0, max_tokens=300))
+        while not any(o.first_token for o in engine.step()):
+            pass
+        # a system message of its own: no other slot holds a prefix of it beyond the template's first tokens
+        document = engine.chat_tokens([{"role": "system", "content": f"Chunks of {chunk}; be brief."},
+                                       {"role": "user", "content": "Summarise: " + "the road bends north. " * 60}])
+        assert 3 * 96 < len(document) <= PREFILL_CHUNK_WHILE_DECODING
+        engine.add("long", document, SamplingParams(temperature=0, max_tokens=2))
+        steps = running_tokens = 0
+        long_first = False
+        while not long_first:
+            outs = engine.step()
+            steps += 1
+            running_tokens += sum(o.tokens for o in outs if o.request_id == "running")
+            long_first = any(o.request_id == "long" and o.first_token for o in outs)
+        reusable = 4  # `<|im_start|>system\n` may be reused from another slot
+        assert -(-(len(document) - reusable) // chunk) <= steps <= -(-len(document) // chunk)
+        assert running_tokens == steps
+    finally:
+        engine.prefill_chunk = PREFILL_CHUNK_WHILE_DECODING
+        for request_id in engine.request_ids():
+            engine.cancel(request_id)
+        engine.step()
+    assert engine.free_slots() == engine.parallel
