@@ -1,4 +1,5 @@
-"""A steady load of streamed chat requests from the client host, each outcome counted.
+"""A steady load of streamed chat requests from the client host (the official `openai` client),
+each outcome counted.
 
 Every request is temperature 0 and one of a few prompts whose answer is known from a clean run
 (`references`), so an answer that is not exactly that answer was spliced (text of two attempts)
@@ -9,7 +10,6 @@ HTTP error in the OpenAI envelope, or an error frame then `[DONE]`), `hung` (no 
 
 from __future__ import annotations
 
-import json
 import re
 import threading
 import time
@@ -17,7 +17,7 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import httpx
+import openai
 
 from tests.multihost import netns
 
@@ -25,11 +25,6 @@ PROMPTS = ["Name a bird.", "Name a colour.", "Say hello.", "Name a fruit."]
 MAX_TOKENS = 24
 RETRY_AFTER_S = 1.0  # what the gateway's 503 / 429 ask for
 READ_TIMEOUT_S = 20.0  # far above any pause the faults may cause (stall timeout 8 s, lease 5 s)
-
-
-def body(prompt: str) -> dict[str, object]:
-    return {"model": "tiny", "messages": [{"role": "user", "content": prompt}], "max_tokens": MAX_TOKENS,
-            "temperature": 0, "stream": True}
 
 
 @dataclass
@@ -43,39 +38,37 @@ class Outcome:
     detail: str = ""
 
 
-def ask(client: httpx.Client, url: str, prompt: str) -> Outcome:
-    """One streamed request, classified (the reference check is `Load`'s)."""
+def ask(client: openai.OpenAI, url: str, prompt: str) -> Outcome:
+    """One streamed request through the official client, classified (the reference check is `Load`'s)."""
     out = Outcome(url, prompt, time.monotonic())
-    frames: list[str] = []
-    try:
-        with client.stream("POST", url + "/v1/chat/completions", json=body(prompt)) as response:
-            if response.status_code != 200:
-                error = json.loads(response.read()).get("error", {})
-                out.kind = "error" if error.get("message") else "broken"
-                out.detail = f"{response.status_code} {error.get('code')}"
-            else:
-                frames = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
-    except httpx.ReadTimeout:
-        out.kind, out.detail = "hung", f"no byte for {READ_TIMEOUT_S}s"
-    except (httpx.HTTPError, json.JSONDecodeError) as exc:
-        out.kind, out.detail = "broken", type(exc).__name__
-    out.ended = time.monotonic()
-    if out.kind:
-        return out
-    if not frames or frames[-1] != "[DONE]":
-        out.kind, out.detail = "broken", "no [DONE]"
-        return out
     finish = ""
-    for frame in frames[:-1]:
-        chunk = json.loads(frame)
-        if "error" in chunk:
-            out.kind, out.detail = "error", f"frame {chunk['error'].get('code')}"
-            return out
-        for choice in chunk.get("choices", []):
-            out.text += choice["delta"].get("content") or ""
-            finish = choice.get("finish_reason") or finish
-    out.kind = "completed" if finish in ("stop", "length") else "broken"
+    try:
+        stream = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": prompt}],
+                                                max_tokens=MAX_TOKENS, temperature=0, stream=True)
+        for chunk in stream:
+            for choice in chunk.choices:
+                out.text += choice.delta.content or ""
+                finish = choice.finish_reason or finish
+    except openai.APITimeoutError:
+        out.kind, out.detail = "hung", f"no byte for {READ_TIMEOUT_S}s"
+    except openai.APIConnectionError as exc:
+        out.kind, out.detail = "broken", type(exc.__cause__ or exc).__name__
+    except openai.APIStatusError as exc:  # refused before the stream began: the OpenAI envelope
+        error = exc.body if isinstance(exc.body, dict) else {}
+        out.kind = "error" if error.get("message") else "broken"
+        out.detail = f"{exc.status_code} {error.get('code')}"
+    except openai.APIError as exc:  # an error frame in the stream
+        out.kind, out.detail = "error", f"frame {exc.code}"
+    out.ended = time.monotonic()
+    if not out.kind:
+        out.kind = "completed" if finish in ("stop", "length") else "broken"
+        out.detail = "" if out.kind == "completed" else f"finish {finish!r}"
     return out
+
+
+def official_client(url: str) -> openai.OpenAI:
+    """No retries of its own (each outcome is counted as it came) and a read timeout that marks a hang."""
+    return openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=READ_TIMEOUT_S)
 
 
 @dataclass
@@ -100,8 +93,7 @@ class Load:
 
     def _client(self, url: str, index: int) -> None:
         netns.enter(self.namespace)
-        timeout = httpx.Timeout(READ_TIMEOUT_S, connect=5.0)
-        with httpx.Client(timeout=timeout) as client:
+        with official_client(url) as client:
             turn = index
             while not self._stop.is_set():
                 prompt = PROMPTS[turn % len(PROMPTS)]

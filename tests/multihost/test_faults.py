@@ -14,12 +14,11 @@ from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
-import httpx
 import pytest
 
 from tests.conftest import wait_until
 from tests.multihost import netns
-from tests.multihost.load import PROMPTS, Load, Outcome, Publications, ask, counts, recovery_s
+from tests.multihost.load import PROMPTS, Load, Outcome, Publications, ask, counts, official_client, recovery_s
 from tests.multihost.rig import LEASE_S, Rig, backend_ip
 
 pytestmark = [pytest.mark.multihost, pytest.mark.integration, pytest.mark.timeout(240)]
@@ -77,7 +76,7 @@ def _report(request: pytest.FixtureRequest) -> None:
 def references(rig: Rig) -> dict[str, str]:
     """Each prompt's temperature-0 answer, from a clean run through one gateway."""
     def clean() -> dict[str, str]:
-        with httpx.Client(timeout=60) as client:
+        with official_client(rig.gateway_url("gw2")) as client:
             answers = {p: ask(client, rig.gateway_url("gw2"), p) for p in PROMPTS}
         assert all(a.kind == "completed" and a.text for a in answers.values()), answers
         return {p: a.text for p, a in answers.items()}
@@ -114,6 +113,13 @@ def under_load(rig: Rig, references: dict[str, str], fault: str, inject: Callabl
     return outcomes, fault_at, published
 
 
+def cut_for(rig: Rig, host: str, seconds: float) -> Callable[[], None]:
+    def cut() -> None:
+        rig.cut(host)
+        time.sleep(seconds)  # the fault's length
+    return cut
+
+
 def assert_clean(outcomes: list[Outcome]) -> None:
     seen = counts(outcomes)
     assert seen["hung"] == 0, [o for o in outcomes if o.kind == "hung"]
@@ -131,7 +137,7 @@ def queue_empties(rig: Rig) -> None:
 
 def test_worker_link_cut_mid_stream_redelivers_or_fails_cleanly(rig: Rig, references: dict[str, str]) -> None:
     outcomes, _, published = under_load(rig, references, "1. worker host's link cut (8 s)",
-                                        lambda: (rig.cut("wk1"), time.sleep(LEASE_S + 3)),  # past the lease
+                                        cut_for(rig, "wk1", LEASE_S + 3),  # past the lease
                                         lambda: rig.restore("wk1"), watch=True)
     assert_clean(outcomes)
     assert published is not None and published.written, "the master's MONITOR log recorded nothing"
@@ -160,7 +166,7 @@ def test_worker_host_lost_redelivers_or_fails_cleanly(rig: Rig, references: dict
 
 def test_gateway_link_cut_its_clients_get_clean_errors_the_other_serves(rig: Rig, references: dict[str, str]) -> None:
     outcomes, fault_at, _ = under_load(rig, references, "3. gateway host's link cut (5 s)",
-                                       lambda: (rig.cut("gw1"), time.sleep(5)),  # the fault's length
+                                       cut_for(rig, "gw1", 5),
                                        lambda: rig.restore("gw1"))
     assert_clean(outcomes)
     during = [o for o in outcomes if o.gateway == rig.gateway_url("gw2") and fault_at <= o.started < fault_at + 5]

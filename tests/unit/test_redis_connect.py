@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 import redis
 from pydantic import SecretStr, ValidationError
+from redis.sentinel import SentinelConnectionPool
 
 from server.redis_connect import OUTAGE_ERRORS, RedisTarget, parse_sentinels
 from server.settings import Settings
@@ -116,7 +117,9 @@ def test_sentinel_settings_reach_the_master_the_sentinels_name(sentinel_port: tu
     client = target.sync_client(socket_timeout=2, socket_connect_timeout=2)
     wait_until(lambda: client.ping(), timeout_s=10, what="the master through the sentinel")
     client.set("through-sentinel", "yes")
-    assert client.connection_pool.get_master_address() == ("127.0.0.1", master)
+    pool = client.connection_pool
+    assert isinstance(pool, SentinelConnectionPool) and pool.get_master_address() == (  # type: ignore[no-untyped-call]
+        "127.0.0.1", master)
     assert redis.Redis(port=master).get("through-sentinel") == b"yes"
     client.close()
 
