@@ -9,8 +9,8 @@ exists in the machine's own namespace and no packet leaves it. Each host's cable
 switch end `cut` sets down and `restore` up again. Every component reaches Redis through the three
 sentinels (`SLM_REDIS_SENTINELS`), as a deployment with Redis high availability does.
 
-Run it by hand: `sudo python -m tests.multihost.rig` (or `tools/multihost-rig.sh`) builds it, asks one
-question through each gateway, prints the addresses and waits for Ctrl-C; everything is removed then.
+Run it by hand: `sudo python -m tests.multihost.rig` (or `tools/multihost-rig.sh`) builds it, waits until
+both gateways count both workers, prints the addresses and waits for Ctrl-C; everything is removed then.
 """
 
 from __future__ import annotations
