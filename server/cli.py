@@ -106,8 +106,8 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(f"{path}: OK ({len(checked.models)} models: {', '.join(checked.models)})\n")
         return 0
     if args.command == "worker":
-        if not settings.redis_url:
-            log.error("the worker needs SLM_REDIS_URL")
+        if not settings.redis_configured:
+            log.error("the worker needs SLM_REDIS_URL or SLM_REDIS_SENTINELS")
             return 2
         from server.worker.process import run_worker
 
@@ -125,8 +125,8 @@ def main(argv: list[str] | None = None) -> int:
 
         return serve(settings, loaded)
     if args.command == "gateway":
-        if not settings.redis_url:
-            log.error("the gateway needs SLM_REDIS_URL")
+        if not settings.redis_configured:
+            log.error("the gateway needs SLM_REDIS_URL or SLM_REDIS_SENTINELS")
             return 2
         import uvicorn
 

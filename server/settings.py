@@ -13,6 +13,7 @@ from typing import Literal
 from pydantic import Field, SecretStr, field_validator
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from server.redis_connect import RedisTarget, parse_sentinels
 from server.registry import DEFAULT_KEY_ENV_PATTERN
 
 
@@ -22,6 +23,19 @@ class Settings(BaseSettings):
     redis_url: str | None = Field(
         default=None, description="Redis to queue through; unset means `serve` starts an embedded one."
     )
+    # Redis high availability and managed Redis (server/redis_connect.py)
+    redis_sentinels: str = Field(
+        default="", description="Comma-separated host:port of Redis Sentinels; when set, clients connect to the "
+        "master they name (SLM_REDIS_SENTINEL_MASTER) and follow its failovers. SLM_REDIS_URL then only gives "
+        "the scheme (`rediss://` = TLS), db and credentials.")
+    redis_sentinel_master: str = Field(default="mymaster", min_length=1,
+                                       description="The master's name the sentinels monitor.")
+    redis_sentinel_username: str = Field(default="", description="ACL user towards the sentinels (if they ask).")
+    redis_sentinel_password: SecretStr = Field(default=SecretStr(""), description="Password of the sentinels.")
+    redis_username: str = Field(default="", description="ACL user towards Redis (managed Redis).")
+    redis_password: SecretStr = Field(default=SecretStr(""), description="Redis password (rather than in the URL).")
+    redis_tls_ca_file: Path | None = Field(
+        default=None, description="CA bundle that signs a `rediss://` server's certificate (else the system's).")
     host: str = "127.0.0.1"
     port: int = Field(default=8000, ge=0, le=65535)
     registry: Path = Path("model_registry.yaml")
@@ -93,6 +107,19 @@ class Settings(BaseSettings):
     max_n: int = Field(default=8, ge=1, le=128, description="Largest `n` (choices) one request may ask for.")
     max_n_tokens: int = Field(default=16384, ge=1, description="Largest `n` x `max_tokens` of one request.")
 
+    @field_validator("redis_sentinels")
+    @classmethod
+    def _sentinel_list(cls, value: str) -> str:
+        parse_sentinels(value)  # a ValueError names the entry that is not host:port
+        return value
+
+    @field_validator("redis_url")
+    @classmethod
+    def _redis_scheme(cls, value: str | None) -> str | None:
+        if value and not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
     @field_validator("provider_key_env_pattern")
     @classmethod
     def _compiles(cls, value: str) -> str:
@@ -101,6 +128,23 @@ class Settings(BaseSettings):
         except re.error as exc:
             raise ValueError(f"not a regular expression: {exc}") from None
         return value
+
+    def redis_target(self) -> RedisTarget:
+        """The Redis every component connects to (`redis_connect`: one URL, or sentinels)."""
+        return RedisTarget(
+            url=self.redis_url or "",
+            sentinels=parse_sentinels(self.redis_sentinels),
+            master=self.redis_sentinel_master,
+            username=self.redis_username or None,
+            password=self.redis_password.get_secret_value() or None,
+            sentinel_username=self.redis_sentinel_username or None,
+            sentinel_password=self.redis_sentinel_password.get_secret_value() or None,
+            tls_ca_file=str(self.redis_tls_ca_file) if self.redis_tls_ca_file else None,
+        )
+
+    @property
+    def redis_configured(self) -> bool:
+        return bool(self.redis_url or self.redis_sentinels.strip())
 
     def model_dir_list(self) -> list[Path]:
         return [Path(p) for p in self.model_dirs.split(":") if p]

@@ -29,7 +29,6 @@ from dataclasses import dataclass, field
 from types import FrameType
 from typing import Any
 
-import redis.asyncio
 import uvicorn
 
 from server.app import create_app
@@ -134,7 +133,7 @@ class Supervisor:
             task.add_done_callback(self._transitions.discard)
 
     async def _swap(self, model: str, old: list[WorkerSlot], fresh: list[WorkerSlot]) -> None:
-        client = redis.asyncio.Redis.from_url(self.settings.redis_url or "")
+        client = self.settings.redis_target().async_client()
         try:
             deadline = time.monotonic() + SWAP_READY_TIMEOUT_S
             while time.monotonic() < deadline and not self.stopping:
@@ -262,7 +261,7 @@ def serve(settings: Settings, registry: Registry) -> int:
     absorb_reraised_signals(on_stop_signal)
     redis_server: EmbeddedRedis | None = None
     try:
-        if not settings.redis_url:
+        if not settings.redis_configured:
             redis_server = EmbeddedRedis()
             redis_server.start()
             settings = settings.model_copy(update={"redis_url": redis_server.url})

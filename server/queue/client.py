@@ -14,34 +14,44 @@ from typing import Any
 import redis.asyncio as aioredis
 from redis.asyncio.retry import Retry
 from redis.backoff import ExponentialBackoff
-from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
+from redis.exceptions import RedisError, ResponseError
 
 from server.errors import OverloadedError, ServiceUnavailableError
 from server.queue import keys
 from server.queue.events import Event, from_wire
 from server.queue.messages import Job, decode_event
+from server.redis_connect import OUTAGE_ERRORS, RedisTarget
 
-# KEYS[1] = request stream; ARGV = max backlog, field, payload. Returns the entry id or false.
+# KEYS[1] = request stream, KEYS[2] = the job's admitted mark; ARGV = max backlog, field, payload, mark TTL.
+# Returns the entry id or false. Idempotent: the client retries a command whose reply was lost (a link
+# that drops for a moment), and a job queued twice would be generated twice into one response stream.
 _ADMIT = """
+local prior = redis.call('GET', KEYS[2])
+if prior then return prior end
 if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-return redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3])
+local id = redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3])
+redis.call('SET', KEYS[2], id, 'EX', ARGV[4])
+return id
 """
+ADMITTED_TTL_S = 600
 
 READ_BLOCK_MS = 250
+OUTAGE_GRACE_S = 3.0  # a stream's reads may fail this long in a row before its request gives up
 RETRY_AFTER_S = 1.0
 
 
 class QueueClient:
-    def __init__(self, url: str, *, timeout_s: float = 1.0, max_connections: int = 1024) -> None:
-        # one quick retry on a fresh connection: pooled connections die with a Redis restart
+    def __init__(self, redis: str | RedisTarget, *, timeout_s: float = 1.0, max_connections: int = 1024) -> None:
+        target = RedisTarget(url=redis) if isinstance(redis, str) else redis
+        # one quick retry on a fresh connection: pooled connections die with a Redis restart or failover
+        # (with sentinels the fresh connection asks them where the master is now)
         retry = Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1)
-        errors: list[type[Exception]] = [ConnectionError, TimeoutError]
-        self.commands: aioredis.Redis = aioredis.Redis.from_url(
-            url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=5,
+        errors: list[type[Exception]] = list(OUTAGE_ERRORS)
+        self.commands: aioredis.Redis = target.async_client(
+            socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=5,
             retry=retry, retry_on_error=errors,
         )
-        self.reader: aioredis.Redis = aioredis.Redis.from_url(
-            url,
+        self.reader: aioredis.Redis = target.async_client(
             socket_timeout=timeout_s + READ_BLOCK_MS / 1000,
             socket_connect_timeout=timeout_s,
             max_connections=max_connections,
@@ -96,7 +106,8 @@ class QueueClient:
             await self.ensure_group(job.model)
             fields = job.encode()
             ((field, payload),) = fields.items()
-            entry = await self._admit(keys=[keys.request_stream(job.model)], args=[max_queue, field, payload])
+            entry = await self._admit(keys=[keys.request_stream(job.model), keys.job_admitted(job.id)],
+                                      args=[max_queue, field, payload, ADMITTED_TTL_S])
         except (RedisError, OSError) as exc:
             raise ServiceUnavailableError(
                 "The queue is unavailable; try again shortly.", retry_after=RETRY_AFTER_S, code="queue_unavailable"
@@ -109,11 +120,23 @@ class QueueClient:
 
     async def event_batches(self, request_id: str) -> AsyncGenerator[list[Event] | None, None]:
         """Yield the request's events as they come, what each read returned together; `None` after
-        each silent read (a tick)."""
+        each silent read (a tick). A read that fails for want of Redis is a silent one too, for up to
+        `OUTAGE_GRACE_S` in a row (a link that drops for a moment, a failover under way: reading on
+        from the last entry loses and repeats nothing); a longer outage raises."""
         stream = keys.response_stream(request_id)
         last = "0-0"
+        failing_since: float | None = None
         while True:
-            reply: Any = await self.reader.xread({stream: last}, count=256, block=READ_BLOCK_MS)
+            try:
+                reply: Any = await self.reader.xread({stream: last}, count=256, block=READ_BLOCK_MS)
+            except OUTAGE_ERRORS:
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since > OUTAGE_GRACE_S:
+                    raise
+                yield None
+                continue
+            failing_since = None
             if not reply:
                 yield None
                 continue

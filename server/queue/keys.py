@@ -26,6 +26,11 @@ def dead_letters(model: str) -> str:
     return f"{PREFIX}:dlq:{model}"
 
 
+def job_admitted(request_id: str) -> str:
+    """The entry id a request was queued as: a retried admission (its reply lost) queues nothing twice."""
+    return f"{PREFIX}:admitted:{request_id}"
+
+
 def job_running(request_id: str) -> str:
     """The attempt whose worker began the request's own work (template, tokens, grammar); expires."""
     return f"{PREFIX}:running:{request_id}"

@@ -3,6 +3,12 @@ and the acknowledgement that takes a request off its model's stream.
 
 The decode thread hands these to its `Outbox`; the intake thread (which settles requests that
 never reach a slot) runs them at once with `send`.
+
+Writes are fenced by the request's running mark (`slm:running:{id}`, the attempt the last worker to
+admit it set): an event, or an ack that names its request, of an older attempt than the mark is
+dropped by Redis itself. A worker cut off from Redis may still have writes in flight (in its kernel's
+socket buffer, retransmitted when the link comes back, after another worker took the request over);
+they land on nothing. The check and the write are one script, so no takeover falls between them.
 """
 
 from __future__ import annotations
@@ -17,7 +23,50 @@ from server.queue.messages import encode_event
 
 RESPONSE_TTL_S = 600
 
+# KEYS[1] = response stream, KEYS[2] = running mark; ARGV = attempt, TTL, field, value
+_FENCED_EVENT = """
+if tonumber(redis.call('GET', KEYS[2]) or '0') > tonumber(ARGV[1]) then return 0 end
+redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[4])
+redis.call('EXPIRE', KEYS[1], ARGV[2])
+return 1
+"""
+
+# KEYS[1] = request stream, KEYS[2] = running mark; ARGV = attempt, group, entry id
+_FENCED_ACK = """
+if tonumber(redis.call('GET', KEYS[2]) or '0') > tonumber(ARGV[1]) then return 0 end
+redis.call('XACK', KEYS[1], ARGV[2], ARGV[3])
+redis.call('XDEL', KEYS[1], ARGV[3])
+return 1
+"""
+
 Command = tuple[str, tuple[Any, ...]]  # a redis-py pipeline method and its arguments
+
+
+# KEYS[1] = running mark; ARGV = attempt, TTL. Only ever raised: a late write of an older attempt
+# (retransmitted after a cut link) cannot open the fence again.
+_MARK_RUNNING = """
+if tonumber(redis.call('GET', KEYS[1]) or '0') > tonumber(ARGV[1]) then return 0 end
+redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
+return 1
+"""
+
+
+def mark_running(client: redis.Redis, request_id: str, attempt: int, ttl_s: int) -> bool:
+    """Set the request's running mark to `attempt` (now, synchronously); False if a newer attempt holds it."""
+    return bool(client.eval(_MARK_RUNNING, 1, keys.job_running(request_id), attempt, ttl_s))
+
+
+# KEYS[1] = running mark; ARGV = attempt. Deleted only while it still names that attempt.
+_UNMARK_RUNNING = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then redis.call('DEL', KEYS[1]) end
+return 1
+"""
+
+
+def unmark_running(client: redis.Redis, request_id: str, attempt: int) -> bool:
+    """Take back `attempt`'s running mark (a worker that lost Redis while holding the request: it did
+    not crash on it); a newer attempt's mark stays. True once Redis answered."""
+    return bool(client.eval(_UNMARK_RUNNING, 1, keys.job_running(request_id), str(attempt)))
 
 
 def event(request_id: str, event: Event) -> list[Command]:
@@ -26,9 +75,10 @@ def event(request_id: str, event: Event) -> list[Command]:
 
 
 def event_fields(request_id: str, fields: dict[str, Any]) -> list[Command]:
-    """`event` for an event already in its wire form (tests write partial ones)."""
-    resp = keys.response_stream(request_id)
-    return [("xadd", (resp, encode_event(fields))), ("expire", (resp, RESPONSE_TTL_S))]
+    """`event` for an event already in its wire form (tests write partial ones), fenced by its attempt."""
+    ((field, value),) = encode_event(fields).items()
+    return [("eval", (_FENCED_EVENT, 2, keys.response_stream(request_id), keys.job_running(request_id),
+                      int(fields.get("attempt") or 0), RESPONSE_TTL_S, field, value))]
 
 
 def error(request_id: str, attempt: int, status: int, code: str | None, message: str, *,
@@ -36,8 +86,11 @@ def error(request_id: str, attempt: int, status: int, code: str | None, message:
     return event(request_id, Failed(attempt, status, code, message, param, error_type))
 
 
-def ack(stream: str, entry_id: str) -> list[Command]:
-    """Done with a request: acknowledged and deleted from its model's stream."""
+def ack(stream: str, entry_id: str, *, request_id: str = "", attempt: int = 0) -> list[Command]:
+    """Done with a request: acknowledged and deleted from its model's stream; with its request and
+    attempt, only while no newer attempt took it over."""
+    if request_id:
+        return [("eval", (_FENCED_ACK, 2, stream, keys.job_running(request_id), attempt, keys.GROUP, entry_id))]
     return [("xack", (stream, keys.GROUP, entry_id)), ("xdel", (stream, entry_id))]
 
 

@@ -82,8 +82,8 @@ class SecurityConfig:
         keys = ApiKeys.load(settings.api_keys.get_secret_value(), settings.api_keys_file)
         limiter = None
         limited = settings.rate_limit_rpm or settings.rate_limit_tpm or settings.rate_limit_concurrency
-        if keys and settings.redis_url and limited:
-            limiter = RateLimiter(settings.redis_url, rpm=settings.rate_limit_rpm, tpm=settings.rate_limit_tpm,
+        if keys and settings.redis_configured and limited:
+            limiter = RateLimiter(settings.redis_target(), rpm=settings.rate_limit_rpm, tpm=settings.rate_limit_tpm,
                                   concurrency=settings.rate_limit_concurrency, timeout_s=settings.redis_timeout_s,
                                   window_s=settings.rate_limit_window_s)
         hosts = HostPolicy.from_settings(settings, keys_configured=bool(keys))

@@ -40,6 +40,7 @@ from redis.exceptions import RedisError
 
 from server.errors import RateLimitError
 from server.queue import keys
+from server.redis_connect import RedisTarget
 from server.security.usage import TokenUsage
 from server.security.windows import Reading, SlidingWindows
 
@@ -97,9 +98,9 @@ class Admission:
 
 
 class RateLimiter:
-    def __init__(self, redis_url: str, *, rpm: int, concurrency: int, tpm: int = 0, timeout_s: float = 1.0,
-                 window_s: float = WINDOW_S) -> None:
-        self.redis_url = redis_url
+    def __init__(self, redis: str | RedisTarget, *, rpm: int, concurrency: int, tpm: int = 0,
+                 timeout_s: float = 1.0, window_s: float = WINDOW_S) -> None:
+        self.target = RedisTarget(url=redis) if isinstance(redis, str) else redis
         self.windows = SlidingWindows(window_s)
         self.rpm = rpm
         self.tpm = tpm
@@ -114,9 +115,8 @@ class RateLimiter:
 
     def _client(self) -> aioredis.Redis:
         if self._redis is None:
-            self._redis = aioredis.Redis.from_url(
-                self.redis_url, socket_timeout=self.timeout_s, socket_connect_timeout=self.timeout_s
-            )
+            self._redis = self.target.async_client(socket_timeout=self.timeout_s,
+                                                   socket_connect_timeout=self.timeout_s)
         return self._redis
 
     async def close(self) -> None:

@@ -35,6 +35,7 @@ import redis
 
 from server.queue import keys, replies
 from server.queue.messages import Job, decode_event
+from server.redis_connect import OUTAGE_ERRORS
 from server.worker.holdings import Holdings
 
 log = logging.getLogger("slm.worker")
@@ -125,7 +126,7 @@ class Intake:
                 try:
                     self._turn()
                     backoff = 0.1
-                except (redis.ConnectionError, redis.TimeoutError) as exc:
+                except OUTAGE_ERRORS as exc:
                     log.warning("redis unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
                     self.ready = False
                     self._stop.wait(backoff)  # reconnect backoff, not synchronisation

@@ -18,8 +18,9 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from types import FrameType
 from typing import Any
 
-import redis
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, Gauge, Histogram, generate_latest
+from redis.backoff import NoBackoff
+from redis.retry import Retry
 
 from server.engine.batch_engine import BatchEngine
 from server.engine.embedder import Embedder
@@ -126,8 +127,10 @@ def run_worker(settings: Settings, model: str) -> int:
     metrics.slots.labels(model).set(entry.parallel)
     log.info("model %s loaded from %s in %.2fs (parallel=%d)", model, path.name,
              time.perf_counter() - started, entry.parallel)
-    client = redis.Redis.from_url(
-        settings.redis_url or "redis://127.0.0.1:6379/0",
+    # no automatic retry: a transaction whose reply was lost may have run, and sending it again would
+    # duplicate its tokens; the worker's own loops reconnect (and redelivery covers what it held)
+    client = settings.redis_target().sync_client(
+        retry=Retry(NoBackoff(), 0),
         socket_timeout=max(settings.redis_timeout_s, 0.5) + 1.0,
         socket_connect_timeout=settings.redis_timeout_s,
     )

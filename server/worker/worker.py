@@ -35,6 +35,7 @@ from server.queue import keys, replies
 from server.queue.events import Done, Event, Started
 from server.queue.messages import Job
 from server.queue.replies import Command
+from server.redis_connect import OUTAGE_ERRORS
 from server.worker import instant
 from server.worker.choices import Active, Choice, Waiting, admit_waiting, final_event, sequences
 from server.worker.cohort import Cohort
@@ -83,6 +84,7 @@ class Worker:
                                                   config.max_deliveries, config.log_prompts, config.dlq_maxlen,
                                                   config.dlq_ttl_s), self.holdings, self._room)
         self._closed = threading.Event()
+        self._unmark: set[tuple[str, int]] = set()  # (request, attempt) dropped in an outage, mark to take back
         self.last_tick = time.monotonic()
         self.orphan_check: Callable[[], bool] = lambda: False
         self.entry_changed: Callable[[], bool] = lambda: False
@@ -92,7 +94,11 @@ class Worker:
         return self.intake.ready
 
     def _room(self) -> int:
-        """Free slots not yet spoken for (read by the intake thread)."""
+        """Free slots not yet spoken for (read by the intake thread). None until the marks of what an
+        outage dropped are taken back: the intake would otherwise reclaim those very requests and read
+        this worker's own mark as a crash."""
+        if self._unmark:
+            return 0
         return self.engine.free_slots() - self.claimable - self.intake.inbox.qsize()
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -161,9 +167,11 @@ class Worker:
                 if not (self.active or self.waiting or self.intake.alive() or not self.intake.inbox.empty()):
                     break
             try:
+                if self._unmark:
+                    self._unmark = {m for m in self._unmark if not replies.unmark_running(self.redis, *m)}
                 self.tick()
                 backoff = 0.1
-            except (redis.ConnectionError, redis.TimeoutError) as exc:
+            except OUTAGE_ERRORS as exc:
                 self._abandon_all()
                 if self.stopping:  # without Redis nothing held can be answered: waiting would only delay the exit
                     log.warning("redis unavailable (%s) while stopping; exiting now", type(exc).__name__)
@@ -182,7 +190,10 @@ class Worker:
             log.info("could not deregister from redis on exit")
 
     def _abandon_all(self) -> None:
-        """Redis went away: the requests we hold will be redelivered or timed out by the gateway."""
+        """Redis went away: the requests we hold will be redelivered or timed out by the gateway. Their
+        running marks are taken back once Redis answers again (`_unmark`): losing Redis between a
+        request's admission and its `started` is no crash of this worker, so no poison verdict."""
+        self._unmark.update((job_id, act.attempt) for job_id, act in self.active.items())
         for request_id in self.engine.request_ids():
             self.engine.cancel(request_id)
         self.waiting.clear()
@@ -268,7 +279,7 @@ class Worker:
 
     def _finish(self, act: Active, answer: list[Command]) -> None:
         """Send the last event and the ack; the slot is free for the next request."""
-        self._reply(answer + replies.ack(self.stream, act.entry_id))
+        self._reply(answer + self._ack(act))
         self._release(act)
 
     def _release(self, act: Active) -> None:
@@ -282,7 +293,10 @@ class Worker:
         trace = {"read": taken.read_at, "admitted": time.time()} if job.trace else None
         # Before running anything of the request's own (template, tokenizer, grammar, sampler): a worker
         # that dies from here until `started` is out leaves this mark for the next to find (poison).
-        self.redis.set(keys.job_running(job.id), attempt, ex=RUNNING_MARK_TTL_S)
+        if not replies.mark_running(self.redis, job.id, attempt, RUNNING_MARK_TTL_S):
+            log.info("request %s: attempt %d was overtaken by a newer one; dropped", job.id, attempt)
+            self.holdings.release(job.id)
+            return
         if self.config.crash_marker and self.config.crash_marker in (job.model_dump_json()):
             log.critical("test crash marker found in request %s: aborting", job.id)
             os.abort()
@@ -357,7 +371,7 @@ class Worker:
             for index, choice in act.choices.items():
                 commands += self._flush_choice(act, index, choice)
         for act in finished:
-            commands += self._event(act, final_event(act)) + replies.ack(self.stream, act.entry_id)
+            commands += self._event(act, final_event(act)) + self._ack(act)
         self._reply(commands)
         for act in finished:
             self._release(act)
@@ -368,6 +382,9 @@ class Worker:
     def _flush_choice(self, act: Active, index: int, choice: Choice) -> list[Command]:
         event = choice.drain(index, act.attempt)
         return [] if event is None else self._event(act, event)
+
+    def _ack(self, act: Active) -> list[Command]:
+        return replies.ack(self.stream, act.entry_id, request_id=act.job.id, attempt=act.attempt)
 
     @staticmethod
     def _event(act: Active, event: Event) -> list[Command]:

@@ -115,7 +115,7 @@ async def test_usage_is_charged_at_the_end_and_refused_once_the_window_is_spent(
     assert refused.headers["x-ratelimit-reset-tokens"] == refused.headers["retry-after"] + "s"
     assert limited.keys["a"] not in refused.text
 
-    async with aioredis.Redis.from_url(limited.limiter.redis_url) as r:
+    async with aioredis.Redis.from_url(limited.limiter.target.url) as r:
         kid = limited.key_id("a")
         counted = await r.get(redis_keys.token_window_total(kid))
         assert counted == b"1004", "a refused request must not be charged"
