@@ -20,6 +20,7 @@ from server.errors import OverloadedError, ServiceUnavailableError
 from server.queue import keys
 from server.queue.events import Event, from_wire
 from server.queue.messages import Job, decode_event
+from server.residency.state import Budget, Residency, decode_all
 
 # KEYS[1] = request stream; ARGV = max backlog, field, payload. Returns the entry id or false.
 _ADMIT = """
@@ -29,6 +30,7 @@ return redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3])
 
 READ_BLOCK_MS = 250
 RETRY_AFTER_S = 1.0
+WANTED_TTL_S = 10
 
 
 class QueueClient:
@@ -90,6 +92,17 @@ class QueueClient:
         for model in models:
             pipe.xlen(keys.request_stream(model))
         return {m: int(n) for m, n in zip(models, await pipe.execute(), strict=True)}
+
+    async def residency(self) -> tuple[dict[str, Residency], Budget | None]:
+        """The residency the supervisor of `serve` publishes (empty without one)."""
+        return decode_all(await self.commands.hgetall(keys.residency()))
+
+    async def want(self, models: list[str], ttl_s: int = WANTED_TTL_S) -> None:
+        """Ask the supervisor to load these (unloaded) models."""
+        pipe = self.commands.pipeline(transaction=False)
+        for model in models:
+            pipe.set(keys.residency_wanted(model), 1, ex=ttl_s)
+        await pipe.execute()
 
     async def submit(self, job: Job, *, max_queue: int) -> None:
         try:
