@@ -172,7 +172,7 @@ class ResidencyManager:
             out.append(Candidate(name=name, cost=res.estimated_bytes, resident=res.state != "unloaded",
                                  ready=res.state == "ready", idle=view.depth == 0 and view.busy == 0,
                                  pinned=entry.pinned, last_used=res.last_used or 0.0,
-                                 idle_unload_s=entry.idle_unload_s))
+                                 idle_unload_s=entry.idle_unload_s, draining=res.state == "draining"))
         return out
 
     def _load_wanted(self, seen: dict[str, Seen]) -> None:

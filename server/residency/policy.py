@@ -3,7 +3,8 @@
 - A model is *idle* when nothing is queued or running for it (its stream is empty and no worker
   is busy). Only ready, idle, unpinned models are ever stopped.
 - `make_room`: to load a model of `need` bytes, the least recently used idle unpinned ready models
-  are chosen, oldest use first, until what stays loaded plus `need` fits the budget. `None` when
+  are chosen, oldest use first, until what stays loaded plus `need` fits the budget (models already
+  draining count as gone: nothing more is stopped for room they are about to free). `None` when
   even stopping every candidate would not make room (the request waits; it may time out).
 - `idle_expired`: ready, idle, unpinned models whose last use is older than their `idle_unload_s`.
 
@@ -30,6 +31,7 @@ class Candidate:
     pinned: bool
     last_used: float  # unix seconds; 0 when never used
     idle_unload_s: float | None = None
+    draining: bool = False  # told to stop: its memory is freed once it exits
 
 
 def in_use(models: Sequence[Candidate]) -> int:
@@ -42,8 +44,9 @@ def evictable(models: Sequence[Candidate]) -> list[Candidate]:
 
 
 def make_room(need: int, budget: int, models: Sequence[Candidate]) -> list[str] | None:
-    """The models to stop (in order) so that `need` more bytes fit; `[]` when it fits already."""
-    used = in_use(models)
+    """The models to stop (in order) so that `need` more bytes fit; `[]` when it fits already or will once
+    the draining models have exited (the caller waits for them: `in_use` still counts them)."""
+    used = in_use(models) - sum(m.cost for m in models if m.resident and m.draining)
     chosen: list[str] = []
     for model in evictable(models):
         if used + need <= budget:

@@ -26,7 +26,7 @@ def test_sizes_as_people_write_them(text: str, expected: int) -> None:
 
 @pytest.mark.parametrize("text", ["eight gigs", "8XB", "-1GiB", "0", "GiB"])
 def test_a_bad_size_is_refused_by_name(text: str) -> None:
-    with pytest.raises(ValueError, match="size|unit"):
+    with pytest.raises(ValueError, match=r"size|unit"):
         parse_size(text)
     with pytest.raises(ValidationError, match="memory_budget"):
         Settings(memory_budget=text)

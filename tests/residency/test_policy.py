@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from server.residency.policy import Candidate, evictable, idle_expired, make_room
+from server.residency.policy import Candidate, evictable, idle_expired, in_use, make_room
 
 GIB = 1024**3
 
@@ -31,10 +31,19 @@ def test_pinned_and_busy_models_are_never_chosen() -> None:
     assert make_room(2 * GIB, 3 * GIB, models) is None  # only one can go: no room, the request waits
 
 
-def test_a_loading_or_draining_model_counts_but_cannot_be_chosen() -> None:
-    draining = Candidate(name="d", cost=GIB, resident=True, ready=False, idle=True, pinned=False, last_used=0)
-    assert make_room(GIB, 2 * GIB, [draining, model("a", last_used=5)]) == ["a"]
-    assert make_room(2 * GIB, 2 * GIB, [draining, model("a", last_used=5)]) is None
+def test_a_loading_model_counts_but_cannot_be_chosen() -> None:
+    loading = Candidate(name="l", cost=GIB, resident=True, ready=False, idle=True, pinned=False, last_used=0)
+    assert make_room(GIB, 2 * GIB, [loading, model("a", last_used=5)]) == ["a"]
+    assert make_room(2 * GIB, 2 * GIB, [loading, model("a", last_used=5)]) is None
+
+
+def test_room_a_draining_model_is_freeing_is_waited_for_not_taken_from_another() -> None:
+    draining = Candidate(name="d", cost=GIB, resident=True, ready=False, idle=True, pinned=False, last_used=0,
+                         draining=True)
+    models = [draining, model("a", last_used=5)]
+    assert make_room(GIB, 2 * GIB, models) == []  # nothing more to stop: wait for `d` to exit
+    assert in_use(models) + GIB > 2 * GIB  # ... which the caller sees: not yet
+    assert make_room(2 * GIB, 2 * GIB, models) == ["a"]
 
 
 def test_idle_models_past_their_time_unload_others_stay() -> None:
