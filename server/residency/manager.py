@@ -3,7 +3,9 @@ room under the memory budget by draining the least recently used idle models, un
 past `idle_unload_s`, and publish every model's residency to Redis for the gateways.
 
 Demand is observed through Redis, so it works whatever gateway queued the request: a model whose
-request stream (`slm:req:{model}`: queued + running) is not empty is wanted, and in use. Nothing
+request stream (`slm:req:{model}`: queued + running) is not empty is wanted, and in use; so is one
+whose `slm:residency:wanted:{model}` key a gateway set (a router sent a request to a warm target
+instead of this cold one, and asks for it to be loaded for the next requests). Nothing
 else is asked of the gateway. Each tick (`TICK_S`) reads, per local model, the stream's length and
 its live workers' info (busy slots, RSS, pid), then decides (`policy`), then writes the residency
 hash (expiring after `STATE_TTL_S`).
@@ -54,6 +56,7 @@ class Seen:
 
     depth: int = 0
     busy: int = 0
+    wanted: bool = False  # a gateway's router passed over it while unloaded: load it
     ready_pids: set[int] = field(default_factory=set)
     rss: int = 0
 
@@ -121,12 +124,13 @@ class ResidencyManager:
         for model in models:
             pipe.xlen(keys.request_stream(model))
             pipe.zrangebyscore(keys.worker_heartbeats(model), now - 5, "+inf")
+            pipe.exists(keys.residency_wanted(model))
         replies: list[Any] = await pipe.execute()
-        seen = {m: Seen(depth=int(replies[2 * i])) for i, m in enumerate(models)}
+        seen = {m: Seen(depth=int(replies[3 * i]), wanted=bool(replies[3 * i + 2])) for i, m in enumerate(models)}
         infos = client.pipeline(transaction=False)
         owners: list[str] = []
         for i, model in enumerate(models):
-            for worker_id in replies[2 * i + 1]:
+            for worker_id in replies[3 * i + 1]:
                 infos.hgetall(keys.worker_info(worker_id.decode() if isinstance(worker_id, bytes) else worker_id))
                 owners.append(model)
         for model, info in zip(owners, await infos.execute(), strict=True):
@@ -157,7 +161,7 @@ class ResidencyManager:
                 log.info("%s loaded in %.2f s", model, res.last_load_s)
             res.state = state
             res.measured_bytes = view.rss or None
-            if view.depth > 0 or view.busy > 0:
+            if view.depth > 0 or view.busy > 0 or (view.wanted and state != "ready"):
                 res.last_used = now
         candidates = self._candidates(seen)
         for name in idle_expired(candidates, now):
@@ -178,7 +182,8 @@ class ResidencyManager:
     def _load_wanted(self, seen: dict[str, Seen]) -> None:
         now = self.clock()
         for name, res in self.models.items():
-            if res.state == "unloaded" and seen.get(name, Seen()).depth > 0:
+            view = seen.get(name, Seen())
+            if res.state == "unloaded" and (view.depth > 0 or view.wanted):
                 self._wanted_since.setdefault(name, now)
             else:
                 self._wanted_since.pop(name, None)

@@ -29,6 +29,14 @@ class WorkerPresence:
         """Whether a request finding no live worker of `model` should wait for one to load."""
         return entry.on_demand or model in self.residency
 
+    def expected_ready(self, model: str, entry: LocalModel) -> bool:
+        """Whether `/ready` waits for a worker of `model`: a boot model, unless the supervisor unloaded it
+        (a boot model still loading at the start is waited for)."""
+        if entry.on_demand:
+            return False
+        found = self.residency.get(model)
+        return found is None or found.state in ("loading", "ready")
+
     def cold(self, model: str, entry: LocalModel) -> bool:
         """No live worker, but one will load for a queued request."""
         return self.counts.get(model, 0) < 1 and self.waits_for(model, entry)

@@ -139,7 +139,7 @@ class Service:
         if not self.presence.redis_ok:
             problems.append("redis is unreachable")
         for model, entry in self.registry.local_models().items():
-            if self.presence.counts.get(model, 0) < 1 and not self.presence.waits_for(model, entry):
+            if self.presence.counts.get(model, 0) < 1 and self.presence.expected_ready(model, entry):
                 problems.append(f"no ready worker for model '{model}'")
         return problems
 
