@@ -67,3 +67,40 @@ def test_a_model_that_cannot_fit_alone_is_a_registry_error_with_the_numbers(tmp_
     message = str(refused.value)
     assert "models.wide:" in message and "models.small" not in message
     assert f"({costs['wide']} bytes" in message and f"({budget} bytes, SLM_MEMORY_BUDGET)" in message
+
+
+def test_serve_refuses_to_start_a_registry_with_a_model_too_big_for_the_budget(tmp_path: Path) -> None:
+    import os
+    import subprocess
+    import sys
+
+    write_random_gguf(tmp_path / "m.gguf", Dims())
+    (tmp_path / "model_registry.yaml").write_text("models:\n  huge:\n    gguf: m.gguf\n    n_ctx: 4096\n")
+    env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_")}
+    env.update({"SLM_REGISTRY": str(tmp_path / "model_registry.yaml"), "SLM_MEMORY_BUDGET": "64MiB",
+                "SLM_PORT": "0"})
+    done = subprocess.run([sys.executable, "-m", "server", "serve"], env=env, cwd=tmp_path, capture_output=True,
+                          timeout=60, check=False)
+    assert done.returncode == 1
+    err = done.stderr.decode()
+    assert "models.huge: needs an estimated" in err and "(67108864 bytes, SLM_MEMORY_BUDGET)" in err
+
+
+def test_a_reload_with_a_model_too_big_for_the_budget_is_refused(tmp_path: Path) -> None:
+    from server.metrics import Metrics
+    from server.reload import RegistryWatcher, load_checked
+    from server.residency.manager import budget_problems
+
+    write_random_gguf(tmp_path / "m.gguf", Dims())
+    path = tmp_path / "model_registry.yaml"
+    path.write_text("models:\n  m:\n    gguf: m.gguf\n    n_ctx: 256\n    parallel: 1\n")
+    current = load_checked(path, [])
+    small = check_budget(current, 10**12, registry_dir=tmp_path, model_dirs=[])["m"]
+    budget = small + 1024 * 1024
+    watcher = RegistryWatcher(path, current, model_dirs=[], metrics=Metrics(),
+                              checks=[lambda new: budget_problems(new, budget, tmp_path, [])])
+    path.write_text("models:\n  m:\n    gguf: m.gguf\n    n_ctx: 8192\n    parallel: 8\n")
+    assert watcher.reload() is False
+    assert watcher.current is current  # the running configuration stays
+    path.write_text("models:\n  m:\n    gguf: m.gguf\n    n_ctx: 256\n    parallel: 1\n    pinned: true\n")
+    assert watcher.reload() is True and watcher.current.local_models()["m"].pinned
