@@ -106,9 +106,6 @@ class ResidencyManager:
                 evictions=dict(was.evictions) if was else Residency().evictions)
         self.models = kept
 
-    def boot_models(self) -> list[str]:
-        return [n for n, e in self.registry.local_models().items() if not e.on_demand and e.replicas > 0]
-
     def began_loading(self, model: str) -> None:
         self._load_began[model] = self.clock()
 
@@ -155,10 +152,12 @@ class ResidencyManager:
         for model, res in self.models.items():
             view = seen.get(model, Seen())
             state = self._state(model, view)
-            if state == "ready" and res.state != "ready" and model in self._load_began:
-                res.loads += 1
-                res.last_load_s = now - self._load_began.pop(model)
-                log.info("%s loaded in %.2f s", model, res.last_load_s)
+            if state == "ready" and res.state != "ready":
+                res.last_used = now  # idle time counts from the load (a boot model's too), never from before it
+                if model in self._load_began:
+                    res.loads += 1
+                    res.last_load_s = now - self._load_began.pop(model)
+                    log.info("%s loaded in %.2f s", model, res.last_load_s)
             res.state = state
             res.measured_bytes = view.rss or None
             if view.depth > 0 or view.busy > 0 or (view.wanted and state != "ready"):
