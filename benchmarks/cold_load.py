@@ -51,6 +51,19 @@ def ttft(url: str, model: str) -> float:
     raise RuntimeError("no token")
 
 
+def measured_residency(url: str, model: str) -> dict[str, Any]:
+    """The model's residency once the supervisor has published its load time (its next tick)."""
+    deadline = time.monotonic() + 30
+    while True:
+        status = httpx.get(url + "/v1/status", timeout=5).json()
+        residency: dict[str, Any] = next(m for m in status["models"] if m["name"] == model)["residency"]
+        if residency["last_load_s"] is not None and residency["memory_measured_bytes"]:
+            return residency
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"no load time published for {model}")
+        time.sleep(0.1)  # polling the published state, not timing anything
+
+
 def one_round(model: str, gguf: str, threads: int) -> dict[str, Any]:
     with tempfile.TemporaryDirectory() as tmp:
         registry = Path(tmp) / "model_registry.yaml"
@@ -74,8 +87,7 @@ def one_round(model: str, gguf: str, threads: int) -> dict[str, Any]:
                     raise RuntimeError("serve did not become ready")
                 time.sleep(0.2)  # polling the server's readiness, not synchronisation of the measurement
             cold = ttft(url, model)
-            status = httpx.get(url + "/v1/status", timeout=5).json()
-            residency = next(m for m in status["models"] if m["name"] == model)["residency"]
+            residency = measured_residency(url, model)
             warm = ttft(url, model)
             return {"cold_ttft_s": round(cold, 3), "load_s": residency["last_load_s"], "warm_ttft_s": round(warm, 3),
                     "estimated_bytes": residency["memory_estimated_bytes"],
