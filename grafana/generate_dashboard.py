@@ -499,6 +499,49 @@ def swaps_row() -> list[Panel]:
     ]
 
 
+def residency_row() -> list[Panel]:
+    """What `serve` keeps loaded under its memory budget (server/residency), and the workers' memory."""
+    return [
+        timeseries(
+            "Models loaded",
+            "1 while a local model has a ready worker, 0 while it is unloaded, loading or draining "
+            "(load on demand, idle unload, eviction under the memory budget).",
+            targets((f"max by (model) (slm_model_loaded{{{GW_MODEL}}})", "{{model}}")),
+            "short",
+        ),
+        timeseries(
+            "Model memory: estimated and measured",
+            "estimated: from the GGUF before loading (weights, KV cache, compute buffers, runtime); "
+            "measured: the RSS its workers report with their heartbeat.",
+            targets((f"max by (model, kind) (slm_model_memory_bytes{{{GW_MODEL}}})", "{{model}} {{kind}}")),
+            "bytes",
+        ),
+        timeseries(
+            "Evictions",
+            "Models unloaded to make room under the memory budget (budget) or after idle_unload_s (idle).",
+            targets(
+                (
+                    f"sum by (model, reason) (increase(slm_model_evictions_total{{{GW_MODEL}}}[{RATE}]))",
+                    "{{model}} {{reason}}",
+                )
+            ),
+            "short",
+        ),
+        timeseries(
+            "KV cache usage",
+            "Share of each model's KV cache cells holding tokens (kept prefixes included), the fullest worker.",
+            targets((f"max by (model) (slm_worker_kv_cache_usage_ratio{{{WORKER}}})", "{{model}}")),
+            "percentunit",
+        ),
+        timeseries(
+            "Worker memory (RSS)",
+            "Resident memory of each model's workers, summed (the workers' own /metrics).",
+            targets((f"sum by (model) (slm_worker_resident_memory_bytes{{{WORKER}}})", "{{model}}")),
+            "bytes",
+        ),
+    ]
+
+
 # (title, panels, (width, height) of each panel)
 ROWS: list[tuple[str, list[Panel], list[tuple[int, int]]]] = [
     ("SLO overview", slo_row(), [(8, 5)] * 3 + [(4, 4)] * 6),
@@ -506,6 +549,7 @@ ROWS: list[tuple[str, list[Panel], list[tuple[int, int]]]] = [
     ("Load", load_row(), [(8, 8)] * 6 + [(12, 8)] * 2),
     ("Errors", errors_row(), [(12, 8)] * 2 + [(8, 8)] * 3 + [(24, 8)]),
     ("Routing", routing_row(), [(8, 8)] * 3),
+    ("Residency", residency_row(), [(8, 8)] * 3 + [(12, 8)] * 2),
     ("Model swaps", swaps_row(), [(12, 8), (6, 8), (6, 8), (24, 8)]),
 ]
 
@@ -643,7 +687,7 @@ def dashboard() -> Panel:
         "id": None,
         "uid": "slm-server",
         "title": "slm-server",
-        "description": "Latency, load, errors, routing and model swaps of slm-server (gateway and workers).",
+        "description": "Latency, load, errors, routing, residency and model swaps of slm-server (gateway and workers).",
         "tags": ["slm-server", "llm", "inference"],
         "editable": True,
         "graphTooltip": 1,

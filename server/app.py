@@ -12,7 +12,7 @@ import itertools
 import logging
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable
+from collections.abc import AsyncIterator, Callable, Sequence
 
 from fastapi import FastAPI
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
@@ -104,9 +104,11 @@ class RequestIdMiddleware:
             logs.request_id.reset(token)
 
 
-def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnReload] | None = None) -> FastAPI:
+def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnReload] | None = None,
+               reload_checks: Sequence[Callable[[Registry], list[str]]] = ()) -> FastAPI:
     """The gateway app. `on_reload` listeners hear of every applied registry edit (the supervisor
-    of `serve` starts and drains workers with it)."""
+    of `serve` starts and drains workers with it); `reload_checks` may refuse an edit (the memory
+    budget of `serve`)."""
     if not settings.redis_configured:
         raise ValueError("the gateway needs SLM_REDIS_URL or SLM_REDIS_SENTINELS")
     redis_target = settings.redis_target()
@@ -139,7 +141,7 @@ def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnRelo
         if settings.reload_interval_s > 0:
             watcher = RegistryWatcher(settings.registry, registry, model_dirs=settings.model_dir_list(),
                                       metrics=metrics, interval_s=settings.reload_interval_s,
-                                      key_env_pattern=settings.provider_key_env_pattern)
+                                      key_env_pattern=settings.provider_key_env_pattern, checks=reload_checks)
             watcher.listeners = [apply, *(on_reload or [])]
             watcher.install_sighup()
             app.state.watcher = watcher

@@ -6,9 +6,11 @@ request ids. Buckets put edges exactly on 0.1 / 0.5 / 1 / 2 s so objectives read
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Iterable, Mapping
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram
+
+from server.residency.state import EVICTION_REASONS, Residency
 
 LATENCY_BUCKETS = (
     0.005, 0.01, 0.025, 0.05, 0.075, 0.1, 0.15, 0.2, 0.25, 0.3, 0.4, 0.5, 0.75, 1.0, 1.5, 2.0,
@@ -79,6 +81,15 @@ class Metrics:
                                         ["router", "model", "reason"], registry=r)
         for result in ("success", "failure"):
             self.registry_reloads.labels(result)
+        # residency (server/residency), as the supervisor of `serve` publishes it
+        self.model_loaded = Gauge("slm_model_loaded", "A local model's workers are loaded and ready (1) or not (0).",
+                                  ["model"], registry=r)
+        self.model_memory = Gauge("slm_model_memory_bytes", "A local model's memory: `estimated` from its GGUF "
+                                  "before loading, `measured` as its workers' RSS.", ["model", "kind"], registry=r)
+        self.model_evictions = Counter("slm_model_evictions", "Local models unloaded: to make room under the "
+                                       "memory budget (`budget`) or for being idle (`idle`).", ["model", "reason"],
+                                       registry=r)
+        self._evictions_seen: dict[tuple[str, str], int] = {}
         self.upstream_up = Gauge("slm_upstream_up", "A hosted model's upstream: 1 reachable, 0 circuit open "
                                  "(requests fail at once; server/backends/health.py).", ["model"], registry=r)
 
@@ -100,6 +111,24 @@ class Metrics:
                 self.redeliveries.labels(model, phase)
             self.queue_depth.labels(model)
             self.workers_ready.labels(model)
+            self.model_loaded.labels(model)
+            for kind in ("estimated", "measured"):
+                self.model_memory.labels(model, kind)
+            for reason in EVICTION_REASONS:
+                self.model_evictions.labels(model, reason)
+
+    def observe_residency(self, models: Mapping[str, Residency]) -> None:
+        """Set the residency gauges; count the evictions published since the last call."""
+        for model, res in models.items():
+            self.model_loaded.labels(model).set(1 if res.state == "ready" else 0)
+            self.model_memory.labels(model, "estimated").set(res.estimated_bytes)
+            self.model_memory.labels(model, "measured").set(res.measured_bytes or 0)
+            for reason in EVICTION_REASONS:
+                total = res.evictions.get(reason, 0)
+                seen = self._evictions_seen.get((model, reason), 0)
+                if total > seen:
+                    self.model_evictions.labels(model, reason).inc(total - seen)
+                self._evictions_seen[(model, reason)] = total
 
     def declare_router(self, router: str, targets: list[str]) -> None:
         """A router serves nothing itself: it is listed, and its decisions per target start at zero."""
@@ -122,7 +151,7 @@ class Metrics:
     def forget_model(self, model: str) -> None:
         """Drop a removed (or changed) model's info, its fallback hops from and to it, and its router
         decisions as a router or as a target; `declare_*` puts back what the new registry still has."""
-        for gauge in (self.model_info, self.upstream_up):
+        for gauge in (self.model_info, self.upstream_up, self.model_loaded, self.model_memory):
             for labels in list(gauge._metrics):
                 if labels[0] == model:
                     gauge.remove(*labels)

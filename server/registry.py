@@ -68,6 +68,26 @@ class LocalModel(_Entry):
     replicas: int = Field(default=1, ge=0, le=64, description="Worker processes `serve` starts.")
     max_queue: int = Field(default=64, ge=1, description="Requests queued or running before 429.")
     embeddings: bool = Field(default=False, description="Serve /v1/embeddings with this model.")
+    load: Literal["boot", "on_demand"] = Field(
+        default="boot", description="`boot`: workers start with `serve` and stay; `on_demand`: started when a "
+        "request for the model is queued (requests wait for it, bounded by the queue timeout).")
+    idle_unload_s: float | None = Field(
+        default=None, gt=0, description="Seconds without a request after which `serve` stops the model's workers "
+        "(null: never). An unloaded model loads again on its next request.")
+    pinned: bool = Field(default=False, description="Never stopped to make room under the memory budget "
+                         "(nor for being idle).")
+
+    @model_validator(mode="after")
+    def _residency(self) -> LocalModel:
+        if self.pinned and self.idle_unload_s is not None:
+            raise ValueError("a pinned model is never unloaded: drop `idle_unload_s` or `pinned`")
+        return self
+
+    @property
+    def on_demand(self) -> bool:
+        """Whether requests wait for this model's workers to start (`load: on_demand`) rather than
+        answering `no_worker` when none is live."""
+        return self.load == "on_demand"
 
 
 class HostedModel(_Entry):

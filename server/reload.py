@@ -12,7 +12,7 @@ import asyncio
 import hashlib
 import logging
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from pathlib import Path
 from urllib.parse import urlsplit
 
@@ -44,8 +44,10 @@ def load_checked(path: Path, model_dirs: list[Path], key_env_pattern: str = DEFA
 
 class RegistryWatcher:
     def __init__(self, path: Path, current: Registry, *, model_dirs: list[Path], metrics: Metrics,
-                 interval_s: float = 1.0, key_env_pattern: str = DEFAULT_KEY_ENV_PATTERN) -> None:
+                 interval_s: float = 1.0, key_env_pattern: str = DEFAULT_KEY_ENV_PATTERN,
+                 checks: Sequence[Callable[[Registry], list[str]]] = ()) -> None:
         self.path = path
+        self.checks = list(checks)  # more that a new registry must pass (serve: the memory budget)
         self.current = current
         self.model_dirs = model_dirs
         self.key_env_pattern = key_env_pattern
@@ -72,6 +74,9 @@ class RegistryWatcher:
         self._digest = digest
         try:
             new = load_checked(self.path, self.model_dirs, self.key_env_pattern)
+            problems = [problem for check in self.checks for problem in check(new)]
+            if problems:
+                raise RegistryError("\n".join(f"{self.path}: {p}" for p in problems))
         except RegistryError as exc:
             self.metrics.registry_reloads.labels("failure").inc()
             log.error("registry reload refused; the running configuration stays:\n%s", exc)

@@ -15,6 +15,7 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from server.redis_connect import RedisTarget, parse_sentinels
 from server.registry import DEFAULT_KEY_ENV_PATTERN
+from server.residency.budget import budget_bytes, parse_size
 
 
 class Settings(BaseSettings):
@@ -104,6 +105,12 @@ class Settings(BaseSettings):
     responses_max_bytes: int = Field(
         default=256 * 1024 * 1024, ge=1024, description="What stored responses may hold in Redis, in all.")
 
+    # residency (server/residency): what `serve` may keep loaded at once
+    memory_budget: str = Field(
+        default="", description="Memory the local models' workers of `serve` may use together, e.g. `8GiB`, "
+        "`512MiB` or bytes; empty: 75% of the machine's memory. A model that would not fit makes room by "
+        "stopping the least recently used idle, unpinned models first.")
+
     max_n: int = Field(default=8, ge=1, le=128, description="Largest `n` (choices) one request may ask for.")
     max_n_tokens: int = Field(default=16384, ge=1, description="Largest `n` x `max_tokens` of one request.")
 
@@ -119,6 +126,16 @@ class Settings(BaseSettings):
         if value and not value.startswith(("redis://", "rediss://", "unix://")):
             raise ValueError("must start with redis://, rediss:// or unix://")
         return value
+
+    @field_validator("memory_budget")
+    @classmethod
+    def _size(cls, value: str) -> str:
+        if value.strip():
+            parse_size(value)
+        return value
+
+    def memory_budget_bytes(self) -> int:
+        return budget_bytes(self.memory_budget)
 
     @field_validator("provider_key_env_pattern")
     @classmethod

@@ -33,10 +33,13 @@ import uvicorn
 
 from server.app import create_app
 from server.embedded_redis import EmbeddedRedis
+from server.errors import RegistryError
 from server.http_server import GatewayServer
 from server.queue import keys
 from server.registry import Registry
 from server.reload import diff
+from server.residency.budget import format_size
+from server.residency.manager import ResidencyManager, budget_problems, check_budget, registry_costs
 from server.settings import Settings
 
 log = logging.getLogger("slm.serve")
@@ -79,21 +82,50 @@ class WorkerSlot:
     restarts: int = 0
     started_at: float = field(default_factory=time.monotonic)
     retiring: bool = False  # draining after a registry edit: not restarted, dropped once it exits
+    parked: bool = False  # its model is unloaded (on demand, idle, evicted): not started nor restarted
 
 
 class Supervisor:
-    def __init__(self, settings: Settings, registry: Registry) -> None:
+    def __init__(self, settings: Settings, registry: Registry, costs: dict[str, int] | None = None) -> None:
         self.settings = settings
         self.registry = registry
-        models = [(name, entry.replicas) for name, entry in registry.local_models().items()]
-        self.slots = [WorkerSlot(name, i) for i, name in enumerate(n for n, r in models for _ in range(r))]
+        local = registry.local_models()
+        models = [(name, entry.replicas) for name, entry in local.items()]
+        self.slots = [WorkerSlot(name, i, parked=local[name].on_demand)
+                      for i, name in enumerate(n for n, r in models for _ in range(r))]
+        self.residency = ResidencyManager(registry, settings.memory_budget_bytes(), costs or {}, self)
         self.stopping = False
         self.stop_requested_at: float | None = None  # monotonic time of the first stop signal
         self._next_index = len(self.slots)
         self._transitions: set[asyncio.Task[None]] = set()
 
-    def _new_slots(self, model: str, count: int) -> list[WorkerSlot]:
-        slots = [WorkerSlot(model, self._next_index + i) for i in range(count)]
+    # -- residency (server/residency/manager.py asks these) -----------------------------------------
+    def pids(self, model: str) -> tuple[list[int], list[int]]:
+        serving: list[int] = []
+        stopping: list[int] = []
+        for slot in self.slots:
+            if slot.model == model and slot.process is not None and slot.process.poll() is None:
+                (stopping if slot.parked or slot.retiring else serving).append(slot.process.pid)
+        return serving, stopping
+
+    def start_model(self, model: str) -> None:
+        for slot in self.slots:
+            if slot.model == model and slot.parked and not slot.retiring:
+                slot.parked = False
+                slot.restarts = 0
+                if slot.process is None or slot.process.poll() is not None:
+                    self.spawn(slot)
+
+    def stop_model(self, model: str) -> None:
+        """Drain the model's workers (SIGTERM: each finishes what it holds, then exits); not restarted."""
+        for slot in self.slots:
+            if slot.model == model and not slot.retiring:
+                slot.parked = True
+                if slot.process is not None and slot.process.poll() is None:
+                    slot.process.terminate()
+
+    def _new_slots(self, model: str, count: int, *, parked: bool = False) -> list[WorkerSlot]:
+        slots = [WorkerSlot(model, self._next_index + i, parked=parked) for i in range(count)]
         self._next_index += count
         self.slots.extend(slots)
         return slots
@@ -118,13 +150,26 @@ class Supervisor:
         added, removed, changed = diff(old, new)
         self.registry = new
         local = new.local_models()
+        try:
+            costs = registry_costs(new, registry_dir=self.settings.registry.resolve().parent,
+                                   model_dirs=self.settings.model_dir_list())
+        except RegistryError as exc:  # the gateway's reload checked the files: only a race gets here
+            log.error("residency: %s", exc)
+            costs = {}
+        self.residency.apply_registry(new, costs)
         for name in removed | (changed - set(local)):
             self._retire([s for s in self.slots if s.model == name and not s.retiring])
         for name in added & set(local):
-            for slot in self._new_slots(name, local[name].replicas):
+            for slot in self._new_slots(name, local[name].replicas, parked=local[name].on_demand):
                 self.spawn(slot)
         for name in changed & set(local):
             old_slots = [s for s in self.slots if s.model == name and not s.retiring]
+            running = any(not s.parked for s in old_slots)
+            if not running:  # unloaded: the new entry loads when it is next asked for (or now, at boot)
+                self._retire(old_slots)
+                for slot in self._new_slots(name, local[name].replicas, parked=local[name].on_demand):
+                    self.spawn(slot)
+                continue
             fresh = self._new_slots(name, local[name].replicas)
             for slot in fresh:
                 self.spawn(slot)
@@ -161,12 +206,13 @@ class Supervisor:
         return env
 
     def spawn(self, slot: WorkerSlot) -> None:
-        if self.stopping:
+        if self.stopping or slot.parked:
             return
         slot.process = subprocess.Popen(
             [sys.executable, "-m", "server", "worker", "--model", slot.model], env=self._env(slot)
         )
         slot.started_at = time.monotonic()
+        self.residency.began_loading(slot.model)
         log.info("worker %s#%d started (pid %d)", slot.model, slot.index, slot.process.pid)
 
     async def watch(self) -> None:
@@ -175,6 +221,11 @@ class Supervisor:
                 proc = slot.process
                 if slot.retiring and (proc is None or proc.poll() is not None):
                     self.slots.remove(slot)
+                    continue
+                if slot.parked:
+                    if proc is not None and proc.poll() is not None:
+                        log.info("worker %s#%d stopped (exit %s)", slot.model, slot.index, proc.returncode)
+                        slot.process = None
                     continue
                 if proc is None or proc.poll() is None or self.stopping:
                     continue
@@ -189,7 +240,7 @@ class Supervisor:
             await asyncio.sleep(0.5)
 
     def _respawn(self, slot: WorkerSlot) -> None:
-        if not self.stopping and slot.process is None:
+        if not self.stopping and slot.process is None and not slot.parked:
             self.spawn(slot)
 
     def stop_workers(self) -> None:
@@ -250,7 +301,16 @@ class SupervisedServer(GatewayServer):
 
 
 def serve(settings: Settings, registry: Registry) -> int:
-    supervisor = Supervisor(settings, registry)
+    budget = settings.memory_budget_bytes()
+    registry_dir, model_dirs = settings.registry.resolve().parent, settings.model_dir_list()
+    try:
+        costs = check_budget(registry, budget, registry_dir=registry_dir, model_dirs=model_dirs)
+    except RegistryError as exc:
+        log.error("invalid registry:\n%s", exc)
+        return 1
+    supervisor = Supervisor(settings, registry, costs)
+    log.info("memory budget %s; estimated per model: %s", format_size(budget),
+             ", ".join(f"{n} {format_size(c)}" for n, c in costs.items()) or "none")
     gateway: list[SupervisedServer] = []  # once built: a signal before uvicorn takes over stops it too
 
     def on_stop_signal() -> None:
@@ -269,7 +329,8 @@ def serve(settings: Settings, registry: Registry) -> int:
             log.info("embedded redis on %s", redis_server.url)
         for slot in supervisor.slots:
             supervisor.spawn(slot)
-        app = create_app(settings, registry, on_reload=[supervisor.apply_registry])
+        app = create_app(settings, registry, on_reload=[supervisor.apply_registry],
+                         reload_checks=[lambda new: budget_problems(new, budget, registry_dir, model_dirs)])
         config = uvicorn.Config(app, host=settings.host, port=settings.port, log_level="warning",
                                 timeout_graceful_shutdown=WORKER_GRACE_S, access_log=False)
         server = SupervisedServer(config, supervisor)
@@ -279,11 +340,14 @@ def serve(settings: Settings, registry: Registry) -> int:
             if supervisor.stopping:  # a signal came while starting: serve nothing
                 return
             watcher = asyncio.create_task(supervisor.watch())
+            resident = asyncio.create_task(supervisor.residency.run(settings.redis_target(),
+                                                                    lambda: supervisor.stopping))
             try:
                 await server.serve()
             finally:
                 supervisor.request_stop()
                 watcher.cancel()
+                resident.cancel()
 
         log.info("serving on http://%s:%d/v1", settings.host, settings.port)
         with asyncio.Runner(loop_factory=config.get_loop_factory()) as runner:  # uvloop, as `uvicorn.run` would

@@ -12,10 +12,10 @@ from server.api.deps import ServiceDep, named_model, read_json, validate
 from server.api.event_stream import EventStreamResponse
 from server.errors import ModelNotFoundError, SlmError
 from server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
-from server.registry import AnyEntry, HostedModel, RouterModel
+from server.registry import AnyEntry, HostedModel, LocalModel, RouterModel
 from server.security import usage
 from server.serving.context import RequestContext
-from server.serving.service import Answer
+from server.serving.service import Answer, Service
 from server.serving.streaming import ClientGone
 from server.serving.transcript import open_transcript
 
@@ -85,15 +85,24 @@ async def embeddings(request: Request, service: ServiceDep) -> Response:
                           service.embeddings)
 
 
-def _model_card(name: str, created: int, entry: AnyEntry) -> dict[str, Any]:
-    """`owned_by` says who answers: `slm-server` (local), the provider (hosted), `slm-server-router`."""
+def _model_card(name: str, created: int, entry: AnyEntry, service: Service) -> dict[str, Any]:
+    """`owned_by` says who answers: `slm-server` (local), the provider (hosted), `slm-server-router`.
+    A local model's card carries the extension `x_slm_residency` (OpenAI clients ignore unknown
+    fields): its residency state and memory, as `/v1/status` shows them."""
     if isinstance(entry, HostedModel):
         owner = entry.litellm_model.split("/")[0]
     elif isinstance(entry, RouterModel):
         owner = "slm-server-router"
     else:
         owner = "slm-server"
-    return {"id": name, "object": "model", "created": created, "owned_by": owner}
+    card: dict[str, Any] = {"id": name, "object": "model", "created": created, "owned_by": owner}
+    if isinstance(entry, LocalModel):
+        canonical = service.registry.resolve(name)
+        found = service.presence.residency.get(canonical[0] if canonical else name)
+        card["x_slm_residency"] = found.public() if found is not None else {
+            "state": "ready" if service.presence.counts.get(name, 0) > 0 else "unloaded", "load": entry.load,
+            "pinned": entry.pinned}
+    return card
 
 
 @router.get("/models")
@@ -101,8 +110,8 @@ async def list_models(service: ServiceDep) -> dict[str, Any]:
     created = service.created
     data = []
     for name, entry in service.registry.models.items():
-        data.append(_model_card(name, created, entry))
-        data.extend(_model_card(alias, created, entry) for alias in entry.aliases)
+        data.append(_model_card(name, created, entry, service))
+        data.extend(_model_card(alias, created, entry, service) for alias in entry.aliases)
     return {"object": "list", "data": data}
 
 
@@ -111,4 +120,4 @@ async def get_model(model_id: str, service: ServiceDep) -> dict[str, Any]:
     found = service.registry.resolve(model_id)
     if found is None:
         raise ModelNotFoundError(model_id)
-    return _model_card(model_id, service.created, found[1])
+    return _model_card(model_id, service.created, found[1], service)

@@ -114,6 +114,10 @@ class BatchEngine:
     def active(self) -> int:
         return self.parallel - self.free_slots()
 
+    def kv_usage(self) -> float:
+        """Share of the KV cache's cells holding tokens (kept prefixes included), 0..1."""
+        return sum(len(s.kv_tokens) for s in self._slots) / max(1, self.parallel * self.n_ctx)
+
     def request_ids(self) -> list[str]:
         return list(self._by_id)
 

@@ -21,6 +21,7 @@ from server.queue import keys
 from server.queue.events import Event, from_wire
 from server.queue.messages import Job, decode_event
 from server.redis_connect import OUTAGE_ERRORS, RedisTarget
+from server.residency.state import Budget, Residency, decode_all
 
 # KEYS[1] = request stream, KEYS[2] = the job's admitted mark; ARGV = max backlog, field, payload, mark TTL.
 # Returns the entry id or false. Idempotent: the client retries a command whose reply was lost (a link
@@ -38,6 +39,7 @@ ADMITTED_TTL_S = 600
 READ_BLOCK_MS = 250
 OUTAGE_GRACE_S = 3.0  # a stream's reads may fail this long in a row before its request gives up
 RETRY_AFTER_S = 1.0
+WANTED_TTL_S = 10
 
 
 class QueueClient:
@@ -100,6 +102,17 @@ class QueueClient:
         for model in models:
             pipe.xlen(keys.request_stream(model))
         return {m: int(n) for m, n in zip(models, await pipe.execute(), strict=True)}
+
+    async def residency(self) -> tuple[dict[str, Residency], Budget | None]:
+        """The residency the supervisor of `serve` publishes (empty without one)."""
+        return decode_all(await self.commands.hgetall(keys.residency()))
+
+    async def want(self, models: list[str], ttl_s: int = WANTED_TTL_S) -> None:
+        """Ask the supervisor to load these (unloaded) models."""
+        pipe = self.commands.pipeline(transaction=False)
+        for model in models:
+            pipe.set(keys.residency_wanted(model), 1, ex=ttl_s)
+        await pipe.execute()
 
     async def submit(self, job: Job, *, max_queue: int) -> None:
         try:

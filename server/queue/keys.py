@@ -96,3 +96,15 @@ def response_events(owner: str, response_id: str) -> str:
 def response_cancel(response_id: str) -> str:
     """Set when a background response is cancelled; the gateway running it stops its generation."""
     return f"{PREFIX}:responses:cancel:{response_id}"
+
+
+# Residency (server/residency): written by the supervisor of `serve`, read by every gateway.
+def residency() -> str:
+    """Hash: model -> its residency as JSON (state, memory estimated and measured, last use, loads,
+    evictions); plus `_budget` -> the budget and what is in use. Expires unless rewritten."""
+    return f"{PREFIX}:residency"
+
+
+def residency_wanted(model: str) -> str:
+    """Set (expiring) by a gateway whose router passed over the model while it was unloaded: load it."""
+    return f"{PREFIX}:residency:wanted:{model}"

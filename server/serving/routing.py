@@ -21,6 +21,12 @@ measured: assumed to meet the objective), and to miss when its slots are all tak
 key, or while its upstream circuit refuses requests (`server.backends.health`: open, or its trial in
 flight; once the cool-down is over it is predicted as usual, so a router may send the trial).
 
+A cold local target (no live worker, but one loads for a queued request: `load: on_demand`, or a
+model the supervisor of `serve` unloaded) is predicted at its measured load time (process start to
+first heartbeat, published by the supervisor; `COLD_LOAD_S` while never measured) plus its measured
+`ttft`: a warm target meeting the objective is chosen while the cold one loads, and the gateway asks
+the cold one to load (`slm:residency:wanted:{model}`) so that later requests find it ready.
+
 `choose` takes the first target predicted at or under the objective, else the last target.
 Escalation rules (`escalate` in the registry) are checked before any prediction.
 """
@@ -39,6 +45,7 @@ from server.registry import EscalationRule
 ALPHA = 0.3
 CHARS_PER_TOKEN = 4  # the gateway does not tokenize; prompt lengths are estimated from characters
 UNREACHABLE = math.inf
+COLD_LOAD_S = 10.0  # a cold model's load time until one is measured: longer than any TTFT objective worth having
 
 RouteReason = Literal["escalated", "objective", "last_target"]
 
@@ -99,6 +106,11 @@ def predict_local(load: LocalLoad, speed: Speed, pending: Sequence[Pending], now
     for took in ahead:
         heapq.heappush(free_at, heapq.heappop(free_at) + took)
     return free_at[0] + (speed.ttft.value or 0.0)
+
+
+def predict_cold(load_s: float | None, speed: Speed) -> float:
+    """Predicted seconds to the first token of a new request to a local model with no worker yet."""
+    return (COLD_LOAD_S if load_s is None else load_s) + (speed.ttft.value or 0.0)
 
 
 def predict_hosted(speed: Speed, *, has_free_slot: bool, can_serve: bool = True, reachable: bool = True) -> float:

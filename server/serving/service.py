@@ -44,6 +44,7 @@ from server.registry import AnyEntry, HostedModel, LocalModel, Registry, RouterM
 from server.serving.context import RequestContext
 from server.serving.dispatch import Plan, falls_through, plan_for, reported, traits_of
 from server.serving.formatting import Shape
+from server.serving.presence import WorkerPresence
 from server.serving.routing import (
     UNREACHABLE,
     LocalLoad,
@@ -52,6 +53,7 @@ from server.serving.routing import (
     Traits,
     choose,
     escalation,
+    predict_cold,
     predict_hosted,
     predict_local,
 )
@@ -83,15 +85,6 @@ class Answer:
     result: Callable[[], Result] | None = None
 
 
-class WorkerPresence:
-    """Which local models have live workers, refreshed in the background (no Redis call per request)."""
-
-    def __init__(self) -> None:
-        self.counts: dict[str, int] = {}
-        self.depths: dict[str, int] = {}
-        self.redis_ok = False
-        self.checked_at = 0.0
-
 class Service:
     def __init__(self, settings: Settings, registry: Registry, queue: QueueClient, metrics: Metrics) -> None:
         self.settings = settings
@@ -99,6 +92,7 @@ class Service:
         self.queue = queue
         self.metrics = metrics
         self.presence = WorkerPresence()
+        self.wanted: set[str] = set()  # cold models a router passed over: asked to load at the next refresh
         self.draining = False
         self.created = int(time.time())
         self._hosted: dict[str, HostedBackend] = {}
@@ -123,18 +117,29 @@ class Service:
                 return
             self.presence.counts = counts
             self.presence.depths = depths
+            await self._refresh_residency()
             for model, n in counts.items():
                 self.metrics.workers_ready.labels(model).set(n)
             for model, depth in depths.items():
                 self.metrics.queue_depth.labels(model).set(depth)
         self.presence.checked_at = time.monotonic()
 
+    async def _refresh_residency(self) -> None:
+        try:
+            self.presence.residency, self.presence.budget = await self.queue.residency()
+        except Exception:  # Redis went away between two reads: nothing published
+            self.presence.residency, self.presence.budget = {}, None
+        self.metrics.observe_residency(self.presence.residency)
+        wanted, self.wanted = self.wanted, set()
+        if wanted:
+            await self.queue.want(sorted(wanted))
+
     def readiness(self) -> list[str]:
         problems = []
         if not self.presence.redis_ok:
             problems.append("redis is unreachable")
-        for model in self.registry.local_models():
-            if self.presence.counts.get(model, 0) < 1:
+        for model, entry in self.registry.local_models().items():
+            if self.presence.counts.get(model, 0) < 1 and self.presence.expected_ready(model, entry):
                 problems.append(f"no ready worker for model '{model}'")
         return problems
 
@@ -163,7 +168,7 @@ class Service:
         if req.dimensions is not None:
             raise InvalidRequestError("The parameter 'dimensions' is not supported by this server.",
                                       param="dimensions")
-        self._check_can_queue(model)
+        self._check_can_queue(model, entry)
         gen = await self.local.embedding(model, entry, req.input_list())
         await _to_the_end(gen)
         vectors: list[list[float]] = gen.result.extra.get("embeddings") or []
@@ -192,7 +197,7 @@ class Service:
         if not isinstance(entry, LocalModel):  # a router targeting a router is refused at load
             raise InvalidRequestError(f"The model '{model}' cannot count tokens.", param="model")
         refuse_for_local(req, model)
-        self._check_can_queue(model)
+        self._check_can_queue(model, entry)
         gen = await self.local.tokenize(model, entry, req)
         await _to_the_end(gen)
         return gen.result.prompt_tokens
@@ -237,7 +242,7 @@ class Service:
                           is_disconnected: IsDisconnected, context: RequestContext
                           ) -> tuple[Generation, Tracker, str, int]:
         refuse_for_local(req, model)
-        self._check_can_queue(model)
+        self._check_can_queue(model, entry)
         gen = await self.local.generation(endpoint, model, entry, req, payload, max_tokens)
         pending = self.routing.open(model, max_tokens)
         track = MeasuredTracker(self.metrics, model, "local", arrived, context, routing=self.routing,
@@ -246,13 +251,13 @@ class Service:
         self.routing.started(pending)
         return gen, track, gen.job.id, int(gen.job.enqueued_at)
 
-    def _check_can_queue(self, model: str) -> None:
+    def _check_can_queue(self, model: str, entry: LocalModel) -> None:
         if self.draining:
             raise ServiceUnavailableError("The server is shutting down.", retry_after=1, code="shutting_down")
         if not self.presence.redis_ok:
             raise ServiceUnavailableError("The queue is unavailable; try again shortly.", retry_after=1,
                                           code="queue_unavailable")
-        if self.presence.counts.get(model, 0) < 1:
+        if self.presence.counts.get(model, 0) < 1 and not self.presence.waits_for(model, entry):
             raise ServiceUnavailableError(f"No worker is ready for model '{model}'.", retry_after=2,
                                           code="no_worker")
 
@@ -265,6 +270,8 @@ class Service:
             return predict_hosted(speed, has_free_slot=not busy,
                                   can_serve=entry.api_key_env is None or bool(env_key(entry)),
                                   reachable=backend is None or backend.health.admits_now())
+        if self.presence.redis_ok and self.presence.cold(model, entry):
+            return predict_cold(self.presence.load_s(model), speed)
         workers = self.presence.counts.get(model, 0) if self.presence.redis_ok else 0
         load = LocalLoad(slots=entry.parallel * workers, depth=self.presence.depths.get(model, 0))
         return predict_local(load, speed, self.routing.pending(model), self.routing.clock())
@@ -283,6 +290,10 @@ class Service:
                 else:  # refused at load; only a registry swapped mid-request could get here
                     predicted[target] = UNREACHABLE
             found = choose(entry.targets, predicted, entry.ttft_objective_s)
+            for target in entry.targets[:entry.targets.index(found.model)]:
+                target_entry = self.registry.models.get(target)
+                if isinstance(target_entry, LocalModel) and self.presence.cold(target, target_entry):
+                    self.wanted.add(target)  # preferred but cold: load it for the next requests
             log.debug("router %s: predicted TTFT %s -> %s", router,
                       {k: round(v, 3) for k, v in predicted.items()}, found.model)
         self.metrics.router_decisions.labels(router, found.model, found.reason).inc()

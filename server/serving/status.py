@@ -8,10 +8,19 @@ State of a model:
   open (requests fail at once with 503 `upstream_unavailable`) or its trial request is in flight
   (`server.backends.health`; passive: no probe is sent);
 - `loading`: a local model with no live worker yet, while the gateway is young (workers load their
-  GGUF after the gateway starts) and no worker of it has been seen since;
+  GGUF after the gateway starts) and no worker of it has been seen since; or one the supervisor of
+  `serve` is loading;
+- `unloaded`: a local model whose workers are not running and load on its next request
+  (`load: on_demand`, or unloaded by the supervisor: idle, or to make room under the memory budget);
+  its requests wait for it;
 - `unavailable`: otherwise (no worker, or Redis unreachable).
 
 Recent latency is read from the gateway's own Prometheus series, not from a second bookkeeping:
+Each local model also carries `residency` (null without a supervisor publishing it: `gateway` alone):
+its residency state (`unloaded`, `loading`, `ready`, `draining`), `load`, `pinned`, memory estimated
+from its GGUF and measured as its workers' RSS (bytes), when it was last used (unix seconds) and its
+last load time; the top level carries `memory` (the budget and what is in use, estimated and measured).
+
 `StatusReporter` keeps cumulative snapshots of them (one per `SNAPSHOT_EVERY_S` at most, taken
 when the status is asked for) and reports over the difference between now and the newest snapshot
 at least `WINDOW_S` old (the gateway's start while it is younger than that):
@@ -159,6 +168,11 @@ class StatusReporter:
         if workers >= 1:
             self._seen_ready.add(name)
             return "ready"
+        managed = self.service.presence.residency.get(name)
+        if managed is not None and managed.state != "ready":
+            return "unloaded" if managed.state in ("unloaded", "draining") else "loading"
+        if isinstance(entry, LocalModel) and entry.on_demand and self.service.presence.redis_ok:
+            return "unloaded"
         if self.service.presence.redis_ok and name not in self._seen_ready and age_s < self.loading_grace_s:
             return "loading"
         return "unavailable"
@@ -192,6 +206,8 @@ class StatusReporter:
                 "state": self._state(name, entry, hosted, workers, age_s),
                 "workers": None if hosted else workers,
                 "queue_depth": None if hosted else depths.get(name),
+                "residency": None if hosted or name not in service.presence.residency
+                else service.presence.residency[name].public(),
                 "recent": {
                     "window_s": round(window, 1),
                     "requests": requests,
@@ -204,6 +220,10 @@ class StatusReporter:
             "status": "draining" if service.draining else ("ok" if service.presence.redis_ok else "degraded"),
             "redis": service.presence.redis_ok,
             "uptime_s": round(age_s, 1),
+            "memory": None if service.presence.budget is None else {
+                "budget_bytes": service.presence.budget.budget_bytes,
+                "estimated_in_use_bytes": service.presence.budget.estimated_in_use,
+                "measured_in_use_bytes": service.presence.budget.measured_in_use},
             "models": models,
         }
 

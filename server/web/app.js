@@ -51,6 +51,22 @@ function show(node, text) {
 }
 
 // ---- status ------------------------------------------------------------------------------------
+// bytes as MiB/GiB: "est. 412 MiB / 367 MiB" (estimated from the GGUF / measured RSS of its workers)
+function formatBytes(n) {
+  return n >= 1024 ** 3 ? `${(n / 1024 ** 3).toFixed(1)} GiB` : `${Math.round(n / 1024 ** 2)} MiB`;
+}
+
+function formatMemory(res) {
+  if (!res) return "—";
+  const measured = res.memory_measured_bytes ? formatBytes(res.memory_measured_bytes) : "—";
+  return `est. ${formatBytes(res.memory_estimated_bytes)} / ${measured}`;
+}
+
+function formatAgo(unixSeconds) {
+  const s = Math.max(0, Date.now() / 1000 - unixSeconds);
+  return s < 60 ? `${Math.round(s)} s ago` : s < 3600 ? `${Math.round(s / 60)} min ago` : `${Math.round(s / 3600)} h ago`;
+}
+
 function renderModels(status) {
   const chosen = el.model.value;
   el.rows.replaceChildren();
@@ -70,6 +86,9 @@ function renderModels(status) {
       ["Queue", m.queue_depth == null ? "—" : String(m.queue_depth)],
       ["TTFT p50", r.ttft_p50_ms == null ? "—" : formatMs(r.ttft_p50_ms)],
       ["Tokens/s", r.tokens_per_s == null ? "—" : r.tokens_per_s.toFixed(1)],
+      ["Residency", m.residency ? m.residency.state : "—", m.residency ? "state state-" + m.residency.state : ""],
+      ["Memory", formatMemory(m.residency)],
+      ["Last used", m.residency && m.residency.last_used ? formatAgo(m.residency.last_used) : "—"],
     ];
     for (const [label, value, cls] of values) {
       // a class styles the value itself (the state's coloured dot), so that on a phone the cell's

@@ -28,6 +28,7 @@ from server.engine.llama_model import LlamaModel, ModelOptions
 from server.errors import RegistryError
 from server.registry import LocalModel, load_registry, resolve_gguf
 from server.reload import file_digest
+from server.residency.measure import process_rss
 from server.settings import Settings
 from server.worker.worker import Worker, WorkerConfig
 
@@ -42,6 +43,10 @@ class WorkerMetrics:
                            registry=self.registry)
         self.load = Histogram("slm_model_load_seconds", "Time to load the model.", ["model"],
                               buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120), registry=self.registry)
+        self.kv_usage = Gauge("slm_worker_kv_cache_usage_ratio", "Share of the worker's KV cache cells holding "
+                              "tokens (kept prefixes included).", ["model"], registry=self.registry)
+        self.rss = Gauge("slm_worker_resident_memory_bytes", "The worker's resident memory (RSS).", ["model"],
+                         registry=self.registry)
         self.model = model
 
 
@@ -50,6 +55,8 @@ def _serve_http(port: int, host: str, worker: Worker, metrics: WorkerMetrics) ->
         def do_GET(self) -> None:
             if self.path == "/metrics":
                 metrics.busy.labels(metrics.model).set(worker.engine.active())
+                metrics.kv_usage.labels(metrics.model).set(worker.engine.kv_usage())
+                metrics.rss.labels(metrics.model).set(process_rss())
                 self._send(200, generate_latest(metrics.registry), CONTENT_TYPE_LATEST)
             elif self.path == "/health":
                 alive = time.monotonic() - worker.last_tick < 30

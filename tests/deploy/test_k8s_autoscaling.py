@@ -82,14 +82,32 @@ def test_backlog_and_in_flight_triggers_match_the_model(objects: list[k8s.Obj]) 
         assert "lagCount" not in metadata["in-flight"]
 
 
-def test_every_model_keeps_a_warm_replica(objects: list[k8s.Obj]) -> None:
-    # The gateway's /ready needs a ready worker for every local model: scaling one to zero would
-    # take every gateway pod out of its Service.
-    for scaled in k8s.of_kind(objects, "ScaledObject"):
+def test_boot_models_keep_a_warm_replica_and_on_demand_ones_scale_to_zero(objects: list[k8s.Obj]) -> None:
+    # The gateway's /ready needs a ready worker for every `load: boot` model: scaling one to zero would
+    # take every gateway pod out of its Service. An on-demand model's requests wait in its stream while
+    # KEDA activates its Deployment (lag above activationLagCount), and it goes back to zero after its
+    # idle_unload_s without one (cooldownPeriod).
+    models = k8s.local_models(objects)
+    on_demand = 0
+    for deployment in k8s.of_kind(objects, "Deployment"):
+        model = k8s.worker_model(deployment)
+        if not model:
+            continue
+        scaled = scaled_object_for(objects, deployment)
         spec = scaled["spec"]
-        assert spec["minReplicaCount"] >= 1, scaled["metadata"]["name"]
-        assert spec["maxReplicaCount"] >= spec["minReplicaCount"]
+        assert spec["maxReplicaCount"] >= max(1, spec["minReplicaCount"])
         assert spec["pollingInterval"] <= 15
+        entry = models[model]
+        if entry.get("load", "boot") == "on_demand":
+            on_demand += 1
+            assert spec["minReplicaCount"] == 0, scaled["metadata"]["name"]
+            assert spec["cooldownPeriod"] == entry["idle_unload_s"]
+            backlog = next(t for t in spec["triggers"] if t["name"] == "backlog")
+            assert backlog["metadata"]["activationLagCount"] == "0"
+        else:
+            assert spec["minReplicaCount"] >= 1, scaled["metadata"]["name"]
+            assert entry.get("idle_unload_s") is None, f"{model}: a boot model's KEDA floor keeps it loaded"
+    assert on_demand >= 1, "the shipped registry shows scale to zero with one on-demand model"
 
 
 def test_keda_owns_worker_replicas(objects: list[k8s.Obj]) -> None:

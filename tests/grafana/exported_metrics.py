@@ -37,6 +37,9 @@ GATEWAY_METRICS: dict[str, frozenset[str]] = {
         "slm_upstream_errors_total": ("model", "provider", "code"),
         "slm_fallbacks_total": ("model", "to", "reason"),
         "slm_router_decisions_total": ("router", "model", "reason"),
+        "slm_model_loaded": ("model",),
+        "slm_model_memory_bytes": ("model", "kind"),
+        "slm_model_evictions_total": ("model", "reason"),
     }.items()
 }
 
@@ -44,6 +47,8 @@ WORKER_METRICS: dict[str, frozenset[str]] = {
     "slm_worker_busy_slots": frozenset({"model"}),
     "slm_worker_slots": frozenset({"model"}),
     "slm_model_load_seconds": frozenset({"model"}),
+    "slm_worker_kv_cache_usage_ratio": frozenset({"model"}),
+    "slm_worker_resident_memory_bytes": frozenset({"model"}),
 }
 
 EXPORTED_METRICS: dict[str, frozenset[str]] = {**GATEWAY_METRICS, **WORKER_METRICS}

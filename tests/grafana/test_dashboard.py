@@ -27,7 +27,7 @@ from .promql import iter_selectors, labels_in_expr, names_in_expr, substitute, v
 DASHBOARD = load_dashboard()
 QUERIES = queries(DASHBOARD)
 DATASOURCE = {"type": "prometheus", "uid": "${datasource}"}
-ROWS = ["SLO overview", "Latency", "Load", "Errors", "Routing", "Model swaps"]
+ROWS = ["SLO overview", "Latency", "Load", "Errors", "Routing", "Residency", "Model swaps"]
 # The one selector allowed to leave out $model: a router's share per target divides by all the
 # router's requests, whatever targets $model selects (else the shares would not add up to 1).
 ROUTER_TOTAL = 'sum by (router) (rate(slm_router_decisions_total{instance=~"$instance"}[$__rate_interval]))'
@@ -231,6 +231,22 @@ def test_routing_row_shows_fallbacks_router_decisions_and_shares() -> None:
         assert panel["description"], panel["title"]
         assert "$" not in panel["description"], panel["title"]  # Grafana would fill in the variable
         assert panel["fieldConfig"]["defaults"]["unit"] in ("reqps", "percentunit"), panel["title"]
+
+
+def test_residency_row_shows_loaded_memory_evictions_and_kv_usage() -> None:
+    panels = by_row(DASHBOARD)["Residency"]
+    exprs = exprs_of(panels)
+    names = set().union(*map(names_in_expr, exprs))
+    assert {"slm_model_loaded", "slm_model_memory_bytes", "slm_model_evictions_total",
+            "slm_worker_kv_cache_usage_ratio", "slm_worker_resident_memory_bytes"} <= names
+    memory = next(e for e in exprs if "slm_model_memory_bytes" in e)
+    assert "kind" in labels_in_expr(memory)["slm_model_memory_bytes"] or "by (model, kind)" in memory
+    assert any("increase(slm_model_evictions_total{" in e and "reason" in e for e in exprs)
+    units = {p["title"]: p["fieldConfig"]["defaults"]["unit"] for p in panels}
+    assert units["KV cache usage"] == "percentunit"
+    assert units["Model memory: estimated and measured"] == units["Worker memory (RSS)"] == "bytes"
+    for panel in panels:
+        assert panel["description"] and "$" not in panel["description"], panel["title"]
 
 
 def test_model_swaps_are_annotated() -> None:

@@ -8,6 +8,7 @@ import pytest
 
 from server.registry import EscalationRule
 from server.serving.routing import (
+    COLD_LOAD_S,
     Ewma,
     LocalLoad,
     Measurements,
@@ -17,6 +18,7 @@ from server.serving.routing import (
     choose,
     escalation,
     estimate_tokens,
+    predict_cold,
     predict_hosted,
     predict_local,
 )
@@ -136,3 +138,16 @@ def test_measurements_track_pending_requests_and_learn_from_finished_ones() -> N
     assert m.speed("big").ttft.value == 0.8
     m.forget("tiny")
     assert m.speed("tiny").ttft.value is None and m.pending("tiny") == [second]
+
+
+def test_a_cold_target_is_predicted_at_its_measured_load_time_plus_its_ttft() -> None:
+    assert predict_cold(4.0, speed(ttft=0.5)) == 4.5
+    assert predict_cold(4.0, speed()) == 4.0
+    assert predict_cold(None, speed(ttft=0.5)) == COLD_LOAD_S + 0.5  # never loaded here: a long default
+
+
+def test_a_warm_target_meeting_the_objective_is_chosen_while_the_cold_first_one_loads() -> None:
+    predicted = {"cold": predict_cold(3.0, speed(ttft=0.2)),
+                 "warm": predict_local(LocalLoad(slots=4, depth=0), speed(ttft=0.4), [], 0.0)}
+    assert choose(["cold", "warm"], predicted, objective_s=1.0).model == "warm"
+    assert choose(["cold", "warm"], predicted, objective_s=5.0).model == "cold"  # loading fits the objective

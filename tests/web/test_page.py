@@ -153,6 +153,20 @@ def test_page_lists_the_registry_models_with_backend_state_queue_and_latency(
     expect(cell(page, "big-hosted", "Backend")).to_have_text("hosted")
     expect(cell(page, "big-hosted", "Queue")).to_have_text("—")
     expect(cell(page, "gemma3-270m", "Backend")).to_have_text("local")
+    # residency under `serve`: state, memory estimated from the GGUF / measured RSS, last use
+    for m in status["models"]:
+        residency = m["residency"]
+        if residency is None:  # hosted: nothing loaded here
+            expect(cell(page, m["name"], "Residency")).to_have_text("—")
+            expect(cell(page, m["name"], "Memory")).to_have_text("—")
+            continue
+        expect(cell(page, m["name"], "Residency")).to_have_text(residency["state"])
+        expect(cell(page, m["name"], "Residency").locator("span.state")).to_have_class(
+            f"state state-{residency['state']}")
+        estimated = round(residency["memory_estimated_bytes"] / 1024**2)
+        expect(cell(page, m["name"], "Memory")).to_have_text(re.compile(rf"^est\. {estimated} MiB / (\d+ MiB|—)$"))
+    expect(cell(page, "smollm2", "Residency")).to_have_text("ready")
+    expect(cell(page, "smollm2", "Last used")).to_have_text(re.compile(r"^(—|\d+ (s|min|h) ago)$"))
     expect(page.locator("#server-state")).to_have_text(re.compile(r"^4 models · up "))
     expect(page.locator("#window")).to_have_text(re.compile(r"^\d+ (s|min)$"))
 

@@ -1,0 +1,254 @@
+"""The residency loop of `serve`: start `on_demand` models when a request for them is queued, make
+room under the memory budget by draining the least recently used idle models, unload models idle
+past `idle_unload_s`, and publish every model's residency to Redis for the gateways.
+
+Demand is observed through Redis, so it works whatever gateway queued the request: a model whose
+request stream (`slm:req:{model}`: queued + running) is not empty is wanted, and in use; so is one
+whose `slm:residency:wanted:{model}` key a gateway set (a router sent a request to a warm target
+instead of this cold one, and asks for it to be loaded for the next requests). Nothing
+else is asked of the gateway. Each tick (`TICK_S`) reads, per local model, the stream's length and
+its live workers' info (busy slots, RSS, pid), then decides (`policy`), then writes the residency
+hash (expiring after `STATE_TTL_S`).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Protocol
+
+import redis.asyncio
+from redis.typing import EncodableT, FieldT
+
+from server.errors import RegistryError
+from server.queue import keys
+from server.redis_connect import RedisTarget
+from server.registry import Registry, resolve_gguf
+from server.residency.budget import format_size
+from server.residency.estimate import model_cost
+from server.residency.policy import Candidate, idle_expired, in_use, make_room
+from server.residency.state import BUDGET_FIELD, Budget, Residency, State
+
+log = logging.getLogger("slm.residency")
+
+TICK_S = 0.25
+STATE_TTL_S = 5
+
+
+class Workers(Protocol):
+    """What the manager asks of the supervisor."""
+
+    def pids(self, model: str) -> tuple[list[int], list[int]]:
+        """(live processes serving, live processes told to stop) of a model."""
+        ...
+
+    def start_model(self, model: str) -> None: ...
+
+    def stop_model(self, model: str) -> None: ...
+
+
+@dataclass
+class Seen:
+    """What one tick read of a model."""
+
+    depth: int = 0
+    busy: int = 0
+    wanted: bool = False  # a gateway's router passed over it while unloaded: load it
+    ready_pids: set[int] = field(default_factory=set)
+    rss: int = 0
+
+
+def registry_costs(registry: Registry, *, registry_dir: Path, model_dirs: list[Path]) -> dict[str, int]:
+    """Estimated bytes of every local model (all its replicas); `RegistryError` for an unreadable file."""
+    costs = {}
+    for name, entry in registry.local_models().items():
+        path = resolve_gguf(entry.gguf, registry_dir=registry_dir, model_dirs=model_dirs)
+        cost = model_cost(name, path, n_ctx=entry.n_ctx, parallel=entry.parallel, n_batch=entry.n_batch)
+        costs[name] = cost.total * max(1, entry.replicas)
+    return costs
+
+
+def too_big(registry: Registry, costs: dict[str, int], budget: int) -> list[str]:
+    """Problems naming each model that cannot fit the budget even alone."""
+    return [f"models.{name}: needs an estimated {format_size(costs[name])} ({costs[name]} bytes: weights, KV cache "
+            f"for n_ctx {entry.n_ctx} x parallel {entry.parallel} x replicas {entry.replicas}, compute buffers, "
+            f"runtime), more than the whole memory budget of {format_size(budget)} ({budget} bytes, "
+            "SLM_MEMORY_BUDGET)"
+            for name, entry in registry.local_models().items() if costs.get(name, 0) > budget]
+
+
+class ResidencyManager:
+    def __init__(self, registry: Registry, budget: int, costs: dict[str, int], workers: Workers,
+                 clock: Callable[[], float] = time.time) -> None:
+        self.registry = registry
+        self.budget = budget
+        self.costs = costs
+        self.workers = workers
+        self.clock = clock
+        self.models: dict[str, Residency] = {}
+        self._load_began: dict[str, float] = {}
+        self._wanted_since: dict[str, float] = {}
+        self._reset(registry)
+
+    def _reset(self, registry: Registry) -> None:
+        self.registry = registry
+        kept = {}
+        for name, entry in registry.local_models().items():
+            was = self.models.get(name)
+            kept[name] = Residency(
+                state=was.state if was else "unloaded", load=entry.load, pinned=entry.pinned,
+                estimated_bytes=self.costs.get(name, 0), measured_bytes=was.measured_bytes if was else None,
+                last_used=was.last_used if was else None, loads=was.loads if was else 0,
+                last_load_s=was.last_load_s if was else None,
+                evictions=dict(was.evictions) if was else Residency().evictions)
+        self.models = kept
+
+    def began_loading(self, model: str) -> None:
+        self._load_began[model] = self.clock()
+
+    def apply_registry(self, registry: Registry, costs: dict[str, int]) -> None:
+        self.costs = {**self.costs, **costs}
+        self._reset(registry)
+
+    # -- one tick ----------------------------------------------------------------------------------
+    async def observe(self, client: redis.asyncio.Redis) -> dict[str, Seen]:
+        models = list(self.models)
+        pipe = client.pipeline(transaction=False)
+        now = time.time()
+        for model in models:
+            pipe.xlen(keys.request_stream(model))
+            pipe.zrangebyscore(keys.worker_heartbeats(model), now - 5, "+inf")
+            pipe.exists(keys.residency_wanted(model))
+        replies: list[Any] = await pipe.execute()
+        seen = {m: Seen(depth=int(replies[3 * i]), wanted=bool(replies[3 * i + 2])) for i, m in enumerate(models)}
+        infos = client.pipeline(transaction=False)
+        owners: list[str] = []
+        for i, model in enumerate(models):
+            for worker_id in replies[3 * i + 1]:
+                infos.hgetall(keys.worker_info(worker_id.decode() if isinstance(worker_id, bytes) else worker_id))
+                owners.append(model)
+        for model, info in zip(owners, await infos.execute(), strict=True):
+            if not info:
+                continue
+            view = seen[model]
+            view.busy += int(info.get(b"busy", 0) or 0)
+            view.rss += int(info.get(b"rss", 0) or 0)
+            view.ready_pids.add(int(info.get(b"pid", 0) or 0))
+        return seen
+
+    def _state(self, model: str, seen: Seen) -> State:
+        serving, stopping = self.workers.pids(model)
+        if serving and any(pid in seen.ready_pids for pid in serving):
+            return "ready"
+        if serving:
+            return "loading"
+        return "draining" if stopping else "unloaded"
+
+    def decide(self, seen: dict[str, Seen]) -> None:
+        now = self.clock()
+        for model, res in self.models.items():
+            view = seen.get(model, Seen())
+            state = self._state(model, view)
+            if state == "ready" and res.state != "ready":
+                res.last_used = now  # idle time counts from the load (a boot model's too), never from before it
+                if model in self._load_began:
+                    res.loads += 1
+                    res.last_load_s = now - self._load_began.pop(model)
+                    log.info("%s loaded in %.2f s", model, res.last_load_s)
+            res.state = state
+            res.measured_bytes = view.rss or None
+            if view.depth > 0 or view.busy > 0 or (view.wanted and state != "ready"):
+                res.last_used = now
+        candidates = self._candidates(seen)
+        for name in idle_expired(candidates, now):
+            self._evict(name, "idle")
+        self._load_wanted(seen)
+
+    def _candidates(self, seen: dict[str, Seen]) -> list[Candidate]:
+        out = []
+        for name, res in self.models.items():
+            entry = self.registry.local_models()[name]
+            view = seen.get(name, Seen())
+            out.append(Candidate(name=name, cost=res.estimated_bytes, resident=res.state != "unloaded",
+                                 ready=res.state == "ready", idle=view.depth == 0 and view.busy == 0,
+                                 pinned=entry.pinned, last_used=res.last_used or 0.0,
+                                 idle_unload_s=entry.idle_unload_s, draining=res.state == "draining"))
+        return out
+
+    def _load_wanted(self, seen: dict[str, Seen]) -> None:
+        now = self.clock()
+        for name, res in self.models.items():
+            view = seen.get(name, Seen())
+            if res.state == "unloaded" and (view.depth > 0 or view.wanted):
+                self._wanted_since.setdefault(name, now)
+            else:
+                self._wanted_since.pop(name, None)
+        for name in sorted(self._wanted_since, key=lambda n: self._wanted_since[n]):
+            candidates = self._candidates(seen)
+            evict = make_room(self.models[name].estimated_bytes, self.budget, candidates)
+            if evict is None:
+                continue  # no room yet (others busy or draining); the request waits
+            if evict:
+                for other in evict:
+                    self._evict(other, "budget")
+                continue  # load once they are gone
+            if in_use(candidates) + self.models[name].estimated_bytes <= self.budget:
+                log.info("%s wanted: loading (estimated %s)", name, format_size(self.models[name].estimated_bytes))
+                self.models[name].state = "loading"
+                self.began_loading(name)
+                self.workers.start_model(name)
+                del self._wanted_since[name]
+
+    def _evict(self, name: str, reason: str) -> None:
+        res = self.models[name]
+        log.info("%s: unloading (%s; last used %.1f s ago)", name, reason, self.clock() - (res.last_used or 0.0))
+        res.evictions[reason] = res.evictions.get(reason, 0) + 1
+        res.state = "draining"
+        self.workers.stop_model(name)
+
+    async def publish(self, client: redis.asyncio.Redis) -> None:
+        mapping: dict[FieldT, EncodableT] = {name: res.encode() for name, res in self.models.items()}
+        mapping[BUDGET_FIELD] = Budget(
+            self.budget, sum(r.estimated_bytes for r in self.models.values() if r.state != "unloaded"),
+            sum(r.measured_bytes or 0 for r in self.models.values())).encode()
+        pipe = client.pipeline(transaction=True)
+        pipe.delete(keys.residency())
+        pipe.hset(keys.residency(), mapping=mapping)
+        pipe.expire(keys.residency(), STATE_TTL_S)
+        await pipe.execute()
+
+    async def run(self, target: RedisTarget, stopping: Callable[[], bool]) -> None:
+        client = target.async_client(socket_timeout=2.0, socket_connect_timeout=2.0)
+        try:
+            while not stopping():
+                try:
+                    self.decide(await self.observe(client))
+                    await self.publish(client)
+                except (redis.RedisError, OSError) as exc:
+                    log.debug("residency tick failed: %s", exc)
+                await asyncio.sleep(TICK_S)
+        finally:
+            await client.aclose()
+
+
+def check_budget(registry: Registry, budget: int, *, registry_dir: Path, model_dirs: list[Path]) -> dict[str, int]:
+    """The registry's costs, or `RegistryError` naming each model too big for the budget."""
+    costs = registry_costs(registry, registry_dir=registry_dir, model_dirs=model_dirs)
+    problems = too_big(registry, costs, budget)
+    if problems:
+        raise RegistryError("\n".join(problems))
+    return costs
+
+
+
+def budget_problems(registry: Registry, budget: int, registry_dir: Path, model_dirs: list[Path]) -> list[str]:
+    """`check_budget` for a registry reload: its problems as lines (empty when every model fits)."""
+    try:
+        check_budget(registry, budget, registry_dir=registry_dir, model_dirs=model_dirs)
+    except RegistryError as exc:
+        return str(exc).splitlines()
+    return []
