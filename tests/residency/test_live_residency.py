@@ -79,9 +79,10 @@ def test_a_pinned_model_stays_and_an_idle_one_unloads(tmp_path: Path) -> None:
             # m1 was used least recently but is pinned: m2 made room for m3
             assert evictions(server) == [("m2", "budget")]
             m3_pid = next(pid for pid, model in worker_pids(server).items() if model == "m3")
-            wait_until(lambda: residency(server)["m3"]["state"] == "unloaded", timeout_s=30,
-                       what="m3 to unload after 1.5 s idle")
-            wait_until(lambda: not running(m3_pid), timeout_s=10, what="m3's worker process to exit")
+            wait_until(lambda: not running(m3_pid), timeout_s=30, what="m3's worker to exit after 1.5 s idle")
+            # the supervisor publishes what it saw at its next tick (every 0.25 s)
+            wait_until(lambda: residency(server)["m3"]["state"] == "unloaded", timeout_s=10,
+                       what="the supervisor to publish m3 unloaded")
         assert evictions(server) == [("m2", "budget"), ("m3", "idle")]
         assert sampler.max_resident == 2 and sampler.max_processes == 2
         first_ready = next(i for i, state in enumerate(sampler.states) if state.get("m1") == "ready")
@@ -96,8 +97,12 @@ def test_a_pinned_model_stays_and_an_idle_one_unloads(tmp_path: Path) -> None:
 
 def check_shown(server: LiveServer, budget: int) -> None:
     """m1 ready (pinned), m2 unloaded: as /v1/status, /v1/models and /metrics show it."""
-    wait_until(lambda: httpx.get(server.url + "/v1/status").json()["models"][0]["residency"]["memory_measured_bytes"],
-               timeout_s=10, what="m1's measured memory in the status")
+    def settled() -> bool:  # the gateway refreshes what the supervisor published every presence interval
+        status = httpx.get(server.url + "/v1/status").json()
+        by_name = {m["name"]: m["residency"] for m in status["models"]}
+        return bool(by_name["m1"]["memory_measured_bytes"]) and by_name["m3"]["state"] == "unloaded"
+
+    wait_until(settled, timeout_s=10, what="m1's measured memory and m3 unloaded in the gateway's status")
     status = httpx.get(server.url + "/v1/status").json()
     by_name = {m["name"]: m for m in status["models"]}
     assert by_name["m1"]["state"] == "ready" and by_name["m2"]["state"] == "unloaded"
