@@ -48,9 +48,10 @@ class QueueClient:
         # one quick retry on a fresh connection: pooled connections die with a Redis restart
         retry = Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1)
         errors: list[type[Exception]] = [ConnectionError, TimeoutError]
+        # as many connections as the reader: redis-py's default pool (100) refused a burst of admissions
         self.commands: aioredis.Redis = aioredis.Redis.from_url(
             url, socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=5,
-            retry=retry, retry_on_error=errors,
+            retry=retry, retry_on_error=errors, max_connections=max_connections,
         )
         self.reader: aioredis.Redis = aioredis.Redis.from_url(
             url,
