@@ -173,9 +173,9 @@ class _Sampling(BaseModel):
     # slm-server's extension: the request's class in the fair queue (`server.queue.priority`)
     priority: int | str | None = None
 
-    @field_validator("priority")
+    @field_validator("priority", mode="before")
     @classmethod
-    def _priority(cls, value: int | str | None) -> int | None:
+    def _priority(cls, value: Any) -> int | None:
         return priority_class.parse(value)
 
     def priority_class(self) -> int | None:

@@ -1,13 +1,23 @@
-"""What the gateway knows of each local model's fair queue, refreshed with worker presence (every 0.5 s,
-no Redis call per request): the jobs waiting per priority class, and the drain rate (jobs taken a
-second, a moving average of the `taken` counter's growth) that estimates waits and `Retry-After`.
-Pure bookkeeping; the reads are `QueueClient.fair_depths`."""
+"""The gateway's side of the fair queue.
+
+`QueueView`: what the gateway knows of each local model's fair queue, refreshed with worker presence
+(every 0.5 s, no Redis call per request): the jobs waiting per priority class, and the drain rate
+(jobs taken a second, a moving average of the `taken` counter's growth) that estimates waits and
+`Retry-After`. Pure bookkeeping; the reads are `QueueClient.fair_depths`.
+
+`FairQueueing`: the policy (`SLM_QUEUE_POLICY`, the per-key settings) and that view together: a
+request's class, how its job is admitted, and what the metrics say per class."""
 
 from __future__ import annotations
 
 from dataclasses import dataclass, field
 
+from server.metrics import Metrics
+from server.queue import priority as priorities
+from server.queue.client import Fairness
+from server.security.queue_policy import KeyPolicy, PolicySource
 from server.serving.routing import Ewma
+from server.settings import Settings
 
 DRAIN_ALPHA = 0.2
 MIN_SPAN_S = 0.2  # samples closer than this are not a rate
@@ -53,3 +63,35 @@ class QueueView:
         """The wait of the job at `position` at the measured drain rate; None before any was measured."""
         rate = self.drain_per_s(model)
         return None if rate <= 0 else int(position / rate * 1000)
+
+
+class FairQueueing:
+    def __init__(self, settings: Settings) -> None:
+        self.enabled = settings.queue_policy == "fair"
+        self.policy = PolicySource(
+            KeyPolicy(1.0, settings.priority_default, max(settings.priority_max, settings.priority_default),
+                      settings.queue_key_share),
+            settings.queue_policy_file, interval_s=settings.reload_interval_s or 1.0)
+        self.view = QueueView()
+
+    def priority_for(self, key: str, asked: int | None) -> int:
+        """The request's class: what it asked for (400 above its key's ceiling), else its key's default."""
+        return self.policy.current().priority_for(key, asked)
+
+    def admission(self, model: str, key: str) -> Fairness | None:
+        """How a job of `key` enters `model`'s queue; None: FIFO."""
+        if not self.enabled:
+            return None
+        policy = self.policy.current().for_key(key)
+        return Fairness(key, policy.weight, policy.max_queue_share, self.view.drain_per_s(model))
+
+    def ahead_of(self, model: str, priority: int) -> int:
+        """Jobs waiting that a new job of class `priority` would wait behind (FIFO: none beyond the stream)."""
+        return self.view.ahead_of(model, priority) if self.enabled else 0
+
+    def observe(self, found: dict[str, tuple[dict[str, int], int]], now: float, metrics: Metrics) -> None:
+        for model, (waiting, taken) in found.items():
+            self.view.update(model, waiting, taken, now)
+            for level in range(priorities.LOWEST, priorities.HIGHEST + 1):
+                label = priorities.label(level)
+                metrics.queue_waiting.labels(model, label).set(waiting.get(label, 0))

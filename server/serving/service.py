@@ -40,14 +40,13 @@ from server.protocol import (
     EmbeddingRequest,
 )
 from server.queue import priority as priorities
-from server.queue.client import Fairness, QueueClient
+from server.queue.client import QueueClient
 from server.registry import AnyEntry, HostedModel, LocalModel, Registry, RouterModel, env_key
-from server.security.queue_policy import KeyPolicy, PolicySource
 from server.serving.context import RequestContext
 from server.serving.dispatch import Plan, falls_through, plan_for, reported, traits_of
 from server.serving.formatting import Shape
 from server.serving.queue_notices import notices_then
-from server.serving.queue_view import QueueView
+from server.serving.queue_view import FairQueueing
 from server.serving.routing import (
     UNREACHABLE,
     LocalLoad,
@@ -112,12 +111,7 @@ class Service:
         self.upstream_health: HealthPolicy = DEFAULT_POLICY  # for hosted backends built from now on
         self.routing = Measurements()
         self.closing = Closing()
-        self.fair = settings.queue_policy == "fair"
-        self.policy = PolicySource(
-            KeyPolicy(1.0, settings.priority_default, max(settings.priority_max, settings.priority_default),
-                      settings.queue_key_share),
-            settings.queue_policy_file, interval_s=settings.reload_interval_s or 1.0)
-        self.queue_view = QueueView()
+        self.fairq = FairQueueing(settings)
 
     # -- background -----------------------------------------------------------------------------
     async def refresh_presence(self) -> None:
@@ -128,22 +122,17 @@ class Service:
             try:
                 counts = await self.queue.live_workers(models, self.settings.heartbeat_ttl_s)
                 depths = await self.queue.queue_depths(models)
-                fair = await self.queue.fair_depths(models) if self.fair else {}
+                fair = await self.queue.fair_depths(models) if self.fairq.enabled else {}
             except Exception:
                 self.presence.redis_ok = False
                 return
             self.presence.counts = counts
             self.presence.depths = depths
-            now = time.monotonic()
-            for model, (waiting, taken) in fair.items():
-                self.queue_view.update(model, waiting, taken, now)
-                for level in range(priorities.LOWEST, priorities.HIGHEST + 1):
-                    label = priorities.label(level)
-                    self.metrics.queue_waiting.labels(model, label).set(waiting.get(label, 0))
+            self.fairq.observe(fair, time.monotonic(), self.metrics)
             for model, n in counts.items():
                 self.metrics.workers_ready.labels(model).set(n)
             for model, depth in depths.items():
-                self.metrics.queue_depth.labels(model).set(depth + sum(self.queue_view.waiting(model).values()))
+                self.metrics.queue_depth.labels(model).set(depth + sum(self.fairq.view.waiting(model).values()))
         self.presence.checked_at = time.monotonic()
 
     def readiness(self) -> list[str]:
@@ -257,11 +246,7 @@ class Service:
         stops waiting after `SLM_QUEUE_NOTICE_AFTER_S` and hands back the wait still running."""
         refuse_for_local(req, model)
         self._check_can_queue(model)
-        fairness = None
-        if self.fair:
-            policy = self.policy.current().for_key(context.key)
-            fairness = Fairness(context.key, policy.weight, policy.max_queue_share,
-                                self.queue_view.drain_per_s(model))
+        fairness = self.fairq.admission(model, context.key)
         gen = await self.local.generation(endpoint, model, entry, req, payload, max_tokens, fairness, priority)
         pending = self.routing.open(model, max_tokens)
         track = MeasuredTracker(self.metrics, model, "local", arrived, context, routing=self.routing,
@@ -273,7 +258,7 @@ class Service:
             self.metrics.queue_wait.labels(model, priorities.label(priority)).observe(gen.result.queue_ms / 1000)
 
         starting = asyncio.ensure_future(start())
-        if self.fair and req.stream and context.queue_notices:
+        if fairness is not None and req.stream and context.queue_notices:
             done, _ = await asyncio.wait({starting}, timeout=self.settings.queue_notice_after_s)
             if not done:
                 return gen, track, starting
@@ -282,7 +267,7 @@ class Service:
 
     async def _position(self, model: str, request_id: str) -> tuple[int, int | None]:
         place, _waiting = await self.queue.position(model, request_id)
-        return place, self.queue_view.wait_ms(model, place)
+        return place, self.fairq.view.wait_ms(model, place)
 
     def _check_can_queue(self, model: str) -> None:
         if self.draining:
@@ -305,7 +290,7 @@ class Service:
                                   reachable=backend is None or backend.health.admits_now())
         workers = self.presence.counts.get(model, 0) if self.presence.redis_ok else 0
         # with the fair queue, a request waits behind the jobs of its own class and higher only
-        ahead = self.queue_view.ahead_of(model, priority) if self.fair else 0
+        ahead = self.fairq.ahead_of(model, priority)
         load = LocalLoad(slots=entry.parallel * workers, depth=self.presence.depths.get(model, 0) + ahead)
         return predict_local(load, speed, self.routing.pending(model), self.routing.clock())
 
@@ -336,7 +321,7 @@ class Service:
         if self.draining:
             raise ServiceUnavailableError("The server is shutting down.", retry_after=1, code="shutting_down")
         registry = self.registry
-        priority = self.policy.current().priority_for(context.key, req.priority_class())
+        priority = self.fairq.priority_for(context.key, req.priority_class())
         plan = plan_for(registry, name, entry,
                         lambda router, spec: self.route(router, spec, traits_of(req, payload), priority))
         await self._hold_tokens(req, payload, max_tokens, plan, context)

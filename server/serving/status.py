@@ -170,7 +170,7 @@ class StatusReporter:
             return {}, {}
         try:
             running = await self.service.queue.queue_depths(local)
-            fair = await self.service.queue.fair_depths(local) if self.service.fair else {}
+            fair = await self.service.queue.fair_depths(local) if self.service.fairq.enabled else {}
         except Exception:  # Redis went away between two presence checks: depths unknown
             return {}, {}
         return running, {model: waiting for model, (waiting, _taken) in fair.items()}
@@ -201,7 +201,7 @@ class StatusReporter:
                     "policy": service.settings.queue_policy,
                     "on_stream": depths[name],  # running (and, FIFO, queued)
                     "waiting_by_priority": waiting.get(name, {}),
-                    "drain_per_s": round(service.queue_view.drain_per_s(name), 2),
+                    "drain_per_s": round(service.fairq.view.drain_per_s(name), 2),
                 },
                 "recent": {
                     "window_s": round(window, 1),

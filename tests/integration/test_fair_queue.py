@@ -96,7 +96,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_")}
     env.update({"SLM_REDIS_URL": store.url, "SLM_REGISTRY": str(tmp / "model_registry.yaml"),
                 "SLM_API_KEYS_FILE": str(tmp / "keys.txt"), "SLM_QUEUE_POLICY_FILE": str(tmp / "policy.yaml"),
-                "SLM_QUEUE_POLICY": "fair", "SLM_QUEUE_STARVATION_S": "1", "SLM_LEASE_S": "2",
+                "SLM_QUEUE_POLICY": "fair", "SLM_QUEUE_STARVATION_S": "1", "SLM_LEASE_S": "2", "SLM_QUEUE_TIMEOUT_S": "600",
                 "SLM_PRIORITY_MAX": "5", "PYTHONUNBUFFERED": "1"})
     c = Cluster(tmp, env, store.url)
     try:
@@ -245,8 +245,8 @@ def test_a_queued_stream_sees_its_position_fall_and_the_openai_client_ignores_it
                 await asyncio.sleep(0.05)  # polling the queue until the backlog is there
             sdk = openai.AsyncOpenAI(base_url=url + "/v1", api_key=KEYS["batch"], max_retries=0)
             text = ""
-            chunks = await sdk.chat.completions.create(model="tiny", messages=PROMPT,  # type: ignore[arg-type]
-                                                       max_tokens=3, stream=True)
+            chunks: Any = await sdk.chat.completions.create(model="tiny", messages=PROMPT,  # type: ignore[arg-type]
+                                                            max_tokens=3, stream=True)
             async for chunk in chunks:
                 if chunk.choices:
                     text += chunk.choices[0].delta.content or ""
@@ -278,7 +278,7 @@ def test_a_crashed_workers_jobs_keep_their_place_and_run_once(cluster: Cluster) 
             held = {str(e["message_id"]) for e in r.xpending_range(stream, keys.GROUP, "-", "+", 10)}
             cluster.workers[0].send_signal(signal.SIGKILL)
             cluster.workers[0].wait()
-            while min((e["time_since_delivered"] for e in r.xpending_range(stream, keys.GROUP, "-", "+", 10)),
+            while min((int(e["time_since_delivered"]) for e in r.xpending_range(stream, keys.GROUP, "-", "+", 10)),
                       default=0) < 2000:
                 await asyncio.sleep(0.05)  # polling until their leases lapsed
             cluster.worker()
