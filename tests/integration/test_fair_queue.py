@@ -96,7 +96,8 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_")}
     env.update({"SLM_REDIS_URL": store.url, "SLM_REGISTRY": str(tmp / "model_registry.yaml"),
                 "SLM_API_KEYS_FILE": str(tmp / "keys.txt"), "SLM_QUEUE_POLICY_FILE": str(tmp / "policy.yaml"),
-                "SLM_QUEUE_POLICY": "fair", "SLM_QUEUE_STARVATION_S": "1", "SLM_LEASE_S": "2", "SLM_QUEUE_TIMEOUT_S": "600",
+                "SLM_QUEUE_POLICY": "fair", "SLM_QUEUE_STARVATION_S": "1", "SLM_LEASE_S": "2",
+                "SLM_QUEUE_TIMEOUT_S": "600",
                 "SLM_PRIORITY_MAX": "5", "PYTHONUNBUFFERED": "1"})
     c = Cluster(tmp, env, store.url)
     try:
