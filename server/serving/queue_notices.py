@@ -24,6 +24,7 @@ from redis.exceptions import RedisError
 
 from server.errors import SlmError
 from server.serving.formatting import DONE_FRAME, LastChunk, sse
+from server.serving.streaming import ClientGone
 
 log = logging.getLogger("slm.serving")
 
@@ -53,6 +54,8 @@ async def notices_then(starting: asyncio.Future[None], position: Position, enque
         starting.result()
     except SlmError as exc:
         yield LastChunk(sse(exc.to_body()) + DONE_FRAME)
+        return
+    except ClientGone:  # noticed while queued: the job was cancelled, nobody is reading
         return
     finally:
         if not starting.done():  # the client left while queued: the wait's own clean-up cancels the job
