@@ -83,7 +83,7 @@ class Cluster:
         self.procs.append(subprocess.Popen([sys.executable, "-m", "server", *args], stdout=log,
                                            stderr=subprocess.STDOUT, env={**self.env, "SLM_PORT": str(port)}))
 
-    def wait_ready(self, timeout_s: float = 180) -> None:
+    def wait_ready(self, timeout_s: float = 300) -> None:
         deadline = time.monotonic() + timeout_s
         for url in self.urls:
             while True:
@@ -94,7 +94,8 @@ class Cluster:
                 except httpx.HTTPError:
                     pass
                 if time.monotonic() > deadline:
-                    raise RuntimeError(f"{url} never became ready")
+                    logs = "".join(p.read_text(errors="replace")[-2000:] for p in sorted(self.logs.glob("proc*.log")))
+                    raise RuntimeError(f"{url} never became ready; the logs' ends:\n{logs}")
                 time.sleep(0.2)  # polling a starting process
 
     def stop(self) -> None:
