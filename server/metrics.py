@@ -63,6 +63,10 @@ class Metrics:
         self.in_flight = Gauge("slm_requests_in_flight", "Requests being served.", ML, registry=r)
         self.queue_depth = Gauge("slm_queue_depth", "Requests queued or running per local model.",
                                  ["model"], registry=r)
+        self.queue_waiting = Gauge("slm_queue_waiting", "Requests waiting in a local model's fair queue, per "
+                                   "priority class (never per key).", ["model", "priority"], registry=r)
+        self.queue_wait = Histogram("slm_queue_wait_seconds", "Enqueue to a worker starting it, per priority class.",
+                                    ["model", "priority"], buckets=LATENCY_BUCKETS, registry=r)
         self.workers_ready = Gauge("slm_workers_ready", "Workers with a fresh heartbeat.", ["model"], registry=r)
         self.disconnects = Counter("slm_client_disconnects", "Clients that left before the end.", ML, registry=r)
         self.redeliveries = Counter("slm_redeliveries", "Requests taken over by another worker.",

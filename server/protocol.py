@@ -17,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 
 from server.errors import InvalidRequestError
 from server.json_checks import check_schema_depth
+from server.queue import priority as priority_class
 from server.schema_limits import check_request
 from server.tool_format import history_message
 
@@ -169,6 +170,17 @@ class _Sampling(BaseModel):
     min_p: float | None = Field(default=None, ge=0.0, le=1.0)
     repeat_penalty: float | None = Field(default=None, gt=0.0, le=10.0)
     logit_bias: dict[str, float] | None = None
+    # slm-server's extension: the request's class in the fair queue (`server.queue.priority`)
+    priority: int | str | None = None
+
+    @field_validator("priority", mode="before")
+    @classmethod
+    def _priority(cls, value: Any) -> int | None:
+        return priority_class.parse(value)
+
+    def priority_class(self) -> int | None:
+        """The class the client asked for (an int once validated), None when it asked for none."""
+        return self.priority if isinstance(self.priority, int) else None
 
     @field_validator("logit_bias")
     @classmethod

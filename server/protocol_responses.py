@@ -69,6 +69,7 @@ class ResponsesRequest(BaseModel):
     user: str | None = None
     safety_identifier: str | None = Field(default=None, max_length=64)
     prompt_cache_key: str | None = None  # a hint; the worker reuses a held prefix anyway
+    priority: int | str | None = None  # slm-server's extension: the fair queue's class (`server.queue.priority`)
 
     @field_validator("input")
     @classmethod

@@ -111,6 +111,26 @@ class Settings(BaseSettings):
         "`512MiB` or bytes; empty: 75% of the machine's memory. A model that would not fit makes room by "
         "stopping the least recently used idle, unpinned models first.")
 
+    # the fair queue (server/queue/fair.py, server/security/queue_policy.py)
+    queue_policy: Literal["fair", "fifo"] = Field(
+        default="fair", description="`fair`: priority classes, then deficit round robin between API keys by "
+        "weight; `fifo`: first come, first served per model (one stream, as before).")
+    queue_policy_file: Path | None = Field(
+        default=None, description="A YAML file of per-key queue settings (weight, priority, max_priority, "
+        "max_queue_share), re-read when it changes.")
+    queue_starvation_s: float = Field(
+        default=10.0, gt=0, description="A lower priority class's request waiting this long is served next "
+        "(at most one such request in four).")
+    queue_notice_after_s: float = Field(
+        default=0.5, ge=0, description="A streamed OpenAI request still queued after this long starts its "
+        "response with `: queue position=N wait_ms=M` comments.")
+    priority_default: int = Field(default=5, ge=0, le=9, description="A key's default priority class.")
+    priority_max: int = Field(default=5, ge=0, le=9, description="The highest priority a key may ask for "
+                              "unless its policy entry says otherwise; above it: 400 naming `priority`.")
+    queue_key_share: float = Field(
+        default=1.0, gt=0, le=1, description="The part of a model's `max_queue` one key may fill with waiting "
+        "requests (per-key `max_queue_share` overrides it).")
+
     max_n: int = Field(default=8, ge=1, le=128, description="Largest `n` (choices) one request may ask for.")
     max_n_tokens: int = Field(default=16384, ge=1, description="Largest `n` x `max_tokens` of one request.")
 

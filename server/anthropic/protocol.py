@@ -218,6 +218,7 @@ class MessagesRequest(_Conversation):
     metadata: Metadata | None = None
     output_config: OutputConfig | None = None
     service_tier: Literal["auto", "standard_only"] | None = None  # one tier here: both are what it serves
+    priority: int | str | None = None  # slm-server's extension: the fair queue's class (`server.queue.priority`)
 
     @model_validator(mode="after")
     def _budget_under_max_tokens(self) -> MessagesRequest:

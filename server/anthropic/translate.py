@@ -63,7 +63,7 @@ def to_chat_request(req: MessagesRequest | CountTokensRequest) -> ChatCompletion
         data.update({"max_tokens": req.max_tokens, "stream": req.stream})
         if req.stream:
             data["stream_options"] = {"include_usage": True}
-        for name in ("temperature", "top_p", "top_k"):
+        for name in ("temperature", "top_p", "top_k", "priority"):
             if getattr(req, name) is not None:
                 data[name] = getattr(req, name)
         if req.stop_sequences:

@@ -13,7 +13,7 @@ from server.api.event_stream import EventStreamResponse
 from server.errors import ModelNotFoundError, SlmError
 from server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from server.registry import AnyEntry, HostedModel, LocalModel, RouterModel
-from server.security import usage
+from server.security import owner, usage
 from server.serving.context import RequestContext
 from server.serving.service import Answer, Service
 from server.serving.streaming import ClientGone
@@ -52,7 +52,8 @@ async def counted(request: Request, service: ServiceDep, endpoint: str, model: t
         if service.settings.log_prompts:
             dumped = req.model_dump(include={"messages", "prompt", "input"}, exclude_none=True)
             transcript = open_transcript(req.model, dumped)
-        context = RequestContext(usage=usage.of(request.scope), transcript=transcript)
+        context = RequestContext(usage=usage.of(request.scope), transcript=transcript,
+                                 key=owner.of(request.scope), queue_notices=endpoint in ("chat", "completions"))
         response = respond(await serve(req, context), req)
         code = response.status_code
         return response

@@ -33,7 +33,7 @@ from server.protocol import (
     ChatCompletionRequest,
     CompletionRequest,
 )
-from server.queue.client import QueueClient
+from server.queue.client import Fairness, QueueClient
 from server.queue.events import ChoiceFinished, Done, Event, Failed, Started, TextDelta
 from server.queue.messages import Job, SamplingParams
 from server.registry import LocalModel
@@ -205,22 +205,24 @@ class LocalBackend:
         self.lease_s = lease_s
         self.heartbeat_ttl_s = heartbeat_ttl_s
 
-    async def submit(self, job: Job, entry: LocalModel) -> LocalGeneration:
-        await self.queue.submit(job, max_queue=entry.max_queue)
+    async def submit(self, job: Job, entry: LocalModel, fairness: Fairness | None = None) -> LocalGeneration:
+        await self.queue.submit(job, max_queue=entry.max_queue, fairness=fairness)
         return LocalGeneration(self.queue, job, stall_timeout_s=self.stall_timeout_s, lease_s=self.lease_s,
                                heartbeat_ttl_s=self.heartbeat_ttl_s)
 
     async def generation(self, endpoint: Endpoint, model: str, entry: LocalModel,
                          req: ChatCompletionRequest | CompletionRequest, payload: dict[str, Any],
-                         max_tokens: int | None) -> LocalGeneration:
+                         max_tokens: int | None, fairness: Fairness | None = None,
+                         priority: int | None = None) -> LocalGeneration:
+        """`fairness` (SLM_QUEUE_POLICY=fair): the job waits in the fair queue in class `priority`."""
         params = sampling_params(req, max_tokens)
         if isinstance(req, ChatCompletionRequest):
             payload.update(chat_fields(req))
         now = time.time()
         job = Job(id=uuid.uuid4().hex, model=model, kind="chat" if endpoint == "chat" else "completion",
                   enqueued_at=now, deadline=now + self.queue_timeout_s, params=params, n=req.n or 1,
-                  trace=True if self.trace else None, **payload)
-        return await self.submit(job, entry)
+                  trace=True if self.trace else None, priority=priority if fairness is not None else None, **payload)
+        return await self.submit(job, entry, fairness)
 
     async def tokenize(self, model: str, entry: LocalModel, req: ChatCompletionRequest) -> LocalGeneration:
         """A job that measures the chat prompt (template, tools) with the model's own tokenizer."""

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import AsyncGenerator
+from dataclasses import dataclass
 from typing import Any
 
 import redis.asyncio as aioredis
@@ -17,7 +18,7 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from server.errors import OverloadedError, ServiceUnavailableError
-from server.queue import keys
+from server.queue import fair, keys
 from server.queue.events import Event, from_wire
 from server.queue.messages import Job, decode_event
 from server.redis_connect import OUTAGE_ERRORS, RedisTarget
@@ -38,6 +39,17 @@ ADMITTED_TTL_S = 600
 
 READ_BLOCK_MS = 250
 OUTAGE_GRACE_S = 3.0  # a stream's reads may fail this long in a row before its request gives up
+
+
+@dataclass(frozen=True)
+class Fairness:
+    """How the fair queue admits one job: its API key's id, weight and share of `max_queue`, and the
+    model's measured drain (jobs a second) for a refusal's `Retry-After`."""
+
+    key: str
+    weight: float = 1.0
+    share: float = 1.0
+    drain_per_s: float = 0.0
 RETRY_AFTER_S = 1.0
 WANTED_TTL_S = 10
 
@@ -49,9 +61,10 @@ class QueueClient:
         # (with sentinels the fresh connection asks them where the master is now)
         retry = Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1)
         errors: list[type[Exception]] = list(OUTAGE_ERRORS)
+        # as many connections as the reader: redis-py's default pool (100) refused a burst of admissions
         self.commands: aioredis.Redis = target.async_client(
             socket_timeout=timeout_s, socket_connect_timeout=timeout_s, health_check_interval=5,
-            retry=retry, retry_on_error=errors,
+            retry=retry, retry_on_error=errors, max_connections=max_connections,
         )
         self.reader: aioredis.Redis = target.async_client(
             socket_timeout=timeout_s + READ_BLOCK_MS / 1000,
@@ -61,6 +74,8 @@ class QueueClient:
             retry_on_error=errors,
         )
         self._admit = self.commands.register_script(_ADMIT)
+        self._admit_fair = self.commands.register_script(fair.ADMIT)
+        self._position = self.commands.register_script(fair.POSITION)
         self._groups: set[str] = set()
 
     async def close(self) -> None:
@@ -114,22 +129,61 @@ class QueueClient:
             pipe.set(keys.residency_wanted(model), 1, ex=ttl_s)
         await pipe.execute()
 
-    async def submit(self, job: Job, *, max_queue: int) -> None:
+    async def fair_depths(self, models: list[str]) -> dict[str, tuple[dict[str, int], int]]:
+        """Per model: its waiting jobs per priority class, and how many jobs were ever taken (the drain)."""
+        pipe = self.commands.pipeline(transaction=False)
+        for model in models:
+            pipe.hgetall(keys.fair_queue(model) + "depth")
+            pipe.get(keys.fair_queue(model) + "taken")
+        replies = await pipe.execute()
+        out: dict[str, tuple[dict[str, int], int]] = {}
+        for i, model in enumerate(models):
+            depth: dict[Any, Any] = replies[2 * i]
+            out[model] = ({_text(k): int(v) for k, v in depth.items() if int(v) > 0}, int(replies[2 * i + 1] or 0))
+        return out
+
+    async def position(self, model: str, request_id: str) -> tuple[int, int]:
+        """A waiting job's place in the fair queue (1: next; 0: no longer waiting) and the jobs waiting."""
+        reply: Any = await self._position(args=[keys.fair_queue(model), request_id])
+        return int(reply[0]), int(reply[1])
+
+    async def submit(self, job: Job, *, max_queue: int, fairness: Fairness | None = None) -> None:
+        """Admit `job` (429 having enqueued nothing when its model's queue, or with `fairness` its key's
+        share of it, is full): onto the model's stream (FIFO), or into the fair queue's waiting lists."""
         try:
             await self.ensure_group(job.model)
             fields = job.encode()
             ((field, payload),) = fields.items()
-            entry = await self._admit(keys=[keys.request_stream(job.model), keys.job_admitted(job.id)],
-                                      args=[max_queue, field, payload, ADMITTED_TTL_S])
+            stream = keys.request_stream(job.model)
+            mark = keys.job_admitted(job.id)
+            if fairness is None:
+                entry = await self._admit(keys=[stream, mark], args=[max_queue, field, payload, ADMITTED_TTL_S])
+                admitted = None
+            else:
+                cap = fair.key_cap(max_queue, fairness.share)
+                admitted = fair.Admitted.of(await self._admit_fair(keys=[stream, mark], args=[
+                    keys.fair_queue(job.model), max_queue, cap, fairness.key, job.priority or 0, fairness.weight,
+                    job.id, payload, int(job.enqueued_at * 1000), ADMITTED_TTL_S]))
+                entry = admitted if admitted.verdict == 1 else None
         except (RedisError, OSError) as exc:
             raise ServiceUnavailableError(
                 "The queue is unavailable; try again shortly.", retry_after=RETRY_AFTER_S, code="queue_unavailable"
             ) from exc
-        if entry is None:
+        if entry is not None:
+            return
+        if admitted is None or fairness is None:
             raise OverloadedError(
                 f"The model '{job.model}' has {max_queue} requests waiting; try again shortly.",
                 retry_after=RETRY_AFTER_S,
             )
+        wait = fair.retry_after_s(admitted, max_queue=max_queue, cap=fair.key_cap(max_queue, fairness.share),
+                                  drain_per_s=fairness.drain_per_s, fallback_s=RETRY_AFTER_S)
+        if admitted.verdict == 0:
+            raise OverloadedError(f"The model '{job.model}' has {max_queue} requests waiting; try again in "
+                                  f"{wait:g}s.", retry_after=wait)
+        raise OverloadedError(
+            f"This API key has {admitted.mine} requests waiting for '{job.model}', its share of the queue; "
+            f"try again in {wait:g}s.", retry_after=wait, code="key_queue_full")
 
     async def event_batches(self, request_id: str) -> AsyncGenerator[list[Event] | None, None]:
         """Yield the request's events as they come, what each read returned together; `None` after
@@ -165,3 +219,7 @@ class QueueClient:
 
     async def forget(self, request_id: str) -> None:
         await self.commands.delete(keys.response_stream(request_id))
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

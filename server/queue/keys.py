@@ -16,6 +16,12 @@ def response_stream(request_id: str) -> str:
     return f"{PREFIX}:resp:{request_id}"
 
 
+def fair_queue(model: str) -> str:
+    """The prefix of one model's fair queue (`server/queue/fair.py`): its waiting jobs per priority class
+    and API key, the round-robin state, the counters and the doorbell all live under it."""
+    return f"{PREFIX}:fq:{model}:"
+
+
 def cancel_flag(request_id: str) -> str:
     """Set by the gateway when the client has gone."""
     return f"{PREFIX}:cancel:{request_id}"

@@ -33,6 +33,7 @@ class Job(BaseModel):
     parallel_tool_calls: bool = True
     enqueued_at: float
     deadline: float
+    priority: int | None = None  # its class in the fair queue (`server.queue.priority`)
     trace: bool | None = None  # the worker reports when each stage before the first token ended (`Done.trace`)
 
     def encode(self) -> dict[Any, Any]:

@@ -123,12 +123,14 @@ class ResidencyManager:
             pipe.xlen(keys.request_stream(model))
             pipe.zrangebyscore(keys.worker_heartbeats(model), now - 5, "+inf")
             pipe.exists(keys.residency_wanted(model))
+            pipe.get(keys.fair_queue(model) + "waiting")  # the fair queue's jobs wait off the stream
         replies: list[Any] = await pipe.execute()
-        seen = {m: Seen(depth=int(replies[3 * i]), wanted=bool(replies[3 * i + 2])) for i, m in enumerate(models)}
+        seen = {m: Seen(depth=int(replies[4 * i]) + int(replies[4 * i + 3] or 0), wanted=bool(replies[4 * i + 2]))
+                for i, m in enumerate(models)}
         infos = client.pipeline(transaction=False)
         owners: list[str] = []
         for i, model in enumerate(models):
-            for worker_id in replies[3 * i + 1]:
+            for worker_id in replies[4 * i + 1]:
                 infos.hgetall(keys.worker_info(worker_id.decode() if isinstance(worker_id, bytes) else worker_id))
                 owners.append(model)
         for model, info in zip(owners, await infos.execute(), strict=True):

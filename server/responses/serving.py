@@ -146,7 +146,7 @@ class ResponsesService:
         cancelled = self.events.cancelled(rid)
         try:
             answer = await self._chat(req.model_copy(update={"stream": True}), turn.items, cancelled,
-                                      RequestContext())
+                                      RequestContext(key=turn.owner))
             writer.local = answer.headers.get("x-slm-backend") == "local"
             response["model"] = answer.headers.get("x-slm-model", response["model"])
             opening = [writer.in_progress()]

@@ -124,7 +124,7 @@ def chat_request(req: ResponsesRequest, items: list[dict[str, Any]]) -> dict[str
         "max_completion_tokens": req.max_output_tokens, "temperature": req.temperature, "top_p": req.top_p,
         "tools": chat_tools(req.tools), "tool_choice": chat_tool_choice(req.tool_choice),
         "parallel_tool_calls": req.parallel_tool_calls, "response_format": response_format(req.text),
-        "user": req.user,
+        "user": req.user, "priority": req.priority,
         "reasoning_effort": req.reasoning.effort if req.reasoning is not None else None,
     }
     body.update({k: v for k, v in optional.items() if v is not None})

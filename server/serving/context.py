@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from server.security.owner import ANONYMOUS
 from server.security.usage import TokenUsage
 from server.serving.transcript import Transcript
 
@@ -19,6 +20,8 @@ from server.serving.transcript import Transcript
 class RequestContext:
     usage: TokenUsage | None = None  # the key's tokens, when they are limited
     transcript: Transcript | None = None  # the prompt and completion log, when SLM_LOG_PROMPTS is on
+    key: str = ANONYMOUS  # the API key's id (`api_keys.key_id()`): its share and class in the fair queue
+    queue_notices: bool = False  # a stream may start with `: queue position=...` comments (OpenAI's SSE only)
 
     def charge(self, tokens: int) -> None:
         """Count `tokens` against the request's key, if it is token-limited."""

@@ -39,12 +39,15 @@ from server.protocol import (
     CompletionRequest,
     EmbeddingRequest,
 )
+from server.queue import priority as priorities
 from server.queue.client import QueueClient
 from server.registry import AnyEntry, HostedModel, LocalModel, Registry, RouterModel, env_key
 from server.serving.context import RequestContext
 from server.serving.dispatch import Plan, falls_through, plan_for, reported, traits_of
 from server.serving.formatting import Shape
 from server.serving.presence import WorkerPresence
+from server.serving.queue_notices import notices_then
+from server.serving.queue_view import FairQueueing
 from server.serving.routing import (
     UNREACHABLE,
     LocalLoad,
@@ -102,6 +105,7 @@ class Service:
         self.upstream_health: HealthPolicy = DEFAULT_POLICY  # for hosted backends built from now on
         self.routing = Measurements()
         self.closing = Closing()
+        self.fairq = FairQueueing(settings)
 
     # -- background -----------------------------------------------------------------------------
     async def refresh_presence(self) -> None:
@@ -112,16 +116,18 @@ class Service:
             try:
                 counts = await self.queue.live_workers(models, self.settings.heartbeat_ttl_s)
                 depths = await self.queue.queue_depths(models)
+                fair = await self.queue.fair_depths(models) if self.fairq.enabled else {}
             except Exception:
                 self.presence.redis_ok = False
                 return
             self.presence.counts = counts
             self.presence.depths = depths
             await self._refresh_residency()
+            self.fairq.observe(fair, time.monotonic(), self.metrics)
             for model, n in counts.items():
                 self.metrics.workers_ready.labels(model).set(n)
             for model, depth in depths.items():
-                self.metrics.queue_depth.labels(model).set(depth)
+                self.metrics.queue_depth.labels(model).set(depth + sum(self.fairq.view.waiting(model).values()))
         self.presence.checked_at = time.monotonic()
 
     async def _refresh_residency(self) -> None:
@@ -239,17 +245,34 @@ class Service:
 
     async def _open_local(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest, model: str,
                           entry: LocalModel, payload: dict[str, Any], max_tokens: int | None, arrived: float,
-                          is_disconnected: IsDisconnected, context: RequestContext
-                          ) -> tuple[Generation, Tracker, str, int]:
+                          is_disconnected: IsDisconnected, context: RequestContext, priority: int
+                          ) -> tuple[LocalGeneration, Tracker, asyncio.Future[None] | None]:
+        """Queue the request and wait for a worker to start it; a stream that may carry queue notices
+        stops waiting after `SLM_QUEUE_NOTICE_AFTER_S` and hands back the wait still running."""
         refuse_for_local(req, model)
         self._check_can_queue(model, entry)
-        gen = await self.local.generation(endpoint, model, entry, req, payload, max_tokens)
+        fairness = self.fairq.admission(model, context.key)
+        gen = await self.local.generation(endpoint, model, entry, req, payload, max_tokens, fairness, priority)
         pending = self.routing.open(model, max_tokens)
         track = MeasuredTracker(self.metrics, model, "local", arrived, context, routing=self.routing,
                                 pending=pending)
-        await start_tracked(gen, track, is_disconnected)
-        self.routing.started(pending)
-        return gen, track, gen.job.id, int(gen.job.enqueued_at)
+
+        async def start() -> None:
+            await start_tracked(gen, track, is_disconnected)
+            self.routing.started(pending)
+            self.metrics.queue_wait.labels(model, priorities.label(priority)).observe(gen.result.queue_ms / 1000)
+
+        starting = asyncio.ensure_future(start())
+        if fairness is not None and req.stream and context.queue_notices:
+            done, _ = await asyncio.wait({starting}, timeout=self.settings.queue_notice_after_s)
+            if not done:
+                return gen, track, starting
+        await starting
+        return gen, track, None
+
+    async def _position(self, model: str, request_id: str) -> tuple[int, int | None]:
+        place, _waiting = await self.queue.position(model, request_id)
+        return place, self.fairq.view.wait_ms(model, place)
 
     def _check_can_queue(self, model: str, entry: LocalModel) -> None:
         if self.draining:
@@ -261,7 +284,7 @@ class Service:
             raise ServiceUnavailableError(f"No worker is ready for model '{model}'.", retry_after=2,
                                           code="no_worker")
 
-    def predict_ttft(self, model: str, entry: LocalModel | HostedModel) -> float:
+    def predict_ttft(self, model: str, entry: LocalModel | HostedModel, priority: int = priorities.HIGHEST) -> float:
         """Seconds to a first token a new request to `model` is predicted to wait (see `routing`)."""
         speed = self.routing.speed(model)
         if isinstance(entry, HostedModel):
@@ -273,10 +296,12 @@ class Service:
         if self.presence.redis_ok and self.presence.cold(model, entry):
             return predict_cold(self.presence.load_s(model), speed)
         workers = self.presence.counts.get(model, 0) if self.presence.redis_ok else 0
-        load = LocalLoad(slots=entry.parallel * workers, depth=self.presence.depths.get(model, 0))
+        # with the fair queue, a request waits behind the jobs of its own class and higher only
+        ahead = self.fairq.ahead_of(model, priority)
+        load = LocalLoad(slots=entry.parallel * workers, depth=self.presence.depths.get(model, 0) + ahead)
         return predict_local(load, speed, self.routing.pending(model), self.routing.clock())
 
-    def route(self, router: str, entry: RouterModel, traits: Traits) -> Route:
+    def route(self, router: str, entry: RouterModel, traits: Traits, priority: int = priorities.HIGHEST) -> Route:
         """Where a router sends one request: an escalation rule's model, else by predicted TTFT."""
         escalated = escalation(entry.escalate, traits)
         if escalated is not None:
@@ -286,7 +311,7 @@ class Service:
             for target in entry.targets:
                 target_entry = self.registry.models.get(target)
                 if isinstance(target_entry, LocalModel | HostedModel):
-                    predicted[target] = self.predict_ttft(target, target_entry)
+                    predicted[target] = self.predict_ttft(target, target_entry, priority)
                 else:  # refused at load; only a registry swapped mid-request could get here
                     predicted[target] = UNREACHABLE
             found = choose(entry.targets, predicted, entry.ttft_objective_s)
@@ -307,7 +332,9 @@ class Service:
         if self.draining:
             raise ServiceUnavailableError("The server is shutting down.", retry_after=1, code="shutting_down")
         registry = self.registry
-        plan = plan_for(registry, name, entry, lambda router, spec: self.route(router, spec, traits_of(req, payload)))
+        priority = self.fairq.priority_for(context.key, req.priority_class())
+        plan = plan_for(registry, name, entry,
+                        lambda router, spec: self.route(router, spec, traits_of(req, payload), priority))
         await self._hold_tokens(req, payload, max_tokens, plan, context)
         failures: list[SlmError] = []
         for i, model in enumerate(plan.candidates):
@@ -316,7 +343,7 @@ class Service:
                 if isinstance(target, RouterModel):  # refused at load; a router never serves itself
                     raise InvalidRequestError(f"The router '{model}' cannot be a target.", param="model")
                 return await self._serve_one(endpoint, req, model, target, dict(payload), max_tokens, arrived,
-                                             is_disconnected, plan, context)
+                                             is_disconnected, plan, context, priority)
             except SlmError as exc:
                 if not falls_through(exc, chosen_by_server=i > 0 or plan.router is not None):
                     raise
@@ -348,21 +375,33 @@ class Service:
     async def _serve_one(self, endpoint: Endpoint, req: ChatCompletionRequest | CompletionRequest, model: str,
                          entry: LocalModel | HostedModel, payload: dict[str, Any], max_tokens: int | None,
                          arrived: float, is_disconnected: IsDisconnected, plan: Plan,
-                         context: RequestContext) -> Answer:
+                         context: RequestContext, priority: int) -> Answer:
         headers = plan.headers(model, entry.backend)
+        waiting: asyncio.Future[None] | None = None
         if isinstance(entry, HostedModel):
             gen, track, gen_id, created = await self._open_hosted(endpoint, req, model, entry, payload, arrived,
                                                                   is_disconnected, context)
             with_tools = False  # a provider's tool calls come back as tool calls, never as text
         else:
-            gen, track, gen_id, created = await self._open_local(endpoint, req, model, entry, payload, max_tokens,
-                                                                 arrived, is_disconnected, context)
+            local, track, waiting = await self._open_local(endpoint, req, model, entry, payload, max_tokens,
+                                                           arrived, is_disconnected, context, priority)
+            gen, gen_id, created = local, local.job.id, int(local.job.enqueued_at)
             with_tools = isinstance(req, ChatCompletionRequest) and req.tool_mode() is not None
+        # the wait it had (still queued: so far; the stream's comments say the rest), and its class
+        waited = gen.result.queue_ms if waiting is None else (time.time() - local.job.enqueued_at) * 1000
+        headers.update({"x-slm-queue-wait-ms": str(int(waited)), "x-slm-priority": str(priority)})
         shape = Shape(endpoint, ("chatcmpl-" if endpoint == "chat" else "cmpl-") + gen_id, created, model)
         if req.stream:
             include_usage = bool(req.stream_options and req.stream_options.include_usage)
-            return Answer(headers, stream=stream(gen, shape, track, self.closing, include_usage, req.n or 1,
-                                                 with_tools), result=lambda: gen.result)
+
+            def frames() -> AsyncIterator[bytes]:
+                return stream(gen, shape, track, self.closing, include_usage, req.n or 1, with_tools)
+
+            if waiting is not None:
+                job = local.job
+                return Answer(headers, stream=notices_then(waiting, lambda: self._position(model, job.id),
+                                                           job.enqueued_at, frames), result=lambda: gen.result)
+            return Answer(headers, stream=frames(), result=lambda: gen.result)
         return Answer(headers, body=await whole(gen, shape, track, is_disconnected, self.closing,
                                                 wants_logprobs(req), with_tools), result=lambda: gen.result)
 

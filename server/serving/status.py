@@ -177,13 +177,17 @@ class StatusReporter:
             return "loading"
         return "unavailable"
 
-    async def _queue_depths(self, local: list[str]) -> dict[str, int]:
+    async def _queue_depths(self, local: list[str]) -> tuple[dict[str, int], dict[str, dict[str, int]]]:
+        """Per local model: jobs on its stream (running, or queued FIFO), and its fair queue's waiting
+        jobs per priority class."""
         if not local or not self.service.presence.redis_ok:
-            return {}
+            return {}, {}
         try:
-            return await self.service.queue.queue_depths(local)
+            running = await self.service.queue.queue_depths(local)
+            fair = await self.service.queue.fair_depths(local) if self.service.fairq.enabled else {}
         except Exception:  # Redis went away between two presence checks: depths unknown
-            return {}
+            return {}, {}
+        return running, {model: waiting for model, (waiting, _taken) in fair.items()}
 
     async def status(self) -> dict[str, Any]:
         service = self.service
@@ -191,7 +195,7 @@ class StatusReporter:
         baseline = self._baseline(current)
         window = current.at - baseline.at
         local = list(service.registry.local_models())
-        depths = await self._queue_depths(local)
+        depths, waiting = await self._queue_depths(local)
         age_s = max(0.0, time.time() - service.created)
         models = []
         for name, entry in service.registry.models.items():
@@ -205,9 +209,16 @@ class StatusReporter:
                 "description": entry.description,
                 "state": self._state(name, entry, hosted, workers, age_s),
                 "workers": None if hosted else workers,
-                "queue_depth": None if hosted else depths.get(name),
+                "queue_depth": None if hosted or name not in depths else depths[name] + sum(
+                    waiting.get(name, {}).values()),
                 "residency": None if hosted or name not in service.presence.residency
                 else service.presence.residency[name].public(),
+                "queue": None if hosted or name not in depths else {
+                    "policy": service.settings.queue_policy,
+                    "on_stream": depths[name],  # running (and, FIFO, queued)
+                    "waiting_by_priority": waiting.get(name, {}),
+                    "drain_per_s": round(service.fairq.view.drain_per_s(name), 2),
+                },
                 "recent": {
                     "window_s": round(window, 1),
                     "requests": requests,

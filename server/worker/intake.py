@@ -33,8 +33,8 @@ from typing import Any
 
 import redis
 
-from server.queue import keys, replies
-from server.queue.messages import Job, decode_event
+from server.queue import fair, keys, replies
+from server.queue.messages import JOB_FIELD, Job, decode_event
 from server.redis_connect import OUTAGE_ERRORS
 from server.worker.holdings import Holdings
 
@@ -66,6 +66,9 @@ class IntakeConfig:
     log_prompts: bool = False
     dlq_maxlen: int = 1000
     dlq_ttl_s: int = 7 * 24 * 3600
+    fair: bool = False  # SLM_QUEUE_POLICY=fair: take through the fair queue's script, woken by its doorbell
+    starvation_s: float = 10.0  # a lower class's job waiting this long is taken first ...
+    aged_every: int = 4  # ... at most once every this many takes
 
 
 class Intake:
@@ -83,6 +86,7 @@ class Intake:
         self._room_freed = threading.Event()
         self._last_reap = 0.0
         self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
+        self._take_fair = client.register_script(fair.TAKE)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -151,11 +155,24 @@ class Intake:
         if room <= 0:
             self._room_freed.wait(NO_ROOM_WAIT_S)
             return
-        reply: Any = self.client.xreadgroup(keys.GROUP, self.config.worker_id, {self.stream: ">"}, count=room,
-                                            block=IDLE_BLOCK_MS)
-        for _stream, entries in reply or []:
-            for entry_id, fields in entries:
-                self._take(_text(entry_id), fields, attempt=1)
+        for entry_id, fields in self._next_entries(room):
+            self._take(_text(entry_id), fields, attempt=1)
+
+    def _next_entries(self, room: int) -> list[Any]:
+        """Up to `room` new entries for this worker: FIFO, a blocking `XREADGROUP` on the model's stream;
+        fair, one take script (it picks, moves onto the stream and reads in one round trip), else a
+        wait on the doorbell (`BLPOP`) for the next admission."""
+        if not self.config.fair:
+            reply: Any = self.client.xreadgroup(keys.GROUP, self.config.worker_id, {self.stream: ">"}, count=room,
+                                                block=IDLE_BLOCK_MS)
+            return [entry for _stream, entries in reply or [] for entry in entries]
+        prefix = keys.fair_queue(self.config.model)
+        taken: Any = self._take_fair(keys=[self.stream], args=[
+            prefix, keys.GROUP, self.config.worker_id, room, int(self.config.starvation_s * 1000),
+            self.config.aged_every, JOB_FIELD])
+        if not taken:
+            self.client.blpop([prefix + "bell"], timeout=IDLE_BLOCK_MS / 1000)
+        return [(entry_id, _pairs(fields)) for entry_id, fields in taken or []]
 
     def _reap(self) -> None:
         """Take over requests whose worker stopped renewing its lease."""
@@ -240,6 +257,11 @@ class Intake:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _pairs(flat: list[Any]) -> dict[Any, Any]:
+    """A stream entry's fields as a script returns them (a flat list) -> a dict, as redis-py gives them."""
+    return dict(zip(flat[::2], flat[1::2], strict=True))
 
 
 def _prompt_chars(job: Job) -> int:

@@ -146,6 +146,7 @@ def run_worker(settings: Settings, model: str) -> int:
         model=model, lease_s=settings.lease_s, max_deliveries=settings.max_deliveries,
         heartbeat_s=settings.heartbeat_s, heartbeat_ttl_s=settings.heartbeat_ttl_s, model_file=path.name,
         log_prompts=settings.log_prompts, dlq_maxlen=settings.dlq_maxlen, dlq_ttl_s=settings.dlq_ttl_s,
+        fair=settings.queue_policy == "fair", starvation_s=settings.queue_starvation_s,
         crash_marker=os.environ.get("SLM_TEST_CRASH_MARKER", ""),
     ))
 

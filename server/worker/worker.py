@@ -63,6 +63,8 @@ class WorkerConfig:
     log_prompts: bool = False  # dead-letter entries keep the request's text only then
     dlq_maxlen: int = 1000
     dlq_ttl_s: int = 7 * 24 * 3600
+    fair: bool = False  # SLM_QUEUE_POLICY=fair (see server/queue/fair.py)
+    starvation_s: float = 10.0
     crash_marker: str = ""  # tests only (SLM_TEST_CRASH_MARKER): a prompt holding it aborts the process
     worker_id: str = field(default_factory=lambda: f"{socket.gethostname()}-{os.getpid()}-{uuid.uuid4().hex[:6]}")
 
@@ -83,7 +85,8 @@ class Worker:
         self.outbox = Outbox(client)
         self.intake = Intake(client, IntakeConfig(config.model, config.worker_id, config.lease_s,
                                                   config.max_deliveries, config.log_prompts, config.dlq_maxlen,
-                                                  config.dlq_ttl_s), self.holdings, self._room)
+                                                  config.dlq_ttl_s, fair=config.fair,
+                                                  starvation_s=config.starvation_s), self.holdings, self._room)
         self._closed = threading.Event()
         self._unmark: set[tuple[str, int]] = set()  # (request, attempt) dropped in an outage, mark to take back
         self.last_tick = time.monotonic()

@@ -51,6 +51,11 @@ def children(pid: int) -> set[int]:
     return found
 
 
+def queued_or_running(r: redis.Redis, model: str) -> int:
+    """What `max_queue` bounds: the jobs on the model's stream (running) and in its fair queue (waiting)."""
+    return int(r.xlen(keys.request_stream(model))) + int(r.get(keys.fair_queue(model) + "waiting") or 0)
+
+
 def start_stream(url: str, body: dict[str, object], started: threading.Event, out: list[str]) -> threading.Thread:
     def run() -> None:
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as response:
@@ -77,13 +82,13 @@ def test_full_queue_is_429_at_once_and_late_requests_are_dropped(one_slot_server
     second = threading.Thread(target=lambda: second_result.append(
         httpx.post(url + "/v1/chat/completions", json={**LONG, "stream": False, "max_tokens": 5}, timeout=60)))
     second.start()
-    wait_until(lambda: r.xlen(keys.request_stream("tiny")) == 2, timeout_s=10, what="two requests in the stream")
+    wait_until(lambda: queued_or_running(r, "tiny") == 2, timeout_s=10, what="two requests queued or running")
     t0 = time.monotonic()
     third = httpx.post(url + "/v1/chat/completions", json={**LONG, "stream": False}, timeout=30)
     assert third.status_code == 429 and time.monotonic() - t0 < 1.0
     assert int(third.headers["retry-after"]) >= 1
     assert_valid("ErrorResponse", third.json())
-    assert r.xlen(keys.request_stream("tiny")) == 2, "a refused request was enqueued"
+    assert queued_or_running(r, "tiny") == 2, "a refused request was enqueued"
     second.join(60)
     late = second_result[0]
     assert late.status_code == 503 and "retry-after" in late.headers
@@ -91,7 +96,7 @@ def test_full_queue_is_429_at_once_and_late_requests_are_dropped(one_slot_server
     first.join(120)
     assert first_out[-1] == "[DONE]"
     assert json.loads(first_out[-2])["choices"][0]["finish_reason"] in ("stop", "length")
-    wait_until(lambda: r.xlen(keys.request_stream("tiny")) == 0, timeout_s=10, what="an empty request stream")
+    wait_until(lambda: queued_or_running(r, "tiny") == 0, timeout_s=10, what="an empty queue")
 
 
 def test_serve_stops_every_child_on_sigterm(tmp_path: Path) -> None:
