@@ -1,8 +1,9 @@
 """The gateway side of the queue: admit a job, then follow its event stream.
 
 Admission is one Lua script (atomic: backlog check + `XADD`), so a full queue answers 429 having
-enqueued nothing. Events are read with `XREAD BLOCK` from `0-0` on a connection pool of its own,
-so a reply that arrives before we start reading is never lost.
+enqueued nothing; the same script picks the stream (the model's shared one, or the own stream of the
+worker holding the job's prompt prefix: `queue/affinity.py`). Events are read with `XREAD BLOCK` from
+`0-0` on a connection pool of its own, so a reply that arrives before we start reading is never lost.
 """
 
 from __future__ import annotations
@@ -17,22 +18,19 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import ConnectionError, RedisError, ResponseError, TimeoutError
 
 from server.errors import OverloadedError, ServiceUnavailableError
-from server.queue import keys
+from server.queue import affinity, keys
 from server.queue.events import Event, from_wire
 from server.queue.messages import Job, decode_event
-
-# KEYS[1] = request stream; ARGV = max backlog, field, payload. Returns the entry id or false.
-_ADMIT = """
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-return redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3])
-"""
 
 READ_BLOCK_MS = 250
 RETRY_AFTER_S = 1.0
 
 
 class QueueClient:
-    def __init__(self, url: str, *, timeout_s: float = 1.0, max_connections: int = 1024) -> None:
+    def __init__(self, url: str, *, timeout_s: float = 1.0, max_connections: int = 1024, cache_aware: bool = True,
+                 heartbeat_ttl_s: float = 5.0) -> None:
+        self.cache_aware = cache_aware  # SLM_CACHE_AWARE_DISPATCH: follow-up turns to the worker holding their prefix
+        self.heartbeat_ttl_s = heartbeat_ttl_s
         # one quick retry on a fresh connection: pooled connections die with a Redis restart
         retry = Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1)
         errors: list[type[Exception]] = [ConnectionError, TimeoutError]
@@ -48,7 +46,7 @@ class QueueClient:
             retry=retry,
             retry_on_error=errors,
         )
-        self._admit = self.commands.register_script(_ADMIT)
+        self._admit = self.commands.register_script(affinity.ADMIT)
         self._groups: set[str] = set()
 
     async def close(self) -> None:
@@ -86,17 +84,26 @@ class QueueClient:
         return score is not None and float(score) >= time.time() - ttl_s
 
     async def queue_depths(self, models: list[str]) -> dict[str, int]:
+        """Queued + running per model: its shared stream and its workers' own streams."""
         pipe = self.commands.pipeline(transaction=False)
         for model in models:
-            pipe.xlen(keys.request_stream(model))
+            pipe.eval(affinity.DEPTH, 2, keys.request_stream(model), keys.dispatch_workers(model),
+                      keys.worker_stream(model, ""))
         return {m: int(n) for m, n in zip(models, await pipe.execute(), strict=True)}
 
-    async def submit(self, job: Job, *, max_queue: int) -> None:
+    async def submit(self, job: Job, *, max_queue: int) -> str:
+        """Queue the job; returns the stream it went to (the shared one, or a worker's own)."""
+        model = job.model
+        found = affinity.fingerprints(job) if self.cache_aware else []
+        prefixes = [p.digest for p in found[-affinity.MATCHED_PER_JOB:]]
         try:
-            await self.ensure_group(job.model)
+            await self.ensure_group(model)
             fields = job.encode()
             ((field, payload),) = fields.items()
-            entry = await self._admit(keys=[keys.request_stream(job.model)], args=[max_queue, field, payload])
+            entry = await self._admit(
+                keys=[keys.request_stream(model), keys.dispatch_workers(model), keys.worker_heartbeats(model)],
+                args=[max_queue, field, payload, keys.worker_stream(model, ""), keys.worker_info(""),
+                      keys.worker_prefixes(""), self.heartbeat_ttl_s, keys.GROUP, *prefixes])
         except (RedisError, OSError) as exc:
             raise ServiceUnavailableError(
                 "The queue is unavailable; try again shortly.", retry_after=RETRY_AFTER_S, code="queue_unavailable"
@@ -106,6 +113,8 @@ class QueueClient:
                 f"The model '{job.model}' has {max_queue} requests waiting; try again shortly.",
                 retry_after=RETRY_AFTER_S,
             )
+        stream = entry[0]
+        return stream.decode() if isinstance(stream, bytes) else str(stream)
 
     async def event_batches(self, request_id: str) -> AsyncGenerator[list[Event] | None, None]:
         """Yield the request's events as they come, what each read returned together; `None` after

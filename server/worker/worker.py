@@ -4,13 +4,16 @@ Four threads, so that the one that decodes never waits on Redis:
 
     decode      (the caller of `run`) admits what the intake took into free slots, runs one batched
                 decode step after another and hands every step's tokens to the outbox at once
-    intake      takes requests off the model's stream for the free slots and reclaims those of dead
-                workers (`server/worker/intake.py`)
+    intake      takes requests off its own stream, then the model's shared one, for the free slots and
+                reclaims those of dead workers (`server/worker/intake.py`)
     outbox      sends what the decode thread queued, in order, coalesced (`server/worker/outbox.py`)
     keep-alive  checks the cancel flags of held requests every `CANCEL_CHECK_INTERVAL_S`, beats the
                 heartbeat and renews the leases of everything held
 
 llama.cpp releases the GIL while it computes, so Redis round trips overlap the decode steps.
+
+What each slot's KV cache holds is published as prompt-prefix fingerprints (`queue/affinity.py`), so the
+gateway sends a conversation's next turn to this worker's own stream while it has a free slot.
 """
 
 from __future__ import annotations
@@ -25,13 +28,14 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
 from server.engine.batch_engine import BatchEngine, Output
 from server.engine.embedder import Embedder
 from server.errors import SlmError
-from server.queue import keys, replies
+from server.queue import affinity, keys, replies
 from server.queue.events import Done, Event, Started
 from server.queue.messages import Job
 from server.queue.replies import Command
@@ -81,7 +85,8 @@ class Worker:
         self.outbox = Outbox(client)
         self.intake = Intake(client, IntakeConfig(config.model, config.worker_id, config.lease_s,
                                                   config.max_deliveries, config.log_prompts, config.dlq_maxlen,
-                                                  config.dlq_ttl_s), self.holdings, self._room)
+                                                  config.dlq_ttl_s, config.heartbeat_ttl_s), self.holdings, self._room)
+        self.slot_prefixes: dict[int, list[affinity.Prefix]] = {}  # what each slot's cache holds (decode thread)
         self._closed = threading.Event()
         self.last_tick = time.monotonic()
         self.orphan_check: Callable[[], bool] = lambda: False
@@ -136,9 +141,8 @@ class Worker:
                                 "so that a restart loads the new entry")
                     self.stopping = True
                 self._heartbeat()
-                if held:
-                    self.redis.xclaim(self.stream, keys.GROUP, self.config.worker_id, 0, list(held.values()),
-                                      justid=True)
+                for stream, entry_ids in self.holdings.entries_by_stream().items():
+                    self.redis.xclaim(stream, keys.GROUP, self.config.worker_id, 0, list[Any](entry_ids), justid=True)
             except redis.RedisError as exc:
                 log.debug("keep-alive failed: %s", exc)
 
@@ -176,7 +180,7 @@ class Worker:
         try:
             pipe = self.redis.pipeline(transaction=False)
             pipe.zrem(keys.worker_heartbeats(self.config.model), self.config.worker_id)
-            pipe.delete(keys.worker_info(self.config.worker_id))
+            pipe.delete(keys.worker_info(self.config.worker_id), keys.worker_prefixes(self.config.worker_id))
             pipe.execute()
         except redis.RedisError:
             log.info("could not deregister from redis on exit")
@@ -240,7 +244,19 @@ class Worker:
                      "file": self.config.model_file, "draining": int(self.stopping)},
         )
         pipe.expire(info_key, max(2, int(self.config.heartbeat_ttl_s)))
+        pipe.expire(keys.worker_prefixes(self.config.worker_id), max(2, int(self.config.heartbeat_ttl_s)))
         pipe.execute()
+
+    def _publish_prefixes(self, slot: int, job: Job) -> None:
+        """The slot now holds this job's prompt: what the worker holds, published for the gateway's dispatch
+        (through the outbox, in order with the replies; the heartbeat keeps it from expiring)."""
+        self.slot_prefixes[slot] = affinity.fingerprints(job)
+        key = keys.worker_prefixes(self.config.worker_id)
+        held = sorted(affinity.held(self.slot_prefixes))
+        commands: list[Command] = [("delete", (key,))]
+        if held:
+            commands += [("sadd", (key, *held)), ("expire", (key, max(2, int(self.config.heartbeat_ttl_s))))]
+        self.outbox.put(commands)
 
     def _cancel(self, job_id: str) -> None:
         act = self.active[job_id]
@@ -268,7 +284,7 @@ class Worker:
 
     def _finish(self, act: Active, answer: list[Command]) -> None:
         """Send the last event and the ack; the slot is free for the next request."""
-        self._reply(answer + replies.ack(self.stream, act.entry_id))
+        self._reply(answer + replies.ack(act.stream, act.entry_id))
         self._release(act)
 
     def _release(self, act: Active) -> None:
@@ -278,7 +294,7 @@ class Worker:
 
     # -- requests -------------------------------------------------------------------------------
     def _admit(self, taken: Taken) -> None:
-        job, entry_id, attempt = taken.job, taken.entry_id, taken.attempt
+        job, entry_id, attempt, stream = taken.job, taken.entry_id, taken.attempt, taken.stream or self.stream
         trace = {"read": taken.read_at, "admitted": time.time()} if job.trace else None
         # Before running anything of the request's own (template, tokenizer, grammar, sampler): a worker
         # that dies from here until `started` is out leaves this mark for the next to find (poison).
@@ -287,7 +303,7 @@ class Worker:
             log.critical("test crash marker found in request %s: aborting", job.id)
             os.abort()
         if job.kind in ("embedding", "tokenize"):
-            self._at_once(entry_id, job, attempt)
+            self._at_once(stream, entry_id, job, attempt)
             return
         try:
             messages, params = constrained(job)
@@ -295,14 +311,16 @@ class Worker:
                 tokens = self.engine.chat_tokens(messages)
             else:
                 tokens = self.engine.completion_tokens(job.prompt or "")
-            act = Active(job=job, entry_id=entry_id, attempt=attempt, remaining=set(range(job.n)), trace=trace)
+            act = Active(job=job, entry_id=entry_id, attempt=attempt, remaining=set(range(job.n)), trace=trace,
+                         stream=stream)
             seqs = sequences(job, params)
             first_id, first_params = seqs[0]
-            self.engine.add(first_id, tokens, first_params)  # refuses what cannot fit, before anything starts
+            slot = self.engine.add(first_id, tokens, first_params)  # refuses what cannot fit, before anything starts
         except SlmError as exc:
-            self._fail(entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
+            self._fail(stream, entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
                        error_type=exc.type)
             return
+        self._publish_prefixes(slot, job)
         if trace is not None:
             trace["added"] = time.time()
         act.running = 1
@@ -311,18 +329,18 @@ class Worker:
         self._admit_waiting()
         self.outbox.put(replies.event(job.id, Started(attempt, self.config.worker_id, len(tokens))))
 
-    def _at_once(self, entry_id: str, job: Job, attempt: int) -> None:
+    def _at_once(self, stream: str, entry_id: str, job: Job, attempt: int) -> None:
         """Embeddings and token counts: answered between two decode steps, without a slot (`instant.py`)."""
         try:
             used, vectors = instant.answer(job, self.engine, self.embedder)
         except SlmError as exc:
-            self._fail(entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
+            self._fail(stream, entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
                        error_type=exc.type)
             return
         started = replies.event(job.id, Started(attempt, self.config.worker_id, used))
         done = replies.event(job.id, Done(attempt, "stop", usage={"prompt_tokens": used, "completion_tokens": 0},
                                           timings={}, embeddings=vectors))
-        self._settle(job.id, entry_id, started + done)
+        self._settle(job.id, stream, entry_id, started + done)
 
     def _admit_waiting(self) -> None:
         self.waiting, self.claimable = admit_waiting(self.waiting, self.active, self.engine)
@@ -357,7 +375,7 @@ class Worker:
             for index, choice in act.choices.items():
                 commands += self._flush_choice(act, index, choice)
         for act in finished:
-            commands += self._event(act, final_event(act)) + replies.ack(self.stream, act.entry_id)
+            commands += self._event(act, final_event(act)) + replies.ack(act.stream, act.entry_id)
         self._reply(commands)
         for act in finished:
             self._release(act)
@@ -373,12 +391,12 @@ class Worker:
     def _event(act: Active, event: Event) -> list[Command]:
         return replies.event(act.job.id, event)
 
-    def _fail(self, entry_id: str, job: Job, attempt: int, status: int, code: str | None, message: str,
+    def _fail(self, stream: str, entry_id: str, job: Job, attempt: int, status: int, code: str | None, message: str,
               *, param: str | None = None, error_type: str = "service_unavailable") -> None:
-        self._settle(job.id, entry_id,
+        self._settle(job.id, stream, entry_id,
                      replies.error(job.id, attempt, status, code, message, param=param, error_type=error_type))
 
-    def _settle(self, job_id: str, entry_id: str, answer: list[Command]) -> None:
+    def _settle(self, job_id: str, stream: str, entry_id: str, answer: list[Command]) -> None:
         """A request that never took a slot (refused, or embedded at once): its answer and its ack."""
-        self._reply(answer + replies.ack(self.stream, entry_id))
+        self._reply(answer + replies.ack(stream, entry_id))
         self.holdings.release(job_id)
