@@ -12,7 +12,7 @@ Four threads, so that the one that decodes never waits on Redis:
 
 llama.cpp releases the GIL while it computes, so Redis round trips overlap the decode steps.
 
-What each slot's KV cache holds is published as prompt-prefix fingerprints (`queue/affinity.py`), so the
+What each slot's KV cache holds is published as prompt-prefix fingerprints (`prefixes.py`), so the
 gateway sends a conversation's next turn to this worker's own stream while it has a free slot.
 """
 
@@ -35,7 +35,7 @@ import redis
 from server.engine.batch_engine import BatchEngine, Output
 from server.engine.embedder import Embedder
 from server.errors import SlmError
-from server.queue import affinity, keys, replies
+from server.queue import keys, replies
 from server.queue.events import Done, Event, Started
 from server.queue.messages import Job
 from server.queue.replies import Command
@@ -46,6 +46,7 @@ from server.worker.grammar import constrained
 from server.worker.holdings import Holdings
 from server.worker.intake import Intake, IntakeConfig, Taken
 from server.worker.outbox import Outbox
+from server.worker.prefixes import SlotPrefixes
 
 log = logging.getLogger("slm.worker")
 
@@ -86,7 +87,7 @@ class Worker:
         self.intake = Intake(client, IntakeConfig(config.model, config.worker_id, config.lease_s,
                                                   config.max_deliveries, config.log_prompts, config.dlq_maxlen,
                                                   config.dlq_ttl_s, config.heartbeat_ttl_s), self.holdings, self._room)
-        self.slot_prefixes: dict[int, list[affinity.Prefix]] = {}  # what each slot's cache holds (decode thread)
+        self.prefixes = SlotPrefixes(config.worker_id, config.heartbeat_ttl_s)
         self._closed = threading.Event()
         self.last_tick = time.monotonic()
         self.orphan_check: Callable[[], bool] = lambda: False
@@ -247,17 +248,6 @@ class Worker:
         pipe.expire(keys.worker_prefixes(self.config.worker_id), max(2, int(self.config.heartbeat_ttl_s)))
         pipe.execute()
 
-    def _publish_prefixes(self, slot: int, job: Job) -> None:
-        """The slot now holds this job's prompt: what the worker holds, published for the gateway's dispatch
-        (through the outbox, in order with the replies; the heartbeat keeps it from expiring)."""
-        self.slot_prefixes[slot] = affinity.fingerprints(job)
-        key = keys.worker_prefixes(self.config.worker_id)
-        held = sorted(affinity.held(self.slot_prefixes))
-        commands: list[Command] = [("delete", (key,))]
-        if held:
-            commands += [("sadd", (key, *held)), ("expire", (key, max(2, int(self.config.heartbeat_ttl_s))))]
-        self.outbox.put(commands)
-
     def _cancel(self, job_id: str) -> None:
         act = self.active[job_id]
         for index in act.remaining:
@@ -320,7 +310,7 @@ class Worker:
             self._fail(stream, entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
                        error_type=exc.type)
             return
-        self._publish_prefixes(slot, job)
+        self.outbox.put(self.prefixes.admitted(slot, job))  # what this worker holds, for cache-aware dispatch
         if trace is not None:
             trace["added"] = time.time()
         act.running = 1
