@@ -56,6 +56,7 @@ class TurnResult:
     cached_tokens: int
     completion_tokens: int
     worker: str
+    error: str | None = None  # an error frame in the stream (the turn then has no usage)
 
 
 def percentile(values: list[float], q: float) -> float:
@@ -102,19 +103,21 @@ def stop_server(proc: subprocess.Popen[bytes]) -> None:
             proc.wait()
 
 
-async def turn(client: httpx.AsyncClient, url: str, messages: list[dict[str, str]]) -> tuple[str, float, dict[str, Any],
-                                                                                             str]:
+async def turn(client: httpx.AsyncClient, url: str,
+               messages: list[dict[str, str]]) -> tuple[str, float, dict[str, Any], str, str | None]:
     body = {"model": "smollm2", "messages": messages, "max_tokens": MAX_TOKENS, "temperature": 0, "stream": True,
             "stream_options": {"include_usage": True}}
     t0 = time.perf_counter()
     ttft = None
-    text, usage, worker = "", {}, ""
+    text, usage, worker, error = "", {}, "", None
     async with client.stream("POST", url + "/v1/chat/completions", json=body) as response:
         response.raise_for_status()
         async for line in response.aiter_lines():
             if not line.startswith("data: ") or line == "data: [DONE]":
                 continue
             chunk = json.loads(line[6:])
+            if "error" in chunk:
+                error = str((chunk["error"] or {}).get("code") or chunk["error"])
             for choice in chunk.get("choices") or []:
                 piece = (choice.get("delta") or {}).get("content")
                 if piece:
@@ -122,7 +125,7 @@ async def turn(client: httpx.AsyncClient, url: str, messages: list[dict[str, str
                     text += piece
             usage = chunk.get("usage") or usage
             worker = (chunk.get("timings") or {}).get("worker", worker)
-    return text, ttft if ttft is not None else time.perf_counter() - t0, usage, worker
+    return text, ttft if ttft is not None else time.perf_counter() - t0, usage, worker, error
 
 
 async def conversation(client: httpx.AsyncClient, url: str, number: int) -> list[TurnResult]:
@@ -130,11 +133,11 @@ async def conversation(client: httpx.AsyncClient, url: str, number: int) -> list
     results = []
     for index, question in enumerate(QUESTIONS):
         messages.append({"role": "user", "content": question})
-        text, ttft, usage, worker = await turn(client, url, messages)
+        text, ttft, usage, worker, error = await turn(client, url, messages)
         messages.append({"role": "assistant", "content": text})
         cached = int((usage.get("prompt_tokens_details") or {}).get("cached_tokens") or 0)
         results.append(TurnResult(number, index + 1, ttft, int(usage.get("prompt_tokens", 0)), cached,
-                                  int(usage.get("completion_tokens", 0)), worker))
+                                  int(usage.get("completion_tokens", 0)), worker, error))
     return results
 
 
@@ -156,6 +159,7 @@ def summary(turns: list[TurnResult], wall_s: float, document_tokens: int) -> dic
     first = [t for t in turns if t.turn == 1]
     hits = [t for t in follow if t.cached_tokens >= document_tokens]
     return {
+        "errors": sum(t.error is not None for t in turns),
         "follow_ups": len(follow), "from_cache": len(hits), "share_from_cache": round(len(hits) / len(follow), 3),
         "follow_up_ttft_p50_s": round(percentile([t.ttft_s for t in follow], 50), 3),
         "follow_up_ttft_p90_s": round(percentile([t.ttft_s for t in follow], 90), 3),
@@ -183,7 +187,7 @@ def main() -> int:
             finally:
                 stop_server(proc)
             # the document's tokens: what a follow-up must find cached to count as served from cache
-            document_tokens = min(t.prompt_tokens for t in turns if t.turn == 1) - 40
+            document_tokens = min(t.prompt_tokens for t in turns if t.turn == 1 and t.prompt_tokens) - 40
             result = {"round": index + 1, "cache_aware": setting, "document_tokens": document_tokens,
                       **summary(turns, wall, document_tokens), "turns": [asdict(t) for t in turns],
                       "loadavg": os.getloadavg()[0]}
