@@ -193,6 +193,7 @@ def main() -> int:
                       "loadavg": os.getloadavg()[0]}
             say(json.dumps({k: v for k, v in result.items() if k != "turns"}))
             rounds.append(result)
+            args.out.write_text(json.dumps({"rounds": rounds}, indent=1) + "\n")  # kept if a later round is cut
     totals = {}
     for setting in ("on", "off"):
         mine = [r for r in rounds if r["cache_aware"] == setting]
