@@ -117,7 +117,8 @@ def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnRelo
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         metrics = Metrics()
         _declare_models(metrics, registry)
-        queue = QueueClient(redis_target, timeout_s=settings.redis_timeout_s)
+        queue = QueueClient(redis_target, timeout_s=settings.redis_timeout_s, cache_aware=settings.cache_aware_dispatch,
+                            heartbeat_ttl_s=settings.heartbeat_ttl_s)
         service = Service(settings, registry, queue, metrics)
         app.state.service = service
         if any(isinstance(entry, HostedModel) for entry in registry.models.values()):

@@ -97,6 +97,10 @@ class Settings(BaseSettings):
         "queue, worker intake, tokenize, batch, prefill, back): the slm_ttft_stage_seconds histogram and one "
         "`slm.trace` log line per request. Off by default: it is for finding where latency goes.")
 
+    cache_aware_dispatch: bool = Field(
+        default=True, description="Send a request to the worker of its model that holds its prompt's prefix (a "
+        "conversation's earlier turns) when that worker has a free slot, else to any (`server/queue/affinity.py`).")
+
     # stored responses (server/responses/store.py): Redis also holds the queue, so they are bounded in time
     # and size. A day covers an agent's working session and a redeploy (OpenAI keeps 30 days on disks of its
     # own); 256 MiB holds thousands of whole conversations of small-context models (one is at most a few

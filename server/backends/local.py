@@ -112,6 +112,7 @@ class LocalGeneration:
             if isinstance(event, Started):
                 self._attempt = attempt
                 self._worker = event.worker
+                self.result.extra["worker"] = event.worker  # `timings.worker`: which worker served it
                 self.result.queue_ms = (time.time() - self.job.enqueued_at) * 1000.0
                 self.result.prompt_tokens = event.prompt_tokens
             return event

@@ -6,7 +6,10 @@ prompt first, and a step that can finish a short prompt takes no part of a long 
 is never queued behind a long document).
 New sequences join between steps; a finished or cancelled one frees its slot at once.
 A freed slot keeps its KV cache: a later prompt that shares a prefix with it (the same system
-prompt, say) only evaluates the tokens that differ.
+prompt, say) only evaluates the tokens that differ. When the longest such prefix is held by a slot that
+is busy (the previous turn of a conversation still generating because its client hung up a moment ago
+and the cancel has not landed yet, or another request on the same document), the new sequence takes a
+free slot and that prefix is copied into it (`LlamaModel.seq_copy`) rather than evaluated again.
 """
 
 from __future__ import annotations
@@ -35,6 +38,9 @@ PREFILL_CHUNK_WHILE_DECODING = 512
 # step (the document goes on in the next).
 SHORT_PROMPT_TOKENS = 128
 SHORT_ONLY_STEPS = 4  # at most this many such steps in a row: a long prompt is never starved by short ones
+# A busy slot's prefix is copied into a free slot only when it saves at least this many tokens over the best
+# free slot's own prefix (a copy moves the whole KV stream of a sequence; a few tokens are cheaper to evaluate).
+MIN_COPY_TOKENS = 64
 
 
 @dataclass
@@ -84,6 +90,7 @@ class _Slot:
         self.seq_id = seq_id
         self.kv_tokens: list[int] = []  # tokens whose KV entries are in this sequence's cache
         self.seq: _Sequence | None = None
+        self.last_used = 0  # admission counter when it last took a sequence: the least recently used is reused first
 
 
 def _common_prefix(a: list[int], b: list[int]) -> int:
@@ -106,6 +113,8 @@ class BatchEngine:
         self._by_id: dict[str, _Slot] = {}
         self._short_only_run = 0  # consecutive steps that left long prompts out
         self.prefill_chunk = model.options.prefill_chunk
+        self._admissions = 0
+        self.copies = 0  # prefixes copied from a busy slot into a free one
 
     # -- capacity -------------------------------------------------------------------------------
     def free_slots(self) -> int:
@@ -137,8 +146,9 @@ class BatchEngine:
         return self.model.tokenize(prompt, add_special=True, parse_special=False)
 
     # -- admission ------------------------------------------------------------------------------
-    def add(self, request_id: str, tokens: list[int], params: SamplingParams) -> None:
-        """Start a sequence; raises ContextLengthError before taking a slot if it cannot fit."""
+    def add(self, request_id: str, tokens: list[int], params: SamplingParams) -> int:
+        """Start a sequence; raises ContextLengthError before taking a slot if it cannot fit. Returns the slot
+        (its sequence id) it took."""
         if not tokens:
             raise InvalidRequestError("The prompt is empty.", param="prompt")
         room = self.n_ctx - len(tokens)
@@ -167,12 +177,13 @@ class BatchEngine:
             sampler = SamplerChain(params, self.model.n_vocab, self.model.vocab)
         except GrammarError as exc:
             raise InvalidRequestError(f"Invalid output constraint: {exc}.", param="response_format") from None
-        slot = max(free, key=lambda s: _common_prefix(s.kv_tokens, tokens))
-        common = min(_common_prefix(slot.kv_tokens, tokens), len(tokens) - 1)
+        slot, common = self._place(free, tokens)
         if common < len(slot.kv_tokens) and not self.model.seq_remove(slot.seq_id, common):
             self.model.seq_clear(slot.seq_id)
             common = 0
         del slot.kv_tokens[common:]
+        self._admissions += 1
+        slot.last_used = self._admissions
         slot.seq = _Sequence(
             request_id=request_id,
             prompt=tokens,
@@ -185,6 +196,25 @@ class BatchEngine:
             top_logprobs=params.top_logprobs if params.logprobs else None,
         )
         self._by_id[request_id] = slot
+        return slot.seq_id
+
+    def _place(self, free: list[_Slot], tokens: list[int]) -> tuple[_Slot, int]:
+        """The free slot for `tokens` and how many of them its cache already holds: the free slot with the
+        longest common prefix (the least recently used among equals), unless some other slot (busy
+        generating, or prefilling) holds a prefix longer by `MIN_COPY_TOKENS`: then the least recently used
+        free slot gets a copy of that one's cache."""
+        limit = len(tokens) - 1  # the last prompt token is always evaluated: its logits start the answer
+        best = max(free, key=lambda s: (_common_prefix(s.kv_tokens, tokens), -s.last_used))
+        common = min(_common_prefix(best.kv_tokens, tokens), limit)
+        donor = max(self._slots, key=lambda s: _common_prefix(s.kv_tokens, tokens))
+        shared = min(_common_prefix(donor.kv_tokens, tokens), limit)
+        if donor.seq is None or shared < common + MIN_COPY_TOKENS:
+            return best, common
+        target = min(free, key=lambda s: s.last_used)
+        self.model.seq_copy(donor.seq_id, target.seq_id)
+        target.kv_tokens = donor.kv_tokens[:]
+        self.copies += 1
+        return target, shared
 
     def cancel(self, request_id: str) -> None:
         slot = self._by_id.get(request_id)

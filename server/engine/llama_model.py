@@ -145,6 +145,12 @@ class LlamaModel:
         """Drop a sequence's cache from `start` on; False if the model cannot trim partially."""
         return bool(llama_cpp.llama_memory_seq_rm(self.memory, seq_id, start, -1))
 
+    def seq_copy(self, source: int, target: int) -> None:
+        """Make `target`'s cache a copy of `source`'s. The sequences live in separate KV streams, so llama.cpp
+        copies the whole stream's buffer (at the next decode) and marks `source`'s cells as `target`'s;
+        trim the copy with `seq_remove` afterwards."""
+        llama_cpp.llama_memory_seq_cp(self.memory, source, target, 0, -1)
+
     def seq_clear(self, seq_id: int) -> None:
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
 

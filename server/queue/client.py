@@ -1,8 +1,9 @@
 """The gateway side of the queue: admit a job, then follow its event stream.
 
 Admission is one Lua script (atomic: backlog check + `XADD`), so a full queue answers 429 having
-enqueued nothing. Events are read with `XREAD BLOCK` from `0-0` on a connection pool of its own,
-so a reply that arrives before we start reading is never lost.
+enqueued nothing; the same script picks the stream (the model's shared one, or the own stream of the
+worker holding the job's prompt prefix: `queue/affinity.py`). Events are read with `XREAD BLOCK` from
+`0-0` on a connection pool of its own, so a reply that arrives before we start reading is never lost.
 """
 
 from __future__ import annotations
@@ -18,24 +19,13 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from server.errors import OverloadedError, ServiceUnavailableError
-from server.queue import fair, keys
+from server.queue import affinity, fair, keys
 from server.queue.events import Event, from_wire
 from server.queue.messages import Job, decode_event
 from server.redis_connect import OUTAGE_ERRORS, RedisTarget
 from server.residency.state import Budget, Residency, decode_all
 
-# KEYS[1] = request stream, KEYS[2] = the job's admitted mark; ARGV = max backlog, field, payload, mark TTL.
-# Returns the entry id or false. Idempotent: the client retries a command whose reply was lost (a link
-# that drops for a moment), and a job queued twice would be generated twice into one response stream.
-_ADMIT = """
-local prior = redis.call('GET', KEYS[2])
-if prior then return prior end
-if redis.call('XLEN', KEYS[1]) >= tonumber(ARGV[1]) then return false end
-local id = redis.call('XADD', KEYS[1], '*', ARGV[2], ARGV[3])
-redis.call('SET', KEYS[2], id, 'EX', ARGV[4])
-return id
-"""
-ADMITTED_TTL_S = 600
+ADMITTED_TTL_S = 600  # how long a job's admitted mark makes a retried admission a no-op
 
 READ_BLOCK_MS = 250
 OUTAGE_GRACE_S = 3.0  # a stream's reads may fail this long in a row before its request gives up
@@ -55,8 +45,11 @@ WANTED_TTL_S = 10
 
 
 class QueueClient:
-    def __init__(self, redis: str | RedisTarget, *, timeout_s: float = 1.0, max_connections: int = 1024) -> None:
+    def __init__(self, redis: str | RedisTarget, *, timeout_s: float = 1.0, max_connections: int = 1024,
+                 cache_aware: bool = True, heartbeat_ttl_s: float = 5.0) -> None:
         target = RedisTarget(url=redis) if isinstance(redis, str) else redis
+        self.cache_aware = cache_aware  # SLM_CACHE_AWARE_DISPATCH: follow-up turns to the worker holding their prefix
+        self.heartbeat_ttl_s = heartbeat_ttl_s
         # one quick retry on a fresh connection: pooled connections die with a Redis restart or failover
         # (with sentinels the fresh connection asks them where the master is now)
         retry = Retry(ExponentialBackoff(cap=0.1, base=0.01), retries=1)
@@ -73,7 +66,7 @@ class QueueClient:
             retry=retry,
             retry_on_error=errors,
         )
-        self._admit = self.commands.register_script(_ADMIT)
+        self._admit = self.commands.register_script(affinity.ADMIT)
         self._admit_fair = self.commands.register_script(fair.ADMIT)
         self._position = self.commands.register_script(fair.POSITION)
         self._groups: set[str] = set()
@@ -113,9 +106,11 @@ class QueueClient:
         return score is not None and float(score) >= time.time() - ttl_s
 
     async def queue_depths(self, models: list[str]) -> dict[str, int]:
+        """Queued + running per model: its shared stream and its workers' own streams."""
         pipe = self.commands.pipeline(transaction=False)
         for model in models:
-            pipe.xlen(keys.request_stream(model))
+            pipe.eval(affinity.DEPTH, 2, keys.request_stream(model), keys.dispatch_workers(model),
+                      keys.worker_stream(model, ""))
         return {m: int(n) for m, n in zip(models, await pipe.execute(), strict=True)}
 
     async def residency(self) -> tuple[dict[str, Residency], Budget | None]:
@@ -147,22 +142,39 @@ class QueueClient:
         reply: Any = await self._position(args=[keys.fair_queue(model), request_id])
         return int(reply[0]), int(reply[1])
 
-    async def submit(self, job: Job, *, max_queue: int, fairness: Fairness | None = None) -> None:
+    async def submit(self, job: Job, *, max_queue: int, fairness: Fairness | None = None) -> str:
         """Admit `job` (429 having enqueued nothing when its model's queue, or with `fairness` its key's
-        share of it, is full): onto the model's stream (FIFO), or into the fair queue's waiting lists."""
+        share of it, is full): to the own stream of the worker holding its prompt's longest prefix while
+        that worker has a free slot (cache-aware dispatch, `queue/affinity.py`), else onto the model's
+        shared stream (FIFO) or into the fair queue's waiting lists. Returns the stream it went to (the
+        fair queue's prefix when it waits there)."""
+        model = job.model
+        found = affinity.fingerprints(job) if self.cache_aware else []
+        prefixes = [p.digest for p in found[-affinity.MATCHED_PER_JOB:]]
         try:
-            await self.ensure_group(job.model)
+            await self.ensure_group(model)
             fields = job.encode()
             ((field, payload),) = fields.items()
-            stream = keys.request_stream(job.model)
+            stream = keys.request_stream(model)
             mark = keys.job_admitted(job.id)
+            # FIFO: the shared stream unless a holder is found; fair: only a holder with a free slot (it
+            # starts the job at once, so there is nothing to order), else the waiting lists
+            placed: Any = None
+            if fairness is None or prefixes:
+                placed = await self._admit(
+                    keys=[stream, keys.dispatch_workers(model), keys.worker_heartbeats(model), mark],
+                    args=[max_queue, field, payload, keys.worker_stream(model, ""), keys.worker_info(""),
+                          keys.worker_prefixes(""), self.heartbeat_ttl_s, keys.GROUP, ADMITTED_TTL_S,
+                          0 if fairness is None else 1, keys.fair_queue(model), *prefixes])
             if fairness is None:
-                entry = await self._admit(keys=[stream, mark], args=[max_queue, field, payload, ADMITTED_TTL_S])
+                entry: Any = placed or None
                 admitted = None
+            elif placed:
+                return _text(placed[0])
             else:
                 cap = fair.key_cap(max_queue, fairness.share)
                 admitted = fair.Admitted.of(await self._admit_fair(keys=[stream, mark], args=[
-                    keys.fair_queue(job.model), max_queue, cap, fairness.key, job.priority or 0, fairness.weight,
+                    keys.fair_queue(model), max_queue, cap, fairness.key, job.priority or 0, fairness.weight,
                     job.id, payload, int(job.enqueued_at * 1000), ADMITTED_TTL_S]))
                 entry = admitted if admitted.verdict == 1 else None
         except (RedisError, OSError) as exc:
@@ -170,7 +182,7 @@ class QueueClient:
                 "The queue is unavailable; try again shortly.", retry_after=RETRY_AFTER_S, code="queue_unavailable"
             ) from exc
         if entry is not None:
-            return
+            return keys.fair_queue(model) if fairness is not None else _text(entry[0])
         if admitted is None or fairness is None:
             raise OverloadedError(
                 f"The model '{job.model}' has {max_queue} requests waiting; try again shortly.",

@@ -11,6 +11,21 @@ def request_stream(model: str) -> str:
     return f"{PREFIX}:req:{model}"
 
 
+def worker_stream(model: str, worker_id: str) -> str:
+    """Requests for one worker of a model: those whose prompt prefix it holds (`queue/affinity.py`); same group."""
+    return f"{request_stream(model)}:{worker_id}"
+
+
+def dispatch_workers(model: str) -> str:
+    """Set: the ids of the model's workers that read an own stream (live or not: their streams are reaped)."""
+    return f"{PREFIX}:dispatch:{model}"
+
+
+def worker_prefixes(worker_id: str) -> str:
+    """Set: the prompt-prefix fingerprints one worker's slots hold (`queue/affinity.py`); expires."""
+    return f"{PREFIX}:prefixes:{worker_id}"
+
+
 def response_stream(request_id: str) -> str:
     """Events of one request (started, delta, done, error); expires."""
     return f"{PREFIX}:resp:{request_id}"

@@ -35,8 +35,9 @@ def usage(result: Result) -> dict[str, Any]:
 
 
 def timings(result: Result, ttft_ms: float, total_ms: float) -> dict[str, Any]:
-    """llama.cpp-style timings: the two halves of total time (prompt eval + generation)."""
-    return {
+    """llama.cpp-style timings: the two halves of total time (prompt eval + generation); for a local model,
+    the worker that served it."""
+    out: dict[str, Any] = {
         "queue_ms": round(result.queue_ms, 3),
         "prompt_n": result.prompt_tokens,
         "prompt_ms": round(result.prompt_ms, 3),
@@ -46,6 +47,10 @@ def timings(result: Result, ttft_ms: float, total_ms: float) -> dict[str, Any]:
         "total_ms": round(result.prompt_ms + result.predicted_ms, 3),
         "e2e_ms": round(total_ms, 3),
     }
+    worker = result.extra.get("worker")
+    if worker:
+        out["worker"] = worker
+    return out
 
 
 @dataclass(frozen=True)

@@ -57,6 +57,7 @@ class Active:
     running: int = 0  # its sequences in the engine now
     trace: dict[str, float] | None = None  # a traced job's stage marks (wall clock), sent with `done`
     batch_wait_ms: float = 0.0
+    stream: str = ""  # where its entry is (the model's shared stream or this worker's own): acknowledged there
 
     def add(self, index: int, out: Output) -> Choice:
         """Gather one step's output for choice `index`."""

@@ -1,8 +1,13 @@
-"""A worker's intake: takes requests for its free slots off the model's stream, on a thread of its own.
+"""A worker's intake: takes requests for its free slots off the model's streams, on a thread of its own.
 
-The blocking `XREADGROUP` waits here, so the decode thread never spends part of a step reading;
-every `lease_s / 2` the intake also reclaims (`XAUTOCLAIM`) requests whose worker stopped renewing
-its lease. Each request taken is screened before the decode thread sees it:
+The blocking `XREADGROUP` waits here, so the decode thread never spends part of a step reading. It reads
+the worker's own stream (requests whose prompt prefix this worker holds, `queue/affinity.py`) before the
+model's shared one, in one read; a shared entry beyond the free slots is given back (queued again on the
+shared stream) so that no other worker sits idle while it waits here. A read that finds nothing takes the
+oldest entry that has waited `affinity.STEAL_AFTER_S` in another worker's own stream. Every `lease_s / 2`
+the intake also reclaims (`XAUTOCLAIM`) requests whose worker stopped renewing its lease, on the shared
+stream and on every worker's own stream (and deletes the empty own streams of workers gone). Each request
+taken is screened before the decode thread sees it:
 
     already answered      its worker died after sending `done` but before the ack: acknowledged
     crashed a worker      its previous worker died while running the request's own work (the
@@ -33,7 +38,7 @@ from typing import Any
 
 import redis
 
-from server.queue import fair, keys, replies
+from server.queue import affinity, fair, keys, replies
 from server.queue.messages import JOB_FIELD, Job, decode_event
 from server.redis_connect import OUTAGE_ERRORS
 from server.worker.holdings import Holdings
@@ -55,6 +60,7 @@ class Taken:
     job: Job
     attempt: int
     read_at: float = 0.0  # wall clock: when the intake read it off the stream (stage traces)
+    stream: str = ""  # the stream it was read from (the model's shared one, or a worker's own)
 
 
 @dataclass
@@ -66,6 +72,7 @@ class IntakeConfig:
     log_prompts: bool = False
     dlq_maxlen: int = 1000
     dlq_ttl_s: int = 7 * 24 * 3600
+    heartbeat_ttl_s: float = 5.0  # a worker silent this long is gone: its empty own stream is deleted
     fair: bool = False  # SLM_QUEUE_POLICY=fair: take through the fair queue's script, woken by its doorbell
     starvation_s: float = 10.0  # a lower class's job waiting this long is taken first ...
     aged_every: int = 4  # ... at most once every this many takes
@@ -79,6 +86,7 @@ class Intake:
         self.holdings = holdings
         self.room = room  # free slots not yet spoken for, as the decode thread sees them
         self.stream = keys.request_stream(config.model)
+        self.own = keys.worker_stream(config.model, config.worker_id)
         self.inbox: queue.Queue[Taken] = queue.Queue()
         self.ready = False
         self.failure: BaseException | None = None
@@ -87,6 +95,7 @@ class Intake:
         self._last_reap = 0.0
         self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
         self._take_fair = client.register_script(fair.TAKE)
+        self._steal = client.register_script(affinity.STEAL)
 
     # -- lifecycle ------------------------------------------------------------------------------
     def start(self) -> None:
@@ -116,11 +125,13 @@ class Intake:
                 return
 
     def ensure_group(self) -> None:
-        try:
-            self.client.xgroup_create(self.stream, keys.GROUP, id="0", mkstream=True)
-        except redis.ResponseError as exc:
-            if "BUSYGROUP" not in str(exc):
-                raise
+        for stream in (self.stream, self.own):
+            try:
+                self.client.xgroup_create(stream, keys.GROUP, id="0", mkstream=True)
+            except redis.ResponseError as exc:
+                if "BUSYGROUP" not in str(exc):
+                    raise
+        self.client.sadd(keys.dispatch_workers(self.config.model), self.config.worker_id)
 
     # -- the thread -----------------------------------------------------------------------------
     def _run(self) -> None:
@@ -155,76 +166,139 @@ class Intake:
         if room <= 0:
             self._room_freed.wait(NO_ROOM_WAIT_S)
             return
-        for entry_id, fields in self._next_entries(room):
-            self._take(_text(entry_id), fields, attempt=1)
-
-    def _next_entries(self, room: int) -> list[Any]:
-        """Up to `room` new entries for this worker: FIFO, a blocking `XREADGROUP` on the model's stream;
-        fair, one take script (it picks, moves onto the stream and reads in one round trip), else a
-        wait on the doorbell (`BLPOP`) for the next admission."""
-        if not self.config.fair:
-            reply: Any = self.client.xreadgroup(keys.GROUP, self.config.worker_id, {self.stream: ">"}, count=room,
-                                                block=IDLE_BLOCK_MS)
-            return [entry for _stream, entries in reply or [] for entry in entries]
-        prefix = keys.fair_queue(self.config.model)
-        taken: Any = self._take_fair(keys=[self.stream], args=[
-            prefix, keys.GROUP, self.config.worker_id, room, int(self.config.starvation_s * 1000),
-            self.config.aged_every, JOB_FIELD])
+        taken = 0
+        for stream, entry_id, fields in self._next_entries(room):
+            taken += 1
+            self._take(stream, entry_id, fields, attempt=1)
         if not taken:
-            self.client.blpop([prefix + "bell"], timeout=IDLE_BLOCK_MS / 1000)
-        return [(entry_id, _pairs(fields)) for entry_id, fields in taken or []]
+            self._take_stalled()
+            if self.config.fair:  # nothing to take: wait for the next admission's doorbell (or a tick)
+                prefix = keys.fair_queue(self.config.model)
+                self.client.blpop([prefix + "bell:" + self.config.worker_id, prefix + "bell"],
+                                  timeout=IDLE_BLOCK_MS / 1000)
+
+    def _next_entries(self, room: int) -> list[tuple[str, str, Any]]:
+        """Up to `room` new entries for this worker, as (stream, entry id, fields), its own stream's first
+        (cache-aware dispatch sent them here). FIFO: one blocking `XREADGROUP` on its own stream and the
+        shared one (a shared entry read beyond the free slots is given back). Fair: its own stream without
+        blocking, then one take script for the rest (it picks, moves onto the shared stream and reads, in
+        one round trip)."""
+        if not self.config.fair:
+            reply: Any = self.client.xreadgroup(keys.GROUP, self.config.worker_id, {self.own: ">", self.stream: ">"},
+                                                count=room, block=IDLE_BLOCK_MS)
+            out: list[tuple[str, str, Any]] = []
+            for stream_raw, entries in reply or []:
+                stream = _text(stream_raw)
+                for entry_id, fields in entries:
+                    if len(out) >= room and stream == self.stream:
+                        self._give_back(_text(entry_id), fields)
+                        continue
+                    out.append((stream, _text(entry_id), fields))
+            return out
+        own: Any = self.client.xreadgroup(keys.GROUP, self.config.worker_id, {self.own: ">"}, count=room)
+        out = [(self.own, _text(entry_id), fields) for _stream, entries in own or [] for entry_id, fields in entries]
+        if len(out) < room:
+            taken: Any = self._take_fair(keys=[self.stream], args=[
+                keys.fair_queue(self.config.model), keys.GROUP, self.config.worker_id, room - len(out),
+                int(self.config.starvation_s * 1000), self.config.aged_every, JOB_FIELD])
+            out += [(self.stream, _text(entry_id), _pairs(fields)) for entry_id, fields in taken or []]
+        return out
+
+    def _give_back(self, entry_id: str, fields: Any) -> None:
+        """A shared entry read beyond the free slots (both streams had work at once): queued again at the end
+        of the shared stream, where another worker with a free slot takes it."""
+        pipe = self.client.pipeline(transaction=True)
+        pipe.xadd(self.stream, {_text(k): v for k, v in fields.items()})
+        pipe.xack(self.stream, keys.GROUP, entry_id)
+        pipe.xdel(self.stream, entry_id)
+        pipe.execute()
+
+    def _take_stalled(self) -> None:
+        """The oldest entry that has waited `affinity.STEAL_AFTER_S` in another worker's own stream."""
+        reply: Any = self._steal(keys=[keys.dispatch_workers(self.config.model)],
+                                 args=[keys.GROUP, self.config.worker_id, keys.worker_stream(self.config.model, ""),
+                                       int(affinity.STEAL_AFTER_S * 1000)])
+        for stream_raw, entries in reply or []:
+            for entry_id, fields in entries:
+                fields_map = dict(zip(fields[::2], fields[1::2], strict=True)) if isinstance(fields, list) else fields
+                self._take(_text(stream_raw), _text(entry_id), fields_map, attempt=1)
 
     def _reap(self) -> None:
-        """Take over requests whose worker stopped renewing its lease."""
+        """Take over requests whose worker stopped renewing its lease, on the shared stream and on every
+        worker's own stream; delete the empty own streams of workers gone."""
         self._last_reap = time.monotonic()
         room = self.room()
         if room <= 0:
             return
+        model = self.config.model
+        members = sorted(_text(w) for w in self.client.smembers(keys.dispatch_workers(model)))
+        for stream in [self.stream] + [keys.worker_stream(model, w) for w in members]:
+            room = self.room()
+            if room <= 0:
+                return
+            self._reap_stream(stream, room)
+        self._forget_gone(members)
+
+    def _reap_stream(self, stream: str, room: int) -> None:
         min_idle = int(self.config.lease_s * 1000)
-        reply: Any = self.client.xautoclaim(self.stream, keys.GROUP, self.config.worker_id, min_idle, "0-0",
-                                            count=room)
+        reply: Any = self.client.xautoclaim(stream, keys.GROUP, self.config.worker_id, min_idle, "0-0", count=room)
         for entry_id_raw, fields in reply[1]:  # Redis 7 adds a third item (deleted ids), Redis 6.2 has two
             entry_id = _text(entry_id_raw)
             if not fields:
-                replies.send(self.client, replies.ack(self.stream, entry_id))
+                replies.send(self.client, replies.ack(stream, entry_id))
                 continue
-            pending = self.client.xpending_range(self.stream, keys.GROUP, entry_id, entry_id, 1)
+            pending = self.client.xpending_range(stream, keys.GROUP, entry_id, entry_id, 1)
             deliveries = int(pending[0]["times_delivered"]) if pending else 1
-            self._take(entry_id, fields, attempt=deliveries)
+            self._take(stream, entry_id, fields, attempt=deliveries)
 
-    def _take(self, entry_id: str, fields: Any, *, attempt: int) -> None:
+    def _forget_gone(self, members: list[str]) -> None:
+        """The own streams of workers whose heartbeat stopped, once nothing is left in them."""
+        model = self.config.model
+        oldest = time.time() - self.config.heartbeat_ttl_s
+        for worker_id in members:
+            if worker_id == self.config.worker_id:
+                continue
+            beat = self.client.zscore(keys.worker_heartbeats(model), worker_id)
+            stream = keys.worker_stream(model, worker_id)
+            if (beat is None or float(beat) < oldest) and self.client.xlen(stream) == 0:
+                pipe = self.client.pipeline(transaction=True)
+                pipe.srem(keys.dispatch_workers(model), worker_id)
+                pipe.delete(stream, keys.worker_prefixes(worker_id))
+                pipe.execute()
+
+    def _take(self, stream: str, entry_id: str, fields: Any, *, attempt: int) -> None:
         try:
             job = Job.decode(fields)
         except ValueError:
             log.error("dropping a malformed queue entry %s", entry_id)
-            replies.send(self.client, replies.ack(self.stream, entry_id))
+            replies.send(self.client, replies.ack(stream, entry_id))
             return
         if attempt > 1:
             last: Any = self.client.xrevrange(keys.response_stream(job.id), count=1)
             if last and _event_type(last[0][1]) in ("done", "error"):
-                replies.send(self.client, replies.ack(self.stream, entry_id))  # finished before a crash lost the ack
+                replies.send(self.client, replies.ack(stream, entry_id))  # finished before a crash lost the ack
                 return
             if self._crashed_its_worker(job, attempt, last):
                 log.error("request %s: its worker died while starting it (attempt %d); dead-lettered, not retried",
                           job.id, attempt - 1)
-                self._dead_letter(entry_id, job, attempt, "worker_crashed",
+                self._dead_letter(stream, entry_id, job, attempt, "worker_crashed",
                                   "A worker crashed while starting this request; it was dead-lettered and will "
                                   "not be retried.")
                 return
             if attempt > self.config.max_deliveries:
                 log.error("request %s failed on %d deliveries; dead-lettered", job.id, attempt - 1)
-                self._dead_letter(entry_id, job, attempt, "generation_failed",
+                self._dead_letter(stream, entry_id, job, attempt, "generation_failed",
                                   f"The request failed on {attempt - 1} workers and was dead-lettered.")
                 return
         if time.time() > job.deadline:
-            self._settle(entry_id, replies.error(job.id, attempt, 503, "queue_timeout",
+            self._settle(stream, entry_id, replies.error(job.id, attempt, 503, "queue_timeout",
                                                  "The request waited in the queue past its deadline."))
             return
         if time.time() - job.enqueued_at >= UNCANCELLED_AGE_S and self.client.exists(keys.cancel_flag(job.id)):
-            replies.send(self.client, replies.ack(self.stream, entry_id))
+            replies.send(self.client, replies.ack(stream, entry_id))
             return
-        self.holdings.hold(job.id, entry_id)
-        self.inbox.put(Taken(entry_id, job, attempt, time.time()))
+        self.holdings.hold(job.id, stream, entry_id)
+        self.inbox.put(Taken(entry_id, job, attempt, time.time(), stream))
 
     def _crashed_its_worker(self, job: Job, attempt: int, last: Any) -> bool:
         """Did the previous delivery's worker die inside the request's own work? Its mark says it began;
@@ -234,7 +308,7 @@ class Intake:
             return False  # lost before it began (or a worker that never marked): redeliver
         return not last or _event_attempt(last[0][1]) < attempt - 1
 
-    def _dead_letter(self, entry_id: str, job: Job, attempt: int, reason: str, message: str) -> None:
+    def _dead_letter(self, stream: str, entry_id: str, job: Job, attempt: int, reason: str, message: str) -> None:
         key = keys.dead_letters(self.config.model)
         record: dict[Any, Any] = {
             "id": job.id, "model": job.model, "kind": job.kind, "reason": reason, "attempt": attempt - 1,
@@ -249,10 +323,10 @@ class Intake:
         pipe.xadd(key, record, maxlen=self.config.dlq_maxlen, approximate=True)
         pipe.expire(key, self.config.dlq_ttl_s)
         pipe.execute()
-        self._settle(entry_id, replies.error(job.id, attempt, 500, reason, message, error_type="server_error"))
+        self._settle(stream, entry_id, replies.error(job.id, attempt, 500, reason, message, error_type="server_error"))
 
-    def _settle(self, entry_id: str, answer: list[replies.Command]) -> None:
-        replies.send(self.client, answer + replies.ack(self.stream, entry_id))
+    def _settle(self, stream: str, entry_id: str, answer: list[replies.Command]) -> None:
+        replies.send(self.client, answer + replies.ack(stream, entry_id))
 
 
 def _text(value: bytes | str) -> str:

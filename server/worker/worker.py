@@ -4,13 +4,16 @@ Four threads, so that the one that decodes never waits on Redis:
 
     decode      (the caller of `run`) admits what the intake took into free slots, runs one batched
                 decode step after another and hands every step's tokens to the outbox at once
-    intake      takes requests off the model's stream for the free slots and reclaims those of dead
-                workers (`server/worker/intake.py`)
+    intake      takes requests off its own stream, then the model's shared one, for the free slots and
+                reclaims those of dead workers (`server/worker/intake.py`)
     outbox      sends what the decode thread queued, in order, coalesced (`server/worker/outbox.py`)
     keep-alive  checks the cancel flags of held requests every `CANCEL_CHECK_INTERVAL_S`, beats the
                 heartbeat and renews the leases of everything held
 
 llama.cpp releases the GIL while it computes, so Redis round trips overlap the decode steps.
+
+What each slot's KV cache holds is published as prompt-prefix fingerprints (`prefixes.py`), so the
+gateway sends a conversation's next turn to this worker's own stream while it has a free slot.
 """
 
 from __future__ import annotations
@@ -25,6 +28,7 @@ import uuid
 from collections import deque
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Any
 
 import redis
 
@@ -44,6 +48,7 @@ from server.worker.grammar import constrained
 from server.worker.holdings import Holdings
 from server.worker.intake import Intake, IntakeConfig, Taken
 from server.worker.outbox import Outbox
+from server.worker.prefixes import SlotPrefixes
 
 log = logging.getLogger("slm.worker")
 
@@ -85,8 +90,9 @@ class Worker:
         self.outbox = Outbox(client)
         self.intake = Intake(client, IntakeConfig(config.model, config.worker_id, config.lease_s,
                                                   config.max_deliveries, config.log_prompts, config.dlq_maxlen,
-                                                  config.dlq_ttl_s, fair=config.fair,
+                                                  config.dlq_ttl_s, config.heartbeat_ttl_s, fair=config.fair,
                                                   starvation_s=config.starvation_s), self.holdings, self._room)
+        self.prefixes = SlotPrefixes(config.worker_id, config.heartbeat_ttl_s)
         self._closed = threading.Event()
         self._unmark: set[tuple[str, int]] = set()  # (request, attempt) dropped in an outage, mark to take back
         self.last_tick = time.monotonic()
@@ -146,9 +152,8 @@ class Worker:
                                 "so that a restart loads the new entry")
                     self.stopping = True
                 self._heartbeat()
-                if held:
-                    self.redis.xclaim(self.stream, keys.GROUP, self.config.worker_id, 0, list(held.values()),
-                                      justid=True)
+                for stream, entry_ids in self.holdings.entries_by_stream().items():
+                    self.redis.xclaim(stream, keys.GROUP, self.config.worker_id, 0, list[Any](entry_ids), justid=True)
             except redis.RedisError as exc:
                 log.debug("keep-alive failed: %s", exc)
 
@@ -188,7 +193,7 @@ class Worker:
         try:
             pipe = self.redis.pipeline(transaction=False)
             pipe.zrem(keys.worker_heartbeats(self.config.model), self.config.worker_id)
-            pipe.delete(keys.worker_info(self.config.worker_id))
+            pipe.delete(keys.worker_info(self.config.worker_id), keys.worker_prefixes(self.config.worker_id))
             pipe.execute()
         except redis.RedisError:
             log.info("could not deregister from redis on exit")
@@ -256,6 +261,7 @@ class Worker:
                      "rss": process_rss(), "kv_usage": round(self.engine.kv_usage(), 4), "pid": os.getpid()},
         )
         pipe.expire(info_key, max(2, int(self.config.heartbeat_ttl_s)))
+        pipe.expire(keys.worker_prefixes(self.config.worker_id), max(2, int(self.config.heartbeat_ttl_s)))
         pipe.execute()
 
     def _cancel(self, job_id: str) -> None:
@@ -294,7 +300,7 @@ class Worker:
 
     # -- requests -------------------------------------------------------------------------------
     def _admit(self, taken: Taken) -> None:
-        job, entry_id, attempt = taken.job, taken.entry_id, taken.attempt
+        job, entry_id, attempt, stream = taken.job, taken.entry_id, taken.attempt, taken.stream or self.stream
         trace = {"read": taken.read_at, "admitted": time.time()} if job.trace else None
         # Before running anything of the request's own (template, tokenizer, grammar, sampler): a worker
         # that dies from here until `started` is out leaves this mark for the next to find (poison).
@@ -306,7 +312,7 @@ class Worker:
             log.critical("test crash marker found in request %s: aborting", job.id)
             os.abort()
         if job.kind in ("embedding", "tokenize"):
-            self._at_once(entry_id, job, attempt)
+            self._at_once(stream, entry_id, job, attempt)
             return
         try:
             messages, params = constrained(job)
@@ -314,14 +320,16 @@ class Worker:
                 tokens = self.engine.chat_tokens(messages)
             else:
                 tokens = self.engine.completion_tokens(job.prompt or "")
-            act = Active(job=job, entry_id=entry_id, attempt=attempt, remaining=set(range(job.n)), trace=trace)
+            act = Active(job=job, entry_id=entry_id, attempt=attempt, remaining=set(range(job.n)), trace=trace,
+                         stream=stream)
             seqs = sequences(job, params)
             first_id, first_params = seqs[0]
-            self.engine.add(first_id, tokens, first_params)  # refuses what cannot fit, before anything starts
+            slot = self.engine.add(first_id, tokens, first_params)  # refuses what cannot fit, before anything starts
         except SlmError as exc:
-            self._fail(entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
+            self._fail(stream, entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
                        error_type=exc.type)
             return
+        self.outbox.put(self.prefixes.admitted(slot, job))  # what this worker holds, for cache-aware dispatch
         if trace is not None:
             trace["added"] = time.time()
         act.running = 1
@@ -330,18 +338,18 @@ class Worker:
         self._admit_waiting()
         self.outbox.put(replies.event(job.id, Started(attempt, self.config.worker_id, len(tokens))))
 
-    def _at_once(self, entry_id: str, job: Job, attempt: int) -> None:
+    def _at_once(self, stream: str, entry_id: str, job: Job, attempt: int) -> None:
         """Embeddings and token counts: answered between two decode steps, without a slot (`instant.py`)."""
         try:
             used, vectors = instant.answer(job, self.engine, self.embedder)
         except SlmError as exc:
-            self._fail(entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
+            self._fail(stream, entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
                        error_type=exc.type)
             return
         started = replies.event(job.id, Started(attempt, self.config.worker_id, used))
         done = replies.event(job.id, Done(attempt, "stop", usage={"prompt_tokens": used, "completion_tokens": 0},
                                           timings={}, embeddings=vectors))
-        self._settle(job.id, entry_id, started + done)
+        self._settle(job.id, stream, entry_id, started + done)
 
     def _admit_waiting(self) -> None:
         self.waiting, self.claimable = admit_waiting(self.waiting, self.active, self.engine)
@@ -389,18 +397,18 @@ class Worker:
         return [] if event is None else self._event(act, event)
 
     def _ack(self, act: Active) -> list[Command]:
-        return replies.ack(self.stream, act.entry_id, request_id=act.job.id, attempt=act.attempt)
+        return replies.ack(act.stream, act.entry_id, request_id=act.job.id, attempt=act.attempt)
 
     @staticmethod
     def _event(act: Active, event: Event) -> list[Command]:
         return replies.event(act.job.id, event)
 
-    def _fail(self, entry_id: str, job: Job, attempt: int, status: int, code: str | None, message: str,
+    def _fail(self, stream: str, entry_id: str, job: Job, attempt: int, status: int, code: str | None, message: str,
               *, param: str | None = None, error_type: str = "service_unavailable") -> None:
-        self._settle(job.id, entry_id,
+        self._settle(job.id, stream, entry_id,
                      replies.error(job.id, attempt, status, code, message, param=param, error_type=error_type))
 
-    def _settle(self, job_id: str, entry_id: str, answer: list[Command]) -> None:
+    def _settle(self, job_id: str, stream: str, entry_id: str, answer: list[Command]) -> None:
         """A request that never took a slot (refused, or embedded at once): its answer and its ack."""
-        self._reply(answer + replies.ack(self.stream, entry_id))
+        self._reply(answer + replies.ack(stream, entry_id))
         self.holdings.release(job_id)

@@ -1,0 +1,29 @@
+"""What a worker's slots hold, published for the gateway's cache-aware dispatch (`queue/affinity.py`).
+
+Each admission replaces its slot's prompt-prefix fingerprints; the whole set goes to
+`keys.worker_prefixes(worker)` (replaced, expiring with the heartbeat, which renews it) through the
+outbox, so it is in Redis before the request's `started` event, and so before any follow-up turn.
+Owned by the decode thread.
+"""
+
+from __future__ import annotations
+
+from server.queue import affinity, keys
+from server.queue.messages import Job
+from server.queue.replies import Command
+
+
+class SlotPrefixes:
+    def __init__(self, worker_id: str, ttl_s: float) -> None:
+        self.key = keys.worker_prefixes(worker_id)
+        self.ttl_s = max(2, int(ttl_s))
+        self.slots: dict[int, list[affinity.Prefix]] = {}
+
+    def admitted(self, slot: int, job: Job) -> list[Command]:
+        """The slot now holds `job`'s prompt: the commands that publish what every slot holds."""
+        self.slots[slot] = affinity.fingerprints(job)
+        held = sorted(affinity.held(self.slots))
+        commands: list[Command] = [("delete", (self.key,))]
+        if held:
+            commands += [("sadd", (self.key, *held)), ("expire", (self.key, self.ttl_s))]
+        return commands

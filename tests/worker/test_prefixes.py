@@ -1,0 +1,37 @@
+"""A worker's published prefixes follow what its slots hold: a slot's new request replaces its old prefixes."""
+
+from __future__ import annotations
+
+import time
+
+from server.queue import affinity, keys
+from server.queue.messages import Job
+from server.worker.prefixes import SlotPrefixes
+
+DOC = "A ledger of tides and ships, week after week. " * 12
+
+
+def job(name: str) -> Job:
+    now = time.time()
+    return Job(id=name, model="m", kind="chat", enqueued_at=now, deadline=now + 1,
+               messages=[{"role": "system", "content": f"{name}: {DOC}"}, {"role": "user", "content": "Hi"}])
+
+
+def published(commands: list[tuple[str, tuple[object, ...]]]) -> set[object]:
+    assert commands[0] == ("delete", (keys.worker_prefixes("w1"),))
+    added = [args for name, args in commands if name == "sadd"]
+    return set(added[0][1:]) if added else set()
+
+
+def digests(name: str) -> set[str]:
+    return {p.digest for p in affinity.fingerprints(job(name))}
+
+
+def test_each_slot_publishes_its_request_and_a_new_one_replaces_it() -> None:
+    prefixes = SlotPrefixes("w1", ttl_s=5)
+    assert published(prefixes.admitted(0, job("wren"))) == digests("wren")
+    assert published(prefixes.admitted(1, job("alder"))) == digests("wren") | digests("alder")
+    assert published(prefixes.admitted(0, job("heron"))) == digests("alder") | digests("heron")
+    short = Job(id="s", model="m", kind="chat", enqueued_at=0, deadline=1, messages=[{"role": "user", "content": "Hi"}])
+    assert published(prefixes.admitted(1, short)) == digests("heron")
+    assert published(prefixes.admitted(0, short)) == set()
