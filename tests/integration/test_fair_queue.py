@@ -190,23 +190,38 @@ def test_a_batch_backlog_leaves_chat_a_bounded_wait(cluster: Cluster) -> None:
 
 
 def test_a_low_class_request_completes_under_steady_high_class_load(cluster: Cluster) -> None:
+    """40 closed-loop clients of the high class keep its backlog up (up to 400 requests in all, so a queue
+    without a starvation bound would serve the low request only after every one of them); the low request
+    completes while high ones sent before it are still waiting."""
     high_url, low_url = cluster.gateways
+    total_high = 400
 
-    async def run() -> tuple[list[Reply], Reply]:
+    async def run() -> tuple[list[Reply], Reply, int]:
+        sent = 0
+        replies: list[Reply] = []
         async with httpx.AsyncClient(timeout=180, limits=httpx.Limits(max_connections=256)) as client:
-            high = asyncio.gather(*(ask(client, high_url, "high") for _ in range(40)))
+            async def high_client() -> None:
+                nonlocal sent
+                while sent < total_high:
+                    sent += 1
+                    replies.append(await ask(client, high_url, "high"))
+
+            clients = asyncio.gather(*(high_client() for _ in range(40)))
             while sum(cluster.status()["queue"]["waiting_by_priority"].values()) < 20:
                 await asyncio.sleep(0.05)  # polling the queue until the backlog is there
+            sent_before_low = sent
             low = await ask(client, low_url, "low")
-            return list(await high), low
+            await clients
+            return replies, low, sent_before_low
 
-    high, low = asyncio.run(run())
+    high, low, sent_before_low = asyncio.run(run())
     assert low.status == 200 and all(r.status == 200 for r in high)
     assert low.body and high[0].body
     finished_after = sum(1 for r in high if r.done_at > low.done_at)
-    log.warning(f"starvation bound 1 s: the low request waited {low.wait_ms} ms; {finished_after} high ones finished "
-          "after it")
-    assert finished_after >= 10, "the low-class request only ran once the high class had drained"
+    log.warning(f"starvation bound 1 s: the low request waited {low.wait_ms} ms; {finished_after} of {len(high)} high "
+                f"ones finished after it ({sent_before_low} were sent before it)")
+    assert finished_after >= sent_before_low // 2, "the low-class request only ran once the high class had drained"
+    assert low.wait_ms < 10_000  # about the bound (1 s) plus the high requests taken before its turn
 
 
 def test_priority_above_the_keys_ceiling_is_refused_naming_it(cluster: Cluster) -> None:
@@ -231,7 +246,8 @@ def test_a_queued_stream_sees_its_position_fall_and_the_openai_client_ignores_it
 
     async def run() -> tuple[list[str], list[str], str]:
         async with httpx.AsyncClient(timeout=180, limits=httpx.Limits(max_connections=128)) as client:
-            backlog = asyncio.gather(*(ask(client, url, "batch") for _ in range(16)))
+            # a backlog that takes the worker a few seconds whatever the machine's speed (4 slots, 8 tokens each)
+            backlog = asyncio.gather(*(ask(client, url, "batch", max_tokens=8) for _ in range(48)))
             while sum(cluster.status()["queue"]["waiting_by_priority"].values()) < 10:
                 await asyncio.sleep(0.05)  # polling the queue until the backlog is there
             comments: list[str] = []
@@ -242,7 +258,7 @@ def test_a_queued_stream_sees_its_position_fall_and_the_openai_client_ignores_it
                 assert response.status_code == 200
                 async for line in response.aiter_lines():
                     (comments if line.startswith(":") else frames).append(line)
-            more = asyncio.gather(*(ask(client, url, "batch") for _ in range(8)))
+            more = asyncio.gather(*(ask(client, url, "batch", max_tokens=8) for _ in range(24)))
             while sum(cluster.status()["queue"]["waiting_by_priority"].values()) < 4:
                 await asyncio.sleep(0.05)  # polling the queue until the backlog is there
             sdk = openai.AsyncOpenAI(base_url=url + "/v1", api_key=KEYS["batch"], max_retries=0)
@@ -288,12 +304,13 @@ def test_a_crashed_workers_jobs_keep_their_place_and_run_once(cluster: Cluster) 
 
     replies, held = asyncio.run(run())
     r.close()
-    assert len(held) == 4
+    assert len(held) >= 4  # its four slots (and, at most, one taken for the next free slot)
     ok = [x for x in replies if x.status == 200]
     lost = [x for x in replies if x.status != 200]
     assert all(x.body["error"]["code"] == "worker_lost" for x in lost), [x.body for x in lost]
     log.warning(f"worker SIGKILL holding 4: {len(ok)} answered, {len(lost)} lost mid-generation (one answer each)")
-    assert len(replies) == 8 and len(lost) <= 4
+    assert len(replies) == 8 and len(lost) <= len(held)
     waited = sorted(replies, key=lambda x: x.done_at)
-    assert len(ok) >= 4 and all(x.status == 200 for x in waited[4:]), "a waiting job ran before a redelivered one"
+    assert len(ok) >= 8 - len(held) and all(x.status == 200 for x in waited[len(held):]), \
+        "a waiting job ran before a redelivered one"
 
