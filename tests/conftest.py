@@ -158,6 +158,23 @@ def running(pid: int) -> bool:
     return state not in ("Z", "X")
 
 
+def spawn_logged(tmp: Path, procs: list[subprocess.Popen[bytes]], env: dict[str, str],
+                 *args: str) -> subprocess.Popen[bytes]:
+    """`python -m server ARGS` with `env`, its output in `tmp/procN.log` (N: its index in `procs`, which it joins)."""
+    log = (tmp / f"proc{len(procs)}.log").open("wb")
+    proc = subprocess.Popen([sys.executable, "-m", "server", *args], env=env, stdout=log, stderr=subprocess.STDOUT)
+    procs.append(proc)
+    return proc
+
+
+def kill_all(procs: list[subprocess.Popen[bytes]]) -> None:
+    """SIGKILL every process still running and reap it (a test cluster's teardown)."""
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+
+
 def stop_server(server: LiveServer) -> int:
     if server.process.poll() is None:
         server.process.send_signal(signal.SIGTERM)

@@ -8,7 +8,6 @@ from __future__ import annotations
 import os
 import signal
 import subprocess
-import sys
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -22,7 +21,7 @@ import redis
 
 from server.embedded_redis import EmbeddedRedis, free_port
 from server.queue import keys
-from tests.conftest import SMOLLM2, wait_until
+from tests.conftest import SMOLLM2, kill_all, spawn_logged, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -59,11 +58,7 @@ class Cluster:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def spawn(self, *args: str, port: int = 0) -> subprocess.Popen[bytes]:
-        log = (self.tmp / f"proc{len(self.procs)}.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "server", *args], env={**self.env, "SLM_PORT": str(port)},
-                                stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        return proc
+        return spawn_logged(self.tmp, self.procs, {**self.env, "SLM_PORT": str(port)}, *args)
 
 
 @dataclass
@@ -101,10 +96,7 @@ def setup(tmp_path: Path) -> Iterator[Setup]:
         yield Setup(cluster, client, {w.pid: w for w in workers}, redis.Redis.from_url(server.url))
         client.close()
     finally:
-        for proc in cluster.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        kill_all(cluster.procs)
         server.stop()
 
 

@@ -7,7 +7,6 @@ import json
 import os
 import signal
 import subprocess
-import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -21,7 +20,7 @@ import redis
 
 from server.embedded_redis import EmbeddedRedis, free_port
 from server.queue import keys
-from tests.conftest import SMOLLM2, wait_until
+from tests.conftest import SMOLLM2, kill_all, spawn_logged, wait_until
 
 pytestmark = pytest.mark.integration
 
@@ -47,11 +46,7 @@ class Cluster:
 
     def spawn(self, *args: str, port: int | None = None) -> subprocess.Popen[bytes]:
         env = {**self.env, "SLM_PORT": str(port or 0), "HOSTNAME": f"host{len(self.procs)}"}
-        log = (self.tmp / f"proc{len(self.procs)}.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "server", *args], env=env, stdout=log,
-                                stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        return proc
+        return spawn_logged(self.tmp, self.procs, env, *args)
 
     def log_of(self, proc: subprocess.Popen[bytes]) -> str:
         return (self.tmp / f"proc{self.procs.index(proc)}.log").read_text(errors="replace")
@@ -84,10 +79,7 @@ def cluster(tmp_path: Path) -> Iterator[Cluster]:
     try:
         yield c
     finally:
-        for proc in c.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        kill_all(c.procs)
         c.redis.stop()
 
 

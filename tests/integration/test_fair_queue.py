@@ -9,7 +9,6 @@ import logging
 import os
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -23,7 +22,7 @@ import redis
 
 from server.embedded_redis import EmbeddedRedis, free_port
 from server.queue import keys
-from tests.conftest import SMOLLM2, wait_until
+from tests.conftest import SMOLLM2, kill_all, spawn_logged, wait_until
 
 pytestmark = pytest.mark.integration
 log = logging.getLogger("tests.fair_queue")  # the figures: `pytest -o log_cli=true --log-cli-level=WARNING`
@@ -61,11 +60,7 @@ class Cluster:
     procs: list[subprocess.Popen[bytes]] = field(default_factory=list)
 
     def spawn(self, *args: str, port: int = 0) -> subprocess.Popen[bytes]:
-        log = (self.tmp / f"proc{len(self.procs)}.log").open("wb")
-        proc = subprocess.Popen([sys.executable, "-m", "server", *args], env={**self.env, "SLM_PORT": str(port)},
-                                stdout=log, stderr=subprocess.STDOUT)
-        self.procs.append(proc)
-        return proc
+        return spawn_logged(self.tmp, self.procs, {**self.env, "SLM_PORT": str(port)}, *args)
 
     def worker(self) -> subprocess.Popen[bytes]:
         proc = self.spawn("worker", "--model", "tiny")
@@ -111,10 +106,7 @@ def cluster(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Cluster]:
             wait_until(lambda u=url: _ready(u), timeout_s=120, what="a gateway with a ready worker")
         yield c
     finally:
-        for proc in c.procs:
-            if proc.poll() is None:
-                proc.kill()
-                proc.wait()
+        kill_all(c.procs)
         store.stop()
 
 
@@ -307,7 +299,11 @@ def test_a_crashed_workers_jobs_keep_their_place_and_run_once(cluster: Cluster) 
     assert len(held) >= 4  # its four slots (and, at most, one taken for the next free slot)
     ok = [x for x in replies if x.status == 200]
     lost = [x for x in replies if x.status != 200]
-    assert all(x.body["error"]["code"] == "worker_lost" for x in lost), [x.body for x in lost]
+    # mid-generation: worker_lost; the one request the worker was admitting when killed (running mark set,
+    # no `started` yet) is, by the poison rule of server/queue/DESIGN.md, dead-lettered as worker_crashed
+    codes = [x.body["error"]["code"] for x in lost]
+    assert set(codes) <= {"worker_lost", "worker_crashed"} and codes.count("worker_crashed") <= 1, \
+        [x.body for x in lost]
     log.warning(f"worker SIGKILL holding 4: {len(ok)} answered, {len(lost)} lost mid-generation (one answer each)")
     assert len(replies) == 8 and len(lost) <= len(held)
     waited = sorted(replies, key=lambda x: x.done_at)
