@@ -25,13 +25,14 @@ from tests.conftest import SMOLLM2, kill_all, spawn_logged, wait_until
 
 pytestmark = pytest.mark.integration
 
+SLOTS = 2  # each worker's
 REGISTRY = f"""
 models:
   tiny:
     gguf: {SMOLLM2}
     n_ctx: 2048
     n_threads: 1
-    parallel: 2
+    parallel: {SLOTS}
 """
 
 
@@ -136,11 +137,16 @@ def test_follow_ups_land_on_the_worker_holding_their_prefix_and_a_burst_spreads(
     shared_last = last_id(setup, keys.request_stream("tiny"))
     with ThreadPoolExecutor(4) as pool:  # each next turn: the worker that served the first, its prefix reused
         seconds = list(pool.map(lambda i: ask(setup, next_turn(first_turn(names[i]), firsts[i].text)), range(4)))
-    for first, second in zip(firsts, seconds, strict=True):
-        assert second.worker_pid == first.worker_pid
-        assert second.cached_tokens >= first.prompt_tokens - 4, (second, first)
+    # A worker that took three of the burst (one finished before the other worker woke) kept two of them: its
+    # two slots. Every conversation it still holds comes back to it and finds its prefix.
+    for pid in setup.workers:
+        served = [i for i, first in enumerate(firsts) if first.worker_pid == pid]
+        back = [i for i in served if seconds[i].worker_pid == pid
+                and seconds[i].cached_tokens >= firsts[i].prompt_tokens - 4]
+        assert len(back) >= min(len(served), SLOTS), (firsts, seconds)
     # the burst went to the shared stream, every follow-up to its worker's own stream
-    assert last_id(setup, keys.request_stream("tiny")) == shared_last
+    if all(sum(f.worker_pid == pid for f in firsts) <= SLOTS for pid in setup.workers):
+        assert last_id(setup, keys.request_stream("tiny")) == shared_last
     assert all(last_id(setup, own_stream(setup, pid)) != "0-0" for pid in setup.workers)
 
 
@@ -164,9 +170,10 @@ def test_a_worker_killed_with_entries_in_its_own_stream_loses_nothing(setup: Set
     names = ["Plover", "Curlew", "Gannet", "Tern"]
     with ThreadPoolExecutor(4) as pool:
         firsts = dict(zip(names, pool.map(lambda n: ask(setup, first_turn(n)), names), strict=True))
-    victim = next(iter(setup.workers))
+    # the worker that took fewer of the burst: it still holds every one of them (no more than its slots)
+    victim = min(setup.workers, key=lambda pid: sum(f.worker_pid == pid for f in firsts.values()))
     held = [n for n in names if firsts[n].worker_pid == victim]
-    assert held, "the burst spread over both workers"
+    assert 0 < len(held) <= SLOTS, firsts
     own = own_stream(setup, victim)
     shared_last = last_id(setup, keys.request_stream("tiny"))
     assert last_id(setup, own) == "0-0"
