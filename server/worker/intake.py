@@ -6,7 +6,8 @@ model's shared one, in one read; a shared entry beyond the free slots is given b
 shared stream) so that no other worker sits idle while it waits here. A read that finds nothing takes the
 oldest entry that has waited `affinity.STEAL_AFTER_S` in another worker's own stream. Every `lease_s / 2`
 the intake also reclaims (`XAUTOCLAIM`) requests whose worker stopped renewing its lease, on the shared
-stream and on every worker's own stream (and deletes the empty own streams of workers gone). Each request
+stream and on every worker's own stream (never one it holds itself: a late renewal is no lost worker),
+and deletes the empty own streams of workers gone. Each request
 taken is screened before the decode thread sees it:
 
     already answered      its worker died after sending `done` but before the ack: acknowledged
@@ -242,8 +243,13 @@ class Intake:
     def _reap_stream(self, stream: str, room: int) -> None:
         min_idle = int(self.config.lease_s * 1000)
         reply: Any = self.client.xautoclaim(stream, keys.GROUP, self.config.worker_id, min_idle, "0-0", count=room)
+        held = set(self.holdings.entries_by_stream().get(stream, ()))
         for entry_id_raw, fields in reply[1]:  # Redis 7 adds a third item (deleted ids), Redis 6.2 has two
             entry_id = _text(entry_id_raw)
+            if entry_id in held:
+                # this worker's own, still running: its keep-alive renewed late (a starved process) and the
+                # claim renewed it; taken again it would start a second attempt beside the first
+                continue
             if not fields:
                 replies.send(self.client, replies.ack(stream, entry_id))
                 continue
