@@ -57,7 +57,7 @@ def error_from_event(event: Failed) -> SlmError:
 
 class LocalGeneration:
     def __init__(self, queue: QueueClient, job: Job, *, stall_timeout_s: float, lease_s: float,
-                 heartbeat_ttl_s: float = 5.0) -> None:
+                 heartbeat_ttl_s: float = 5.0, submitted: float | None = None) -> None:
         self.queue = queue
         self.job = job
         self.stall_timeout_s = stall_timeout_s
@@ -74,8 +74,10 @@ class LocalGeneration:
         self._handed_out = False
         self._finished = False
         self._last_event = time.monotonic()
-        # a traced job's gateway-side marks (wall clock), joined with the worker's from `done`
-        self._marks: dict[str, float] | None = {"submitted": time.time()} if job.trace else None
+        # a traced job's gateway-side marks (wall clock), joined with the worker's from `done`;
+        # `submitted`: when the job was handed to the queue (a worker may read it before we resume)
+        self._marks: dict[str, float] | None = (
+            {"submitted": time.time() if submitted is None else submitted} if job.trace else None)
 
     async def _next_event(self) -> Event:
         while True:
@@ -207,9 +209,10 @@ class LocalBackend:
         self.heartbeat_ttl_s = heartbeat_ttl_s
 
     async def submit(self, job: Job, entry: LocalModel, fairness: Fairness | None = None) -> LocalGeneration:
+        submitted = time.time()  # before the XADD: the worker's `read` mark can never precede it
         await self.queue.submit(job, max_queue=entry.max_queue, fairness=fairness)
         return LocalGeneration(self.queue, job, stall_timeout_s=self.stall_timeout_s, lease_s=self.lease_s,
-                               heartbeat_ttl_s=self.heartbeat_ttl_s)
+                               heartbeat_ttl_s=self.heartbeat_ttl_s, submitted=submitted)
 
     async def generation(self, endpoint: Endpoint, model: str, entry: LocalModel,
                          req: ChatCompletionRequest | CompletionRequest, payload: dict[str, Any],

@@ -3,8 +3,9 @@
 The gateway and the worker each mark when a stage ended (wall clock; the worker's marks come back
 with `done`); consecutive marks give the stages, which add up to the TTFT the client saw:
 
-    gateway_in   arrival at the gateway -> job on the queue (parse, validate, admit, XADD)
-    queue        on the queue -> a worker's intake read it (waits for a free slot)
+    gateway_in   arrival at the gateway -> job handed to the queue (parse, validate, plan)
+    queue        -> a worker's intake read it (admission and XADD, waits for a free slot; marked
+                 before the XADD, as a worker may read the job before the gateway resumes)
     handoff      intake -> the decode thread took it (between two decode steps)
     tokenize     chat template, tokenizer, sampler; the sequence joins the batch
     batch_wait   -> the decode step that first took its prompt tokens began
