@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import math
 import threading
 import time
 from collections.abc import Iterator
@@ -29,11 +30,14 @@ models:
 """
 LONG = {"model": "tiny", "messages": [{"role": "user", "content": "Write a very long story about the sea."}],
         "max_tokens": 400, "temperature": 0, "stream": True}
+QUEUE_TIMEOUT_S = 1.5
+HOLD_S = 8 * QUEUE_TIMEOUT_S  # how long the running stream should hold the one slot: well past a queued deadline
 
 
 @pytest.fixture(scope="module")
 def one_slot_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
-    server = start_server(tmp_path_factory.mktemp("admission"), REGISTRY, env={"SLM_QUEUE_TIMEOUT_S": "1.5"})
+    server = start_server(tmp_path_factory.mktemp("admission"), REGISTRY,
+                          env={"SLM_QUEUE_TIMEOUT_S": str(QUEUE_TIMEOUT_S)})
     yield server
     stop_server(server)
 
@@ -56,6 +60,17 @@ def queued_or_running(r: redis.Redis, model: str) -> int:
     return int(r.xlen(keys.request_stream(model))) + int(r.get(keys.fair_queue(model) + "waiting") or 0)
 
 
+def tokens_lasting(url: str, seconds: float) -> int:
+    """`max_tokens` for which LONG holds its slot about `seconds` on this machine as loaded now, from the pace
+    the worker measures on a short run of the same prompt: 400 (the most) on a fast machine, fewer on a
+    loaded one, where each token takes longer (at least 48)."""
+    short = httpx.post(url + "/v1/chat/completions", json={**LONG, "stream": False, "max_tokens": 16}, timeout=120)
+    assert short.status_code == 200, short.text
+    timings = short.json()["timings"]
+    per_token_s = timings["predicted_ms"] / 1000.0 / max(1, timings["predicted_n"])
+    return max(48, min(400, math.ceil(seconds / per_token_s)))
+
+
 def start_stream(url: str, body: dict[str, object], started: threading.Event, out: list[str]) -> threading.Thread:
     def run() -> None:
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as response:
@@ -76,11 +91,13 @@ def test_full_queue_is_429_at_once_and_late_requests_are_dropped(one_slot_server
     r = redis.Redis.from_url(redis_url)
     first_started = threading.Event()
     first_out: list[str] = []
-    first = start_stream(url, LONG, first_started, first_out)
+    hold_tokens = tokens_lasting(url, HOLD_S)
+    wait_until(lambda: queued_or_running(r, "tiny") == 0, timeout_s=10, what="the measuring request off the queue")
+    first = start_stream(url, {**LONG, "max_tokens": hold_tokens}, first_started, first_out)
     assert first_started.wait(60)
     second_result: list[httpx.Response] = []
     second = threading.Thread(target=lambda: second_result.append(
-        httpx.post(url + "/v1/chat/completions", json={**LONG, "stream": False, "max_tokens": 5}, timeout=60)))
+        httpx.post(url + "/v1/chat/completions", json={**LONG, "stream": False, "max_tokens": 5}, timeout=120)))
     second.start()
     wait_until(lambda: queued_or_running(r, "tiny") == 2, timeout_s=10, what="two requests queued or running")
     t0 = time.monotonic()
@@ -89,12 +106,13 @@ def test_full_queue_is_429_at_once_and_late_requests_are_dropped(one_slot_server
     assert int(third.headers["retry-after"]) >= 1
     assert_valid("ErrorResponse", third.json())
     assert queued_or_running(r, "tiny") == 2, "a refused request was enqueued"
-    second.join(60)
+    second.join(150)
+    assert second_result, "the queued request got no answer"
     late = second_result[0]
-    assert late.status_code == 503 and "retry-after" in late.headers
+    assert late.status_code == 503 and "retry-after" in late.headers, late.text
     assert late.json()["error"]["code"] == "queue_timeout"
-    first.join(120)
-    assert first_out[-1] == "[DONE]"
+    first.join(200)
+    assert first_out and first_out[-1] == "[DONE]", first_out[-3:]
     assert json.loads(first_out[-2])["choices"][0]["finish_reason"] in ("stop", "length")
     wait_until(lambda: queued_or_running(r, "tiny") == 0, timeout_s=10, what="an empty queue")
 
