@@ -47,9 +47,9 @@ def test_system_prompt_is_read_and_counted_by_the_models_tokenizer(client: anthr
 
 
 def test_stream_ends_as_the_whole_message_at_temperature_0(client: anthropic.Anthropic) -> None:
-    whole = client.messages.create(model="tiny", max_tokens=40, messages=ASK, extra_body=COLD)
+    whole = client.messages.create(model="tiny", max_tokens=16, messages=ASK, extra_body=COLD)
     kinds: list[str] = []
-    with client.messages.stream(model="tiny", max_tokens=40, messages=ASK, extra_body=COLD) as stream:
+    with client.messages.stream(model="tiny", max_tokens=16, messages=ASK, extra_body=COLD) as stream:
         for event in stream:
             kinds.append(event.type)
         final = stream.get_final_message()
@@ -71,17 +71,17 @@ def test_ping_follows_message_start(server: LiveServer) -> None:
 
 
 def test_stop_sequence_is_named(client: anthropic.Anthropic) -> None:
-    whole = client.messages.create(model="tiny", max_tokens=40, messages=ASK, extra_body=COLD)
+    whole = client.messages.create(model="tiny", max_tokens=16, messages=ASK, extra_body=COLD)
     words = texts(whole).split()
     assert len(words) > 4, texts(whole)
     stop = " " + words[3]
     for streamed in (False, True):
         if streamed:
-            with client.messages.stream(model="tiny", max_tokens=40, messages=ASK, extra_body=COLD,
+            with client.messages.stream(model="tiny", max_tokens=16, messages=ASK, extra_body=COLD,
                                         stop_sequences=["@@never@@", stop]) as stream:
                 cut = stream.get_final_message()
         else:
-            cut = client.messages.create(model="tiny", max_tokens=40, messages=ASK, extra_body=COLD,
+            cut = client.messages.create(model="tiny", max_tokens=16, messages=ASK, extra_body=COLD,
                                          stop_sequences=["@@never@@", stop])
         assert cut.stop_reason == "stop_sequence" and cut.stop_sequence == stop
         assert texts(whole).startswith(texts(cut)) and stop not in texts(cut)
