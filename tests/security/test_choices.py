@@ -87,7 +87,7 @@ def test_n_times_max_tokens_is_reserved_against_the_token_limit(served: Served) 
 
 
 def test_a_large_n_leaves_a_slot_for_another_key(served: Served) -> None:
-    big = chat(n=3, max_tokens=40, stream=True)
+    big = chat(n=3, max_tokens=20, stream=True)
     with httpx.stream("POST", served.live.url + "/v1/chat/completions", json=big, headers=served.auth("big"),
                       timeout=120) as stream:
         lines = stream.iter_lines()
