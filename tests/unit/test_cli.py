@@ -7,8 +7,7 @@ from pathlib import Path
 
 import httpx
 
-from server.embedded_redis import free_port
-from tests.conftest import start_server, stop_server
+from tests.conftest import SMOLLM2, start_server, stop_server
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -65,12 +64,10 @@ def test_serve_starts_on_the_registry_given_after_the_subcommand(tmp_path: Path)
     registry = f"""
 models:
   only-in-this-file:
-    backend: hosted
-    litellm_model: openai/fake-model
-    api_base: http://127.0.0.1:{free_port()}/v1
-    api_key_env: HOSTED_TEST_API_KEY
-"""
-    server = start_server(tmp_path, registry, as_options=True, env={"LITELLM_LOCAL_MODEL_COST_MAP": "True"})
+    gguf: {SMOLLM2}
+    load: on_demand
+"""  # (started only when asked for: the listing needs no worker)
+    server = start_server(tmp_path, registry, as_options=True)
     try:
         models = httpx.get(server.url + "/v1/models", timeout=10).json()
         assert [m["id"] for m in models["data"]] == ["only-in-this-file"]

@@ -13,16 +13,15 @@ import pytest
 from playwright.sync_api import expect
 
 from server.compare.latest import latest_summary
-from tests.conftest import LiveServer, start_server, stop_server
+from tests.conftest import SMOLLM2, LiveServer, start_server, stop_server
 from tests.web.conftest import OpenPage
 
-REGISTRY = """
+# one model, started only when asked for (never, here): the page needs a model listed, not a worker or litellm
+REGISTRY = f"""
 models:
-  hosted-one:
-    backend: hosted
-    litellm_model: openai/fake-model
-    api_base: http://127.0.0.1:9/v1
-    timeout: 5
+  on-demand-one:
+    gguf: {SMOLLM2}
+    load: on_demand
 """
 RESULTS: dict[str, Any] = {
     "version": 2,
@@ -53,7 +52,7 @@ def test_latest_summary(tmp_path: Path) -> None:
 
 
 def serve(tmp: Path, results: Path | None) -> LiveServer:
-    env = {"LITELLM_LOCAL_MODEL_COST_MAP": "True", "LITELLM_LOCAL_ANTHROPIC_BETA_HEADERS": "True"}
+    env: dict[str, str] = {}
     if results is not None:
         env["SLM_COMPARE_RESULTS"] = str(results)
     return start_server(tmp, REGISTRY, timeout_s=60, env=env)
