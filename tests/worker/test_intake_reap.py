@@ -7,6 +7,7 @@ from __future__ import annotations
 import time
 import uuid
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 import redis
@@ -35,8 +36,9 @@ def delivered_to(client: redis.Redis, stream: str, consumer: str) -> tuple[Job, 
     job = Job(id=uuid.uuid4().hex, model="m", kind="chat", enqueued_at=now, deadline=now + 60,
               params=SamplingParams(max_tokens=1), messages=[{"role": "user", "content": "hi"}])
     client.xadd(stream, job.encode())
-    ((_name, ((entry_id, _fields),)),) = client.xreadgroup(keys.GROUP, consumer, {stream: ">"}, count=1)
-    return job, entry_id.decode()
+    reply: Any = client.xreadgroup(keys.GROUP, consumer, {stream: ">"}, count=1)
+    ((_name, ((entry_id, _fields),)),) = reply
+    return job, str(entry_id.decode())
 
 
 def idle_past_lease(client: redis.Redis, stream: str, entry_id: str) -> bool:
@@ -62,6 +64,6 @@ def test_the_reaper_takes_a_lost_workers_request_but_never_its_own(client: redis
     taken = [intake.inbox.get_nowait() for _ in range(intake.inbox.qsize())]
     assert [(t.job.id, t.entry_id, t.attempt) for t in taken] == [(lost_job.id, lost_entry, 2)]
     assert holdings.snapshot() == {own_job.id: (stream, own_entry), lost_job.id: (stream, lost_entry)}
-    owners = {p["message_id"].decode(): p["consumer"].decode()
-              for p in client.xpending_range(stream, keys.GROUP, "-", "+", 10)}
+    pending: Any = client.xpending_range(stream, keys.GROUP, "-", "+", 10)
+    owners = {p["message_id"].decode(): p["consumer"].decode() for p in pending}
     assert owners == {own_entry: f"{model}-w1", lost_entry: f"{model}-w1"}
