@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import math
 import threading
 import time
 from collections.abc import Iterator
@@ -16,6 +15,7 @@ import redis
 from server.queue import keys
 from tests.conftest import SMOLLM2, LiveServer, start_server, stop_server, wait_until
 from tests.openapi import assert_valid
+from tests.pace import tokens_lasting
 
 pytestmark = pytest.mark.integration
 
@@ -60,17 +60,6 @@ def queued_or_running(r: redis.Redis, model: str) -> int:
     return int(r.xlen(keys.request_stream(model))) + int(r.get(keys.fair_queue(model) + "waiting") or 0)
 
 
-def tokens_lasting(url: str, seconds: float) -> int:
-    """`max_tokens` for which LONG holds its slot about `seconds` on this machine as loaded now, from the pace
-    the worker measures on a short run of the same prompt: 400 (the most) on a fast machine, fewer on a
-    loaded one, where each token takes longer (at least 48)."""
-    short = httpx.post(url + "/v1/chat/completions", json={**LONG, "stream": False, "max_tokens": 16}, timeout=120)
-    assert short.status_code == 200, short.text
-    timings = short.json()["timings"]
-    per_token_s = timings["predicted_ms"] / 1000.0 / max(1, timings["predicted_n"])
-    return max(48, min(400, math.ceil(seconds / per_token_s)))
-
-
 def start_stream(url: str, body: dict[str, object], started: threading.Event, out: list[str]) -> threading.Thread:
     def run() -> None:
         with httpx.stream("POST", url + "/v1/chat/completions", json=body, timeout=120) as response:
@@ -91,7 +80,7 @@ def test_full_queue_is_429_at_once_and_late_requests_are_dropped(one_slot_server
     r = redis.Redis.from_url(redis_url)
     first_started = threading.Event()
     first_out: list[str] = []
-    hold_tokens = tokens_lasting(url, HOLD_S)
+    hold_tokens = tokens_lasting(url, LONG, HOLD_S, low=48, high=400)  # 400: what a fast machine needs
     wait_until(lambda: queued_or_running(r, "tiny") == 0, timeout_s=10, what="the measuring request off the queue")
     first = start_stream(url, {**LONG, "max_tokens": hold_tokens}, first_started, first_out)
     assert first_started.wait(60)

@@ -13,11 +13,13 @@ import pytest
 
 from tests.conftest import wait_until
 from tests.engine_helpers import smollm2_engine
+from tests.pace import tokens_lasting
 from tests.security.conftest import SecureServer, raw_exchange
 
 pytestmark = pytest.mark.integration
 
 SMOLLM2_VOCAB = 49152
+STREAM_HOLD_S = 10.0  # how long the other client's stream should run while the hostile requests arrive
 
 
 def with_nested_schema(body: dict[str, object], levels: int) -> str:
@@ -82,10 +84,13 @@ def stream_meanwhile(secure: SecureServer) -> Iterator[Callable[[], list[str]]]:
     fixture's value waits for its end and gives its `data:` payloads."""
     chunks: list[str] = []
     started = threading.Event()
+    body = {"model": "tiny", "messages": [{"role": "user", "content": "Count from one to fifty in words."}],
+            "max_tokens": 120, "temperature": 0, "stream": True}
+    # long enough to outlast the hostile requests (a few seconds on a loaded machine): 120 tokens on a fast one
+    body["max_tokens"] = tokens_lasting(secure.url, body, STREAM_HOLD_S, low=24, high=120,
+                                        headers=secure.auth("inputs-stream"))
 
     def consume() -> None:
-        body = {"model": "tiny", "messages": [{"role": "user", "content": "Count from one to fifty in words."}],
-                "max_tokens": 120, "temperature": 0, "stream": True}
         with httpx.stream("POST", secure.url + "/v1/chat/completions", json=body, timeout=120,
                           headers=secure.auth("inputs-stream")) as response:
             assert response.status_code == 200

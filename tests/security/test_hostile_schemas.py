@@ -17,12 +17,14 @@ import redis
 from server.schema_limits import MAX_DEPTH, MAX_NODES, MAX_PROPERTIES, MAX_REPEAT, MAX_TOTAL_REPEAT
 from tests.conftest import LiveServer, start_server, stop_server, tiny_registry
 from tests.integration.test_faults import STORY, events_of
+from tests.pace import tokens_lasting
 
 pytestmark = pytest.mark.integration
 
 REGISTRY = tiny_registry(n_ctx=1024, n_threads=2, parallel=2)
 RF = "response_format.json_schema.schema"
 TOOL = "tools.0.function.parameters"
+STREAM_HOLD_S = 10.0  # how long the other client's stream should run while the hostile schemas arrive
 
 
 def nested(depth: int) -> dict[str, Any]:
@@ -81,6 +83,8 @@ def worker_pid(r: redis.Redis, job_id: str) -> int:
 def test_hostile_schemas_get_a_400_and_another_clients_stream_goes_on(server: LiveServer) -> None:
     r = redis.Redis.from_url(server.redis_url())
     body = {"model": "tiny", "messages": STORY, "max_tokens": 120, "temperature": 0, "stream": True}
+    # long enough to outlast the refusals (a few seconds on a loaded machine): 120 tokens on a fast one
+    body["max_tokens"] = tokens_lasting(server.url, body, STREAM_HOLD_S, low=24, high=120)
     with httpx.stream("POST", server.url + "/v1/chat/completions", json=body, timeout=120) as stream:
         lines = stream.iter_lines()
         first = next(json.loads(line[6:]) for line in lines if line.startswith("data: {"))
