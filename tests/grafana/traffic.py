@@ -1,7 +1,7 @@
 """Send a known mix of requests to a running slm-server, so its metrics have something to show.
 
 `send_traffic(base_url)` asks /v1/models which models there are and, for each, sends one plain
-and one streamed chat completion and one plain completion; then, against the first model, one
+and one streamed chat completion and one plain completion (all of them at once); then, against the first model, one
 invalid request (a 4xx: a validation error) and one streamed request that the client abandons
 after the first frame (a client disconnect). It uses only the standard library and returns what
 happened, so a test can wait until Prometheus has seen at least `report.sent` requests.
@@ -14,6 +14,7 @@ import json
 import urllib.parse
 from collections import Counter
 from collections.abc import Sequence
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -91,14 +92,16 @@ def send_traffic(
     if not report.models:
         raise RuntimeError("the server lists no model")
     messages = [{"role": "user", "content": "Count from one to five."}]
+    requests: list[tuple[str, dict[str, Any]]] = []
     for model in report.models:
         chat = {"model": model, "messages": messages, "max_tokens": max_tokens, "temperature": 0}
-        for body in (chat, {**chat, "stream": True}):
-            status, _ = client.request("POST", "/v1/chat/completions", body)
-            report.statuses[status] += 1
+        requests += [("/v1/chat/completions", chat), ("/v1/chat/completions", {**chat, "stream": True})]
         completion = {"model": model, "prompt": "One, two,", "max_tokens": max_tokens, "temperature": 0}
-        status, _ = client.request("POST", "/v1/completions", completion)
-        report.statuses[status] += 1
+        requests.append(("/v1/completions", completion))
+    # all at once: a local model's worker batches them (one decode step serves them all)
+    with ThreadPoolExecutor(max_workers=len(requests)) as pool:
+        for status, _ in pool.map(lambda r: client.request("POST", *r), requests):
+            report.statuses[status] += 1
     first = report.models[0]
     status, _ = client.request("POST", "/v1/chat/completions", {"model": first, "messages": "not a list"})
     report.statuses[status] += 1
