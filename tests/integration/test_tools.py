@@ -67,6 +67,7 @@ def test_tool_calls_stream_as_deltas(live_server: LiveServer) -> None:
         frames = [line[6:] for line in response.iter_lines() if line.startswith("data: ")]
     assert frames[-1] == "[DONE]"
     chunks = [json.loads(f) for f in frames[:-1]]
+    assert not [c for c in chunks if "error" in c], frames[-2]  # e.g. worker_lost: a running job taken again
     for chunk in chunks:
         assert_valid("CreateChatCompletionStreamResponse", chunk)
     deltas = [d for c in chunks for d in c["choices"][0]["delta"].get("tool_calls") or []]
