@@ -18,7 +18,8 @@ from tests.conftest import GEMMA3, SMOLLM2, LiveServer, start_server, stop_serve
 pytestmark = pytest.mark.integration
 
 
-def registry(main_gguf: str = SMOLLM2, alias: str = "small", extra: bool = False) -> str:
+def registry(main_gguf: str = SMOLLM2, alias: str = "small", extra: bool = False, on_demand: bool = False) -> str:
+    """`on_demand`: `smollm2` gets no worker until a request asks for it (a test of the listing needs none)."""
     text = f"""
 models:
   smollm2:
@@ -27,7 +28,7 @@ models:
     n_ctx: 1024
     n_threads: 1
     parallel: 2
-"""
+""" + ("    load: on_demand\n" if on_demand else "")
     if extra:
         text += f"""  extra:
     gguf: {SMOLLM2}
@@ -142,9 +143,9 @@ def test_registry_edits_under_load_fail_no_request(server: LiveServer, tmp_path:
 
 
 def test_sighup_reloads_at_once(tmp_path: Path) -> None:
-    srv = start_server(tmp_path, registry(), env={"SLM_RELOAD_INTERVAL_S": "3600"})
+    srv = start_server(tmp_path, registry(on_demand=True), env={"SLM_RELOAD_INTERVAL_S": "3600"})
     try:
-        (tmp_path / "model_registry.yaml").write_text(registry(alias="renamed"))
+        (tmp_path / "model_registry.yaml").write_text(registry(alias="renamed", on_demand=True))
         srv.process.send_signal(signal.SIGHUP)
         wait_until(lambda: "renamed" in model_ids(srv), timeout_s=10, what="SIGHUP to apply the edit")
     finally:
