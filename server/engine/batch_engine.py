@@ -115,6 +115,7 @@ class BatchEngine:
         self.prefill_chunk = model.options.prefill_chunk
         self._admissions = 0
         self.copies = 0  # prefixes copied from a busy slot into a free one
+        self._kv_cells = 0  # llama.cpp's cells in use after the last decode (see `kv_usage`)
 
     # -- capacity -------------------------------------------------------------------------------
     def free_slots(self) -> int:
@@ -124,8 +125,15 @@ class BatchEngine:
         return self.parallel - self.free_slots()
 
     def kv_usage(self) -> float:
-        """Share of the KV cache's cells holding tokens (kept prefixes included), 0..1."""
-        return sum(len(s.kv_tokens) for s in self._slots) / max(1, self.parallel * self.n_ctx)
+        """Share of the KV cache's cells in use, 0..1, as llama.cpp sees them: the cells each slot's
+        sequence holds (`LlamaModel.seq_cells`, from llama.cpp's own positions; kept prefixes of finished
+        sequences included) over `parallel` x `n_ctx` cells, as of the last decode. Counted by the decode
+        thread after each `llama_decode` (llama.cpp's cache is not read from other threads), so the
+        heartbeat and `/metrics` threads only read a number."""
+        return self._kv_cells / max(1, self.parallel * self.n_ctx)
+
+    def _count_cells(self) -> None:
+        self._kv_cells = sum(self.model.seq_cells(s.seq_id) for s in self._slots)
 
     def request_ids(self) -> list[str]:
         return list(self._by_id)
@@ -294,7 +302,9 @@ class BatchEngine:
                 self.model.seq_clear(slot.seq_id)
                 slot.kv_tokens.clear()
                 outputs.append(self._finish(slot, "error", error=f"llama_decode failed ({rc})"))
+            self._count_cells()
             return outputs
+        self._count_cells()
         now = time.perf_counter()
         for slot in involved:
             seq = slot.seq
