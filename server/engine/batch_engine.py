@@ -209,14 +209,15 @@ class BatchEngine:
     def _place(self, free: list[_Slot], tokens: list[int]) -> tuple[_Slot, int]:
         """The free slot for `tokens` and how many of them its cache already holds: the free slot with the
         longest common prefix (the least recently used among equals) when that prefix is worth it (at least
-        `MIN_COPY_TOKENS`, or all the slot holds), else an empty or the least recently used free slot, so a
-        new conversation does not overwrite another's kept prefix for a few template tokens; unless some
+        `MIN_COPY_TOKENS`, half the prompt, or all the slot holds), else an empty or the least recently used
+        free slot, so a new conversation does not overwrite another's kept prefix for a few template tokens;
+        unless some
         other slot (busy generating, or prefilling) holds a prefix longer by `MIN_COPY_TOKENS`: then an empty
         or the least recently used free slot gets a copy of that one's cache."""
         limit = len(tokens) - 1  # the last prompt token is always evaluated: its logits start the answer
         best = max(free, key=lambda s: (_common_prefix(s.kv_tokens, tokens), -s.last_used))
         common = min(_common_prefix(best.kv_tokens, tokens), limit)
-        if common < MIN_COPY_TOKENS and common < len(best.kv_tokens):
+        if common < MIN_COPY_TOKENS and 2 * common < len(tokens) and common < len(best.kv_tokens):
             # a few shared tokens (the chat template's opening) are not worth another conversation's kept
             # prefix: take an empty slot, else the least recently used one
             best = min(free, key=lambda s: (bool(s.kv_tokens), s.last_used))
