@@ -18,12 +18,16 @@ def process_rss(statm: Path = Path("/proc/self/statm")) -> int:
 
 
 def process_peak_rss(status: Path = Path("/proc/self/status")) -> int:
-    """This process's peak resident set in bytes (`VmHWM`: loading a model peaks above its steady RSS;
-    where there is no /proc, `getrusage`'s peak)."""
+    """This process's peak resident set in bytes: `VmHWM` (loading a model peaks above its steady RSS), or
+    `VmRSS` when larger (the kernel updates the high-water mark lazily, e.g. at unmap); where there is no
+    /proc, `getrusage`'s peak."""
     try:
+        found = {}
         for line in status.read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) * 1024
+            if line.startswith(("VmHWM:", "VmRSS:")):
+                found[line.split(":")[0]] = int(line.split()[1]) * 1024
+        if found:
+            return max(found.values())
     except (OSError, IndexError, ValueError):
         pass
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024

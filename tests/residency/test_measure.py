@@ -11,6 +11,8 @@ def test_the_peak_is_read_from_vmhwm(tmp_path: Path) -> None:
     status = tmp_path / "status"
     status.write_text("Name:\tpython\nVmPeak:\t 900000 kB\nVmHWM:\t  768000 kB\nVmRSS:\t  550000 kB\n")
     assert process_peak_rss(status) == 768000 * 1024
+    status.write_text("VmHWM:\t  500000 kB\nVmRSS:\t  520000 kB\n")  # the high-water mark is updated lazily
+    assert process_peak_rss(status) == 520000 * 1024
 
 
 def test_this_process_peak_is_at_least_its_rss() -> None:
