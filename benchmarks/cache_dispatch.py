@@ -276,6 +276,7 @@ def main() -> int:
             "share_from_cache": round(sum(t["cached_tokens"] >= document_tokens for t in follow) / len(follow), 3),
             "misses_holder_had_free_slot": sum(r["misses_holder_had_free_slot"] for r in mine),
             "answered_by_holder": sum(r["answered_by_holder"] for r in mine),
+            "holder_found": sum(r["holder_found"] for r in mine),
             "follow_ups": len(follow),
             "follow_up_ttft_p50_s": round(percentile([t["ttft_s"] for t in follow], 50), 3),
             "follow_up_ttft_p90_s": round(percentile([t["ttft_s"] for t in follow], 90), 3),
