@@ -89,7 +89,9 @@ class Metrics:
         self.model_loaded = Gauge("slm_model_loaded", "A local model's workers are loaded and ready (1) or not (0).",
                                   ["model"], registry=r)
         self.model_memory = Gauge("slm_model_memory_bytes", "A local model's memory: `estimated` from its GGUF "
-                                  "before loading, `measured` as its workers' RSS.", ["model", "kind"], registry=r)
+                                  "before loading, `measured` as its workers' RSS, `measured_peak` as their peak RSS "
+                                  "(loading included), `decision` what fit decisions count (max of estimate and peak).",
+                                  ["model", "kind"], registry=r)
         self.model_evictions = Counter("slm_model_evictions", "Local models unloaded: to make room under the "
                                        "memory budget (`budget`) or for being idle (`idle`).", ["model", "reason"],
                                        registry=r)
@@ -116,7 +118,7 @@ class Metrics:
             self.queue_depth.labels(model)
             self.workers_ready.labels(model)
             self.model_loaded.labels(model)
-            for kind in ("estimated", "measured"):
+            for kind in ("estimated", "measured", "measured_peak", "decision"):
                 self.model_memory.labels(model, kind)
             for reason in EVICTION_REASONS:
                 self.model_evictions.labels(model, reason)
@@ -127,6 +129,8 @@ class Metrics:
             self.model_loaded.labels(model).set(1 if res.state == "ready" else 0)
             self.model_memory.labels(model, "estimated").set(res.estimated_bytes)
             self.model_memory.labels(model, "measured").set(res.measured_bytes or 0)
+            self.model_memory.labels(model, "measured_peak").set(res.measured_peak_bytes or 0)
+            self.model_memory.labels(model, "decision").set(res.decision_bytes())
             for reason in EVICTION_REASONS:
                 total = res.evictions.get(reason, 0)
                 seen = self._evictions_seen.get((model, reason), 0)

@@ -69,13 +69,14 @@ class LocalModel(_Entry):
     max_queue: int = Field(default=64, ge=1, description="Requests queued or running before 429.")
     embeddings: bool = Field(default=False, description="Serve /v1/embeddings with this model.")
     load: Literal["boot", "on_demand"] = Field(
-        default="boot", description="`boot`: workers start with `serve` and stay; `on_demand`: started when a "
-        "request for the model is queued (requests wait for it, bounded by the queue timeout).")
+        default="boot", description="`boot`: workers start with `serve` and stay (as far as the memory budget "
+        "allows: pinned models first, then registry order; the rest load on their first request); `on_demand`: "
+        "started when a request for the model is queued (requests wait for it, bounded by the queue timeout).")
     idle_unload_s: float | None = Field(
         default=None, gt=0, description="Seconds without a request after which `serve` stops the model's workers "
         "(null: never). An unloaded model loads again on its next request.")
     pinned: bool = Field(default=False, description="Never stopped to make room under the memory budget "
-                         "(nor for being idle).")
+                         "(nor for being idle); the pinned models together must fit the budget.")
 
     @model_validator(mode="after")
     def _residency(self) -> LocalModel:

@@ -115,6 +115,7 @@ class BatchEngine:
         self.prefill_chunk = model.options.prefill_chunk
         self._admissions = 0
         self.copies = 0  # prefixes copied from a busy slot into a free one
+        self._kv_cells = 0  # llama.cpp's cells in use after the last decode (see `kv_usage`)
 
     # -- capacity -------------------------------------------------------------------------------
     def free_slots(self) -> int:
@@ -124,8 +125,15 @@ class BatchEngine:
         return self.parallel - self.free_slots()
 
     def kv_usage(self) -> float:
-        """Share of the KV cache's cells holding tokens (kept prefixes included), 0..1."""
-        return sum(len(s.kv_tokens) for s in self._slots) / max(1, self.parallel * self.n_ctx)
+        """Share of the KV cache's cells in use, 0..1, as llama.cpp sees them: the cells each slot's
+        sequence holds (`LlamaModel.seq_cells`, from llama.cpp's own positions; kept prefixes of finished
+        sequences included) over `parallel` x `n_ctx` cells, as of the last decode. Counted by the decode
+        thread after each `llama_decode` (llama.cpp's cache is not read from other threads), so the
+        heartbeat and `/metrics` threads only read a number."""
+        return self._kv_cells / max(1, self.parallel * self.n_ctx)
+
+    def _count_cells(self) -> None:
+        self._kv_cells = sum(self.model.seq_cells(s.seq_id) for s in self._slots)
 
     def request_ids(self) -> list[str]:
         return list(self._by_id)
@@ -200,17 +208,25 @@ class BatchEngine:
 
     def _place(self, free: list[_Slot], tokens: list[int]) -> tuple[_Slot, int]:
         """The free slot for `tokens` and how many of them its cache already holds: the free slot with the
-        longest common prefix (the least recently used among equals), unless some other slot (busy
-        generating, or prefilling) holds a prefix longer by `MIN_COPY_TOKENS`: then the least recently used
-        free slot gets a copy of that one's cache."""
+        longest common prefix (the least recently used among equals) when that prefix is worth it (at least
+        `MIN_COPY_TOKENS`, half the prompt, or all the slot holds), else an empty or the least recently used
+        free slot, so a new conversation does not overwrite another's kept prefix for a few template tokens;
+        unless some
+        other slot (busy generating, or prefilling) holds a prefix longer by `MIN_COPY_TOKENS`: then an empty
+        or the least recently used free slot gets a copy of that one's cache."""
         limit = len(tokens) - 1  # the last prompt token is always evaluated: its logits start the answer
         best = max(free, key=lambda s: (_common_prefix(s.kv_tokens, tokens), -s.last_used))
         common = min(_common_prefix(best.kv_tokens, tokens), limit)
+        if common < MIN_COPY_TOKENS and 2 * common < len(tokens) and common < len(best.kv_tokens):
+            # a few shared tokens (the chat template's opening) are not worth another conversation's kept
+            # prefix: take an empty slot, else the least recently used one
+            best = min(free, key=lambda s: (bool(s.kv_tokens), s.last_used))
+            common = min(_common_prefix(best.kv_tokens, tokens), limit)
         donor = max(self._slots, key=lambda s: _common_prefix(s.kv_tokens, tokens))
         shared = min(_common_prefix(donor.kv_tokens, tokens), limit)
         if donor.seq is None or shared < common + MIN_COPY_TOKENS:
             return best, common
-        target = min(free, key=lambda s: s.last_used)
+        target = min(free, key=lambda s: (bool(s.kv_tokens), s.last_used))
         self.model.seq_copy(donor.seq_id, target.seq_id)
         target.kv_tokens = donor.kv_tokens[:]
         self.copies += 1
@@ -294,7 +310,9 @@ class BatchEngine:
                 self.model.seq_clear(slot.seq_id)
                 slot.kv_tokens.clear()
                 outputs.append(self._finish(slot, "error", error=f"llama_decode failed ({rc})"))
+            self._count_cells()
             return outputs
+        self._count_cells()
         now = time.perf_counter()
         for slot in involved:
             seq = slot.seq

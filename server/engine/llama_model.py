@@ -151,6 +151,15 @@ class LlamaModel:
         trim the copy with `seq_remove` afterwards."""
         llama_cpp.llama_memory_seq_cp(self.memory, source, target, 0, -1)
 
+    def seq_cells(self, seq_id: int) -> int:
+        """KV cells llama.cpp holds for a sequence: its positions `pos_min..pos_max` (0 when empty). Each
+        sequence has its own stream (non-unified cache) and its positions are contiguous from 0, so no
+        cell is counted twice: a `seq_copy` copies the stream's buffer rather than sharing cells."""
+        high = int(llama_cpp.llama_memory_seq_pos_max(self.memory, seq_id))
+        if high < 0:
+            return 0
+        return high - int(llama_cpp.llama_memory_seq_pos_min(self.memory, seq_id)) + 1
+
     def seq_clear(self, seq_id: int) -> None:
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
 

@@ -30,7 +30,7 @@ from server.redis_connect import RedisTarget
 from server.registry import Registry, resolve_gguf
 from server.residency.budget import format_size
 from server.residency.estimate import model_cost
-from server.residency.policy import Candidate, idle_expired, in_use, make_room
+from server.residency.policy import BootModel, BootPlan, Candidate, idle_expired, in_use, make_room, plan_boot
 from server.residency.state import BUDGET_FIELD, Budget, Residency, State
 
 log = logging.getLogger("slm.residency")
@@ -60,6 +60,7 @@ class Seen:
     wanted: bool = False  # a gateway's router passed over it while unloaded: load it
     ready_pids: set[int] = field(default_factory=set)
     rss: int = 0
+    peak: int = 0  # its live workers' VmHWM, summed
 
 
 def registry_costs(registry: Registry, *, registry_dir: Path, model_dirs: list[Path]) -> dict[str, int]:
@@ -81,6 +82,32 @@ def too_big(registry: Registry, costs: dict[str, int], budget: int) -> list[str]
             for name, entry in registry.local_models().items() if costs.get(name, 0) > budget]
 
 
+def pinned_too_big(registry: Registry, costs: dict[str, int], budget: int) -> list[str]:
+    """A problem naming the pinned models when together they pass the budget (they are never evicted)."""
+    pinned = {name: costs.get(name, 0) for name, entry in registry.local_models().items() if entry.pinned}
+    total = sum(pinned.values())
+    if len(pinned) < 2 or total <= budget:
+        return []  # one pinned model too big alone is `too_big`'s
+    named = ", ".join(f"{name} {format_size(cost)} ({cost} bytes)" for name, cost in pinned.items())
+    return [f"pinned models {', '.join(pinned)}: together need an estimated {format_size(total)} ({total} bytes: "
+            f"{named}), more than the memory budget of {format_size(budget)} ({budget} bytes, SLM_MEMORY_BUDGET); "
+            "pinned models are never unloaded, so they must fit together"]
+
+
+def boot_plan(registry: Registry, costs: dict[str, int], budget: int) -> BootPlan:
+    """Which `load: boot` models `serve` starts (pinned first, then registry order, while they fit)."""
+    return plan_boot([BootModel(name, costs.get(name, 0), entry.pinned)
+                      for name, entry in registry.local_models().items() if not entry.on_demand], budget)
+
+
+def log_deferred(plan: BootPlan, budget: int) -> None:
+    for name, why in plan.deferred.items():
+        log.warning("%s: not loaded at boot (memory budget): needs an estimated %s (%d bytes); budget %s (%d bytes), "
+                    "%s (%d bytes) already committed to the models started before it; it loads on its first "
+                    "request", name, format_size(why.cost), why.cost, format_size(budget), budget,
+                    format_size(why.committed), why.committed)
+
+
 class ResidencyManager:
     def __init__(self, registry: Registry, budget: int, costs: dict[str, int], workers: Workers,
                  clock: Callable[[], float] = time.time) -> None:
@@ -99,13 +126,22 @@ class ResidencyManager:
         kept = {}
         for name, entry in registry.local_models().items():
             was = self.models.get(name)
+            same_file = was is not None and was.estimated_bytes == self.costs.get(name, 0)
             kept[name] = Residency(
                 state=was.state if was else "unloaded", load=entry.load, pinned=entry.pinned,
                 estimated_bytes=self.costs.get(name, 0), measured_bytes=was.measured_bytes if was else None,
                 last_used=was.last_used if was else None, loads=was.loads if was else 0,
                 last_load_s=was.last_load_s if was else None,
-                evictions=dict(was.evictions) if was else Residency().evictions)
+                evictions=dict(was.evictions) if was else Residency().evictions,
+                measured_peak_bytes=was.measured_peak_bytes if was and same_file else None,
+                deferred=was.deferred if was else None)
         self.models = kept
+
+    def defer(self, plan: BootPlan) -> None:
+        """Mark the boot models the plan left out (their workers start parked)."""
+        for name in plan.deferred:
+            if name in self.models:
+                self.models[name].deferred = "memory budget"
 
     def began_loading(self, model: str) -> None:
         self._load_began[model] = self.clock()
@@ -139,6 +175,7 @@ class ResidencyManager:
             view = seen[model]
             view.busy += int(info.get(b"busy", 0) or 0)
             view.rss += int(info.get(b"rss", 0) or 0)
+            view.peak += int(info.get(b"peak", 0) or 0)
             view.ready_pids.add(int(info.get(b"pid", 0) or 0))
         return seen
 
@@ -162,7 +199,11 @@ class ResidencyManager:
                     res.last_load_s = now - self._load_began.pop(model)
                     log.info("%s loaded in %.2f s", model, res.last_load_s)
             res.state = state
+            if state != "unloaded":
+                res.deferred = None
             res.measured_bytes = view.rss or None
+            if view.peak > (res.measured_peak_bytes or 0):
+                res.measured_peak_bytes = view.peak
             if view.depth > 0 or view.busy > 0 or (view.wanted and state != "ready"):
                 res.last_used = now
         candidates = self._candidates(seen)
@@ -175,7 +216,7 @@ class ResidencyManager:
         for name, res in self.models.items():
             entry = self.registry.local_models()[name]
             view = seen.get(name, Seen())
-            out.append(Candidate(name=name, cost=res.estimated_bytes, resident=res.state != "unloaded",
+            out.append(Candidate(name=name, cost=res.decision_bytes(), resident=res.state != "unloaded",
                                  ready=res.state == "ready", idle=view.depth == 0 and view.busy == 0,
                                  pinned=entry.pinned, last_used=res.last_used or 0.0,
                                  idle_unload_s=entry.idle_unload_s, draining=res.state == "draining"))
@@ -191,15 +232,17 @@ class ResidencyManager:
                 self._wanted_since.pop(name, None)
         for name in sorted(self._wanted_since, key=lambda n: self._wanted_since[n]):
             candidates = self._candidates(seen)
-            evict = make_room(self.models[name].estimated_bytes, self.budget, candidates)
+            need = self.models[name].decision_bytes()
+            evict = make_room(need, self.budget, candidates)
             if evict is None:
                 continue  # no room yet (others busy or draining); the request waits
             if evict:
                 for other in evict:
                     self._evict(other, "budget")
                 continue  # load once they are gone
-            if in_use(candidates) + self.models[name].estimated_bytes <= self.budget:
-                log.info("%s wanted: loading (estimated %s)", name, format_size(self.models[name].estimated_bytes))
+            if in_use(candidates) + need <= self.budget:
+                log.info("%s wanted: loading (%s %s)", name, self.models[name].decision_basis().replace("_", " "),
+                         format_size(need))
                 self.models[name].state = "loading"
                 self.began_loading(name)
                 self.workers.start_model(name)
@@ -216,7 +259,8 @@ class ResidencyManager:
         mapping: dict[FieldT, EncodableT] = {name: res.encode() for name, res in self.models.items()}
         mapping[BUDGET_FIELD] = Budget(
             self.budget, sum(r.estimated_bytes for r in self.models.values() if r.state != "unloaded"),
-            sum(r.measured_bytes or 0 for r in self.models.values())).encode()
+            sum(r.measured_bytes or 0 for r in self.models.values()),
+            sum(r.decision_bytes() for r in self.models.values() if r.state != "unloaded")).encode()
         pipe = client.pipeline(transaction=True)
         pipe.delete(keys.residency())
         pipe.hset(keys.residency(), mapping=mapping)
@@ -238,9 +282,10 @@ class ResidencyManager:
 
 
 def check_budget(registry: Registry, budget: int, *, registry_dir: Path, model_dirs: list[Path]) -> dict[str, int]:
-    """The registry's costs, or `RegistryError` naming each model too big for the budget."""
+    """The registry's costs, or `RegistryError` naming each model too big for the budget (and the pinned
+    models, when together they are)."""
     costs = registry_costs(registry, registry_dir=registry_dir, model_dirs=model_dirs)
-    problems = too_big(registry, costs, budget)
+    problems = too_big(registry, costs, budget) + pinned_too_big(registry, costs, budget)
     if problems:
         raise RegistryError("\n".join(problems))
     return costs

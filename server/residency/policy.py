@@ -7,10 +7,14 @@
   draining count as gone: nothing more is stopped for room they are about to free). `None` when
   even stopping every candidate would not make room (the request waits; it may time out).
 - `idle_expired`: ready, idle, unpinned models whose last use is older than their `idle_unload_s`.
+- `plan_boot`: which `load: boot` models start with `serve`: pinned ones first, then the others in
+  registry order, each started when it fits beside those already started; the rest are deferred
+  (unloaded: they load on their first request, making room as above).
 
-Sizes are the estimates (`residency.estimate`), known before loading; measured RSS is reported
-beside them, not used to decide (a worker's RSS grows as its cache fills: deciding by it would
-evict on a conversation's length).
+Sizes are the decision bytes: the estimate (`residency.estimate`, known before loading), or a model's
+measured peak RSS when that is larger (loading can peak above the steady size; the peak is what the
+machine must hold). The steady RSS is only reported (it grows as the cache fills: deciding by it
+would evict on a conversation's length).
 """
 
 from __future__ import annotations
@@ -60,3 +64,36 @@ def idle_expired(models: Sequence[Candidate], now: float) -> list[str]:
     return [m.name for m in models
             if m.ready and m.idle and not m.pinned and m.idle_unload_s is not None
             and now - m.last_used >= m.idle_unload_s]
+
+
+@dataclass(frozen=True)
+class BootModel:
+    name: str
+    cost: int
+    pinned: bool
+
+
+@dataclass(frozen=True)
+class Deferred:
+    cost: int
+    committed: int  # bytes of the models started before it
+
+
+@dataclass(frozen=True)
+class BootPlan:
+    start: list[str]
+    deferred: dict[str, Deferred]
+
+
+def plan_boot(models: Sequence[BootModel], budget: int) -> BootPlan:
+    """Boot models (registry order) to start now and those left unloaded for want of room."""
+    start: list[str] = []
+    deferred: dict[str, Deferred] = {}
+    committed = 0
+    for model in [m for m in models if m.pinned] + [m for m in models if not m.pinned]:
+        if committed + model.cost <= budget:
+            start.append(model.name)
+            committed += model.cost
+        else:
+            deferred[model.name] = Deferred(model.cost, committed)
+    return BootPlan(start, deferred)

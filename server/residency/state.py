@@ -4,6 +4,12 @@ States: `unloaded` (no worker process), `loading` (a worker started, no heartbea
 (a worker beats its heartbeat), `draining` (told to stop: finishing what it holds). The hash
 (`queue.keys.residency()`) expires a few seconds after the supervisor last wrote it, so a gateway
 never waits on the word of a supervisor that is gone.
+
+Memory: `estimated_bytes` from the GGUF before loading; `measured_bytes` the RSS its live workers
+report now (steady); `measured_peak_bytes` the highest peak (`VmHWM`, loading included) its workers
+have reported, summed over its replicas, kept after it unloads. Fit decisions use
+`decision_bytes()`: the larger of the estimate and the measured peak once there is one
+(`decision_basis()` says which).
 """
 
 from __future__ import annotations
@@ -31,6 +37,15 @@ class Residency:
     loads: int = 0  # completed loads (process start to first heartbeat)
     last_load_s: float | None = None
     evictions: dict[str, int] = field(default_factory=lambda: dict.fromkeys(EVICTION_REASONS, 0))
+    measured_peak_bytes: int | None = None  # the largest VmHWM sum its workers reported (load included)
+    deferred: str | None = None  # why a boot model is unloaded: "memory budget" (the boot plan left it out)
+
+    def decision_bytes(self) -> int:
+        """What fit decisions count for this model: max(estimate, measured peak)."""
+        return max(self.estimated_bytes, self.measured_peak_bytes or 0)
+
+    def decision_basis(self) -> str:
+        return "measured_peak" if (self.measured_peak_bytes or 0) > self.estimated_bytes else "estimate"
 
     def encode(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))
@@ -50,6 +65,9 @@ class Residency:
         """What `/v1/status` and `/v1/models` show."""
         return {"state": self.state, "load": self.load, "pinned": self.pinned,
                 "memory_estimated_bytes": self.estimated_bytes, "memory_measured_bytes": self.measured_bytes,
+                "memory_measured_peak_bytes": self.measured_peak_bytes,
+                "memory_decision_bytes": self.decision_bytes(), "memory_decision_basis": self.decision_basis(),
+                "deferred": self.deferred,
                 "last_used": None if self.last_used is None else round(self.last_used, 3),
                 "last_load_s": None if self.last_load_s is None else round(self.last_load_s, 3)}
 
@@ -59,6 +77,7 @@ class Budget:
     budget_bytes: int
     estimated_in_use: int
     measured_in_use: int
+    committed: int = 0  # decision bytes (max of estimate and measured peak) of the models loaded or loading
 
     def encode(self) -> str:
         return json.dumps(asdict(self), separators=(",", ":"))

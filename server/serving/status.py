@@ -18,8 +18,12 @@ State of a model:
 Recent latency is read from the gateway's own Prometheus series, not from a second bookkeeping:
 Each local model also carries `residency` (null without a supervisor publishing it: `gateway` alone):
 its residency state (`unloaded`, `loading`, `ready`, `draining`), `load`, `pinned`, memory estimated
-from its GGUF and measured as its workers' RSS (bytes), when it was last used (unix seconds) and its
-last load time; the top level carries `memory` (the budget and what is in use, estimated and measured).
+from its GGUF and measured as its workers' RSS (bytes): now and at its peak (`VmHWM`, loading
+included), the bytes fit decisions count for it (`memory_decision_bytes`: max of estimate and measured
+peak) and which figure that is (`memory_decision_basis`: `estimate` or `measured_peak`), why a boot
+model is unloaded (`deferred`: `memory budget` when the boot plan left it out), when it was last used
+(unix seconds) and its last load time; the top level carries `memory` (the budget and what is in use:
+estimated, measured, and committed in decision bytes).
 
 `StatusReporter` keeps cumulative snapshots of them (one per `SNAPSHOT_EVERY_S` at most, taken
 when the status is asked for) and reports over the difference between now and the newest snapshot
@@ -234,7 +238,8 @@ class StatusReporter:
             "memory": None if service.presence.budget is None else {
                 "budget_bytes": service.presence.budget.budget_bytes,
                 "estimated_in_use_bytes": service.presence.budget.estimated_in_use,
-                "measured_in_use_bytes": service.presence.budget.measured_in_use},
+                "measured_in_use_bytes": service.presence.budget.measured_in_use,
+                "committed_bytes": service.presence.budget.committed},
             "models": models,
         }
 

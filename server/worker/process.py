@@ -43,8 +43,9 @@ class WorkerMetrics:
                            registry=self.registry)
         self.load = Histogram("slm_model_load_seconds", "Time to load the model.", ["model"],
                               buckets=(0.1, 0.25, 0.5, 1, 2, 5, 10, 30, 60, 120), registry=self.registry)
-        self.kv_usage = Gauge("slm_worker_kv_cache_usage_ratio", "Share of the worker's KV cache cells holding "
-                              "tokens (kept prefixes included).", ["model"], registry=self.registry)
+        self.kv_usage = Gauge("slm_worker_kv_cache_usage_ratio", "Share of the worker's KV cache cells in use, "
+                              "from llama.cpp's positions per sequence (kept prefixes included).", ["model"],
+                              registry=self.registry)
         self.rss = Gauge("slm_worker_resident_memory_bytes", "The worker's resident memory (RSS).", ["model"],
                          registry=self.registry)
         self.model = model

@@ -40,7 +40,7 @@ from server.queue.events import Done, Event, Started
 from server.queue.messages import Job
 from server.queue.replies import Command
 from server.redis_connect import OUTAGE_ERRORS
-from server.residency.measure import process_rss
+from server.residency.measure import process_peak_rss, process_rss
 from server.worker import instant
 from server.worker.choices import Active, Choice, Waiting, admit_waiting, final_event, sequences
 from server.worker.cohort import Cohort
@@ -258,7 +258,8 @@ class Worker:
             info_key,
             mapping={"model": self.config.model, "slots": self.engine.parallel, "busy": busy,
                      "file": self.config.model_file, "draining": int(self.stopping),
-                     "rss": process_rss(), "kv_usage": round(self.engine.kv_usage(), 4), "pid": os.getpid()},
+                     "rss": process_rss(), "peak": process_peak_rss(), "kv_usage": round(self.engine.kv_usage(), 4),
+                     "pid": os.getpid()},
         )
         pipe.expire(info_key, max(2, int(self.config.heartbeat_ttl_s)))
         pipe.expire(keys.worker_prefixes(self.config.worker_id), max(2, int(self.config.heartbeat_ttl_s)))

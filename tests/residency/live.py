@@ -18,7 +18,7 @@ from .random_gguf import Dims, write_random_gguf
 
 SIZES = {"m1": Dims(n_embd=64, n_layer=2), "m2": Dims(n_embd=96, n_layer=3, n_ff=192),
          "m3": Dims(n_embd=128, n_layer=2, n_ff=256)}
-ENTRY = "    gguf: {file}\n    n_ctx: 256\n    n_threads: 1\n    parallel: 1\n    load: on_demand\n"
+ENTRY = "    gguf: {file}\n    n_ctx: 256\n    n_threads: 1\n    parallel: 1\n    load: {load}\n"
 
 
 def write_models(directory: Path) -> None:
@@ -26,11 +26,11 @@ def write_models(directory: Path) -> None:
         write_random_gguf(directory / f"{name}.gguf", dims, seed=seed)
 
 
-def registry(extra: dict[str, str] | None = None) -> str:
-    """The three models, on demand; `extra`: more YAML lines per model."""
+def registry(extra: dict[str, str] | None = None, load: str = "on_demand") -> str:
+    """The three models, on demand (or `load`); `extra`: more YAML lines per model."""
     lines = ["models:"]
     for name in SIZES:
-        lines.append(f"  {name}:\n" + ENTRY.format(file=f"{name}.gguf") + (extra or {}).get(name, ""))
+        lines.append(f"  {name}:\n" + ENTRY.format(file=f"{name}.gguf", load=load) + (extra or {}).get(name, ""))
     return "\n".join(lines) + "\n"
 
 
