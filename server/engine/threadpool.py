@@ -131,7 +131,8 @@ class Threadpool:
             raise ThreadpoolError("the threadpool was freed")
         address = _address(ctx)
         self._api.attach(address, self.main, self.batch)
-        self._attached.append(address)
+        if address not in self._attached:
+            self._attached.append(address)
 
     def detach(self, ctx: int | ctypes.c_void_p) -> None:
         """Give `ctx` back its per-compute pools (it must still be alive)."""
