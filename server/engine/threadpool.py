@@ -98,22 +98,23 @@ class Threadpool:
     def __init__(self, n_threads: int, *, n_threads_batch: int | None = None, poll: int = DEFAULT_POLL) -> None:
         check_poll(poll)
         self._api = api()
+        self._attached: list[int] = []  # contexts using the pools
+        self.main: int | None = None
+        self.batch: int | None = None
         params = self._params(n_threads, poll)
         batch_params = self._params(n_threads_batch or n_threads, poll)
-        self.batch: int | None = None
         if not self._api.params_match(ctypes.byref(params), ctypes.byref(batch_params)):
             self.batch = self._api.new(ctypes.byref(batch_params))
             if not self.batch:
                 raise ThreadpoolError(f"ggml could not create a threadpool of {batch_params.n_threads} threads")
             params.paused = True  # llama.cpp starts the generation pool paused beside a batch pool
-        self.main: int | None = self._api.new(ctypes.byref(params))
+        self.main = self._api.new(ctypes.byref(params))
         if not self.main:
             self.free()
             raise ThreadpoolError(f"ggml could not create a threadpool of {n_threads} threads")
         self.poll = poll
         self.n_threads = n_threads
         self.n_threads_batch = batch_params.n_threads
-        self._attached: list[int] = []
 
     def _params(self, n_threads: int, poll: int) -> ThreadpoolParams:
         if not 1 <= n_threads <= GGML_MAX_N_THREADS:
@@ -150,11 +151,10 @@ class Threadpool:
     def free(self) -> None:
         if self._attached:
             raise ThreadpoolError("a context still uses this threadpool: free or detach it first")
-        for name in ("main", "batch"):
-            pool = getattr(self, name, None)
+        for pool in (self.main, self.batch):
             if pool:
                 self._api.free(pool)
-            setattr(self, name, None)
+        self.main = self.batch = None
 
 
 def _address(ctx: int | ctypes.c_void_p) -> int:
