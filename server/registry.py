@@ -64,6 +64,13 @@ class LocalModel(_Entry):
         description="Prompt tokens evaluated per step while other sequences generate (smaller: their "
                     "tokens and new short prompts wait less, a long prompt takes a little longer).")
     n_gpu_layers: int = Field(default=0, ge=-1, description="Layers offloaded to the GPU; -1 = all.")
+    persistent_threads: bool = Field(
+        default=True, description="Decode on a threadpool kept for the worker's life, as llama-server does "
+                                  "(false: ggml makes one for every step).")
+    poll: int = Field(
+        default=50, ge=0, le=100,
+        description="How hard the persistent threadpool's idle threads poll for the next step, 0-100 (llama.cpp's "
+                    "`--poll`; no effect in an OpenMP build of llama.cpp, whose threads wait as OpenMP's do).")
     parallel: int = Field(default=4, ge=1, le=256, description="Sequences one worker decodes together.")
     replicas: int = Field(default=1, ge=0, le=64, description="Worker processes `serve` starts.")
     max_queue: int = Field(default=64, ge=1, description="Requests queued or running before 429.")

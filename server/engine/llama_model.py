@@ -3,11 +3,15 @@
 The context holds `parallel` sequences with separate (non-unified) KV caches, each `n_ctx` long:
 with a unified cache a neighbour joining the batch changed a sequence's greedy text; separate
 caches keep temperature-0 output identical whether a request runs alone or in a batch.
+
+The context decodes on a persistent ggml threadpool (`threadpool.py`, as llama-server's does) unless
+`persistent_threads` is off; `close` frees the context before its pool.
 """
 
 from __future__ import annotations
 
 import ctypes
+import logging
 import os
 import threading
 from dataclasses import dataclass
@@ -15,6 +19,10 @@ from pathlib import Path
 from typing import Any
 
 import llama_cpp
+
+from server.engine.threadpool import DEFAULT_POLL, Threadpool, ThreadpoolError
+
+log = logging.getLogger("slm.engine")
 
 _BACKEND_LOCK = threading.Lock()
 _backend_ready = [False]  # process-wide llama.cpp backend initialisation, done once
@@ -51,6 +59,8 @@ class ModelOptions:
     prefill_chunk: int = 512  # prompt tokens per step while other sequences generate
     n_gpu_layers: int = 0
     embeddings: bool = False
+    persistent_threads: bool = True  # a threadpool kept for the context's life (off: one per decode)
+    poll: int = DEFAULT_POLL  # the pool's polling level, 0..100 (llama.cpp's --poll)
 
 
 class LlamaModel:
@@ -82,6 +92,18 @@ class LlamaModel:
             llama_cpp.llama_model_free(model)
             raise ModelLoadError(f"llama.cpp could not create a context for {path.name}")
         self.ctx = ctx
+        self.threadpool: Threadpool | None = None
+        if options.persistent_threads:
+            try:
+                pool = Threadpool(threads, poll=options.poll)
+            except ThreadpoolError as exc:  # a llama.cpp without the functions: decode as before
+                log.warning("no persistent threadpool (%s); ggml makes one per step", exc)
+            except ValueError:
+                self.close()
+                raise
+            else:
+                pool.attach(ctx)
+                self.threadpool = pool
         self.n_batch = n_batch
         self.memory = llama_cpp.llama_get_memory(ctx)
         self.vocab = llama_cpp.llama_model_get_vocab(model)
@@ -164,9 +186,15 @@ class LlamaModel:
         llama_cpp.llama_memory_seq_rm(self.memory, seq_id, -1, -1)
 
     def close(self) -> None:
+        """Free the context, then its threadpool (never the other way round), then the model; again: nothing."""
         if self.ctx:
             llama_cpp.llama_free(self.ctx)
+            if self.threadpool is not None:
+                self.threadpool.forget(self.ctx)
             self.ctx = None
+        if self.threadpool is not None:
+            self.threadpool.free()
+            self.threadpool = None
         if self.model:
             llama_cpp.llama_model_free(self.model)
             self.model = None

@@ -129,7 +129,8 @@ def run_worker(settings: Settings, model: str) -> int:
     started = time.perf_counter()
     llama = LlamaModel(path, ModelOptions(n_ctx=entry.n_ctx, parallel=entry.parallel, n_threads=entry.n_threads,
                                           n_batch=entry.n_batch, n_gpu_layers=entry.n_gpu_layers,
-                                          prefill_chunk=entry.prefill_chunk))
+                                          prefill_chunk=entry.prefill_chunk,
+                                          persistent_threads=entry.persistent_threads, poll=entry.poll))
     engine = BatchEngine(llama)
     metrics.load.labels(model).observe(time.perf_counter() - started)
     metrics.slots.labels(model).set(entry.parallel)

@@ -93,3 +93,16 @@ def test_committed_json_schema_is_current_and_accepts_the_shipped_registry() -> 
     jsonschema.validate(shipped, committed)
     with pytest.raises(jsonschema.ValidationError):
         jsonschema.validate({"models": {"x": {"backend": "local", "gguf": "a", "n_ctxx": 1}}}, committed)
+
+
+def test_threadpool_options_default_to_llama_server_and_a_bad_poll_is_named() -> None:
+    entry = parse_registry({"models": {"tiny": {"gguf": "x.gguf"}}}).models["tiny"]
+    assert isinstance(entry, LocalModel) and entry.persistent_threads and entry.poll == 50
+    off = parse_registry({"models": {"tiny": {"gguf": "x.gguf", "persistent_threads": False, "poll": 0}}})
+    assert isinstance(off.models["tiny"], LocalModel) and not off.models["tiny"].persistent_threads
+    for bad in (101, -1, "fast"):
+        with pytest.raises(RegistryError) as info:
+            parse_registry({"models": {"tiny": {"gguf": "x.gguf", "poll": bad}}}, source="reg.yaml")
+        assert "reg.yaml: models.tiny.poll" in str(info.value)
+    with pytest.raises(RegistryError, match=r"models\.tiny\.persistent_threads"):
+        parse_registry({"models": {"tiny": {"gguf": "x.gguf", "persistent_threads": "sometimes"}}})
