@@ -169,8 +169,9 @@ class Supervisor:
         self.residency.apply_registry(new, costs)
         for name in removed | (changed - set(local)):
             self._retire([s for s in self.slots if s.model == name and not s.retiring])
+        deferred = self.residency.plan_added(added & set(local)).deferred  # boot models past the budget wait
         for name in added & set(local):
-            for slot in self._new_slots(name, local[name].replicas, parked=local[name].on_demand):
+            for slot in self._new_slots(name, local[name].replicas, parked=local[name].on_demand or name in deferred):
                 self.spawn(slot)
         for name in changed & set(local):
             old_slots = [s for s in self.slots if s.model == name and not s.retiring]

@@ -30,7 +30,7 @@ from server.redis_connect import RedisTarget
 from server.registry import Registry, resolve_gguf
 from server.residency.budget import format_size
 from server.residency.estimate import model_cost
-from server.residency.policy import BootModel, BootPlan, Candidate, idle_expired, in_use, make_room, plan_boot
+from server.residency.policy import BootModel, BootPlan, Candidate, Deferred, idle_expired, in_use, make_room, plan_boot
 from server.residency.state import BUDGET_FIELD, Budget, Residency, State
 
 log = logging.getLogger("slm.residency")
@@ -142,6 +142,21 @@ class ResidencyManager:
         for name in plan.deferred:
             if name in self.models:
                 self.models[name].deferred = "memory budget"
+
+    def plan_added(self, names: set[str]) -> BootPlan:
+        """Boot models a registry edit added: those that fit beside what is loaded or loading now start, the
+        rest stay unloaded (deferred, with the WARNING of `log_deferred`) and load on their first request."""
+        local = self.registry.local_models()
+        in_place = sum(res.decision_bytes() for name, res in self.models.items()
+                       if name not in names and res.state != "unloaded")
+        added = [BootModel(name, self.costs.get(name, 0), local[name].pinned)
+                 for name in local if name in names and not local[name].on_demand]
+        plan = plan_boot(added, self.budget - in_place)
+        plan = BootPlan(plan.start, {name: Deferred(why.cost, why.committed + in_place)
+                                     for name, why in plan.deferred.items()})
+        self.defer(plan)
+        log_deferred(plan, self.budget)
+        return plan
 
     def began_loading(self, model: str) -> None:
         self._load_began[model] = self.clock()

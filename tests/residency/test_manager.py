@@ -115,3 +115,21 @@ def test_a_measured_peak_above_the_estimate_makes_room_where_the_estimate_would_
         assert manager.models["a"].measured_peak_bytes == peak, "the measured peak outlives the process"
     assert procs.told[-1] == ("start", "b")
     assert ("stop", "a") in procs.told if evicts else ("stop", "a") not in procs.told
+
+
+def test_boot_models_a_registry_edit_adds_start_only_while_they_fit_beside_the_loaded_ones(
+        caplog: pytest.LogCaptureFixture) -> None:
+    procs = Processes()
+    manager = ResidencyManager(two_models(), 100 * MIB, {"a": 40 * MIB, "b": 30 * MIB}, procs)
+    procs.start_model("a")
+    procs.start_model("b")
+    settle(manager, procs, {"a": Seen(), "b": Seen()})
+    edited = parse_registry({"models": {name: {"gguf": f"{name}.gguf"} for name in ("a", "b", "c", "d")}})
+    manager.apply_registry(edited, {"c": 20 * MIB, "d": 20 * MIB})
+    with caplog.at_level("WARNING", logger="slm.residency"):
+        plan = manager.plan_added({"c", "d"})
+    assert plan.start == ["c"]  # 70 MiB loaded + c's 20 fit in 100; d's 20 more would not
+    assert plan.deferred == {"d": Deferred(cost=20 * MIB, committed=90 * MIB)}
+    assert manager.models["d"].public()["deferred"] == "memory budget"
+    assert [r.getMessage().split(":")[0] for r in caplog.records] == ["d"]
+    assert f"({90 * MIB} bytes) already committed" in caplog.records[0].getMessage()
