@@ -41,10 +41,8 @@ from server.reload import diff
 from server.residency.budget import format_size
 from server.residency.manager import (
     ResidencyManager,
-    boot_plan,
     budget_problems,
     check_budget,
-    log_deferred,
     registry_costs,
 )
 from server.settings import Settings
@@ -98,12 +96,10 @@ class Supervisor:
         self.registry = registry
         local = registry.local_models()
         models = [(name, entry.replicas) for name, entry in local.items()]
-        budget = settings.memory_budget_bytes()
-        self.boot_plan = boot_plan(registry, costs or {}, budget)  # boot models that do not fit start parked
+        self.residency = ResidencyManager(registry, settings.memory_budget_bytes(), costs or {}, self)
+        self.boot_plan = self.residency.plan_boot_models(set(local))  # boot models that do not fit start parked
         self.slots = [WorkerSlot(name, i, parked=local[name].on_demand or name in self.boot_plan.deferred)
                       for i, name in enumerate(n for n, r in models for _ in range(r))]
-        self.residency = ResidencyManager(registry, budget, costs or {}, self)
-        self.residency.defer(self.boot_plan)
         self.stopping = False
         self.stop_requested_at: float | None = None  # monotonic time of the first stop signal
         self._next_index = len(self.slots)
@@ -169,7 +165,7 @@ class Supervisor:
         self.residency.apply_registry(new, costs)
         for name in removed | (changed - set(local)):
             self._retire([s for s in self.slots if s.model == name and not s.retiring])
-        deferred = self.residency.plan_added(added & set(local)).deferred  # boot models past the budget wait
+        deferred = self.residency.plan_boot_models(added & set(local)).deferred  # boot models past the budget wait
         for name in added & set(local):
             for slot in self._new_slots(name, local[name].replicas, parked=local[name].on_demand or name in deferred):
                 self.spawn(slot)
@@ -322,7 +318,6 @@ def serve(settings: Settings, registry: Registry) -> int:
     supervisor = Supervisor(settings, registry, costs)
     log.info("memory budget %s; estimated per model: %s", format_size(budget),
              ", ".join(f"{n} {format_size(c)}" for n, c in costs.items()) or "none")
-    log_deferred(supervisor.boot_plan, budget)
     gateway: list[SupervisedServer] = []  # once built: a signal before uvicorn takes over stops it too
 
     def on_stop_signal() -> None:

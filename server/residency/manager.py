@@ -94,10 +94,11 @@ def pinned_too_big(registry: Registry, costs: dict[str, int], budget: int) -> li
             "pinned models are never unloaded, so they must fit together"]
 
 
-def boot_plan(registry: Registry, costs: dict[str, int], budget: int) -> BootPlan:
-    """Which `load: boot` models `serve` starts (pinned first, then registry order, while they fit)."""
+def boot_plan(registry: Registry, costs: dict[str, int], budget: int, only: set[str] | None = None) -> BootPlan:
+    """Which `load: boot` models (of `only`, else all) start (pinned first, then registry order, while they fit)."""
     return plan_boot([BootModel(name, costs.get(name, 0), entry.pinned)
-                      for name, entry in registry.local_models().items() if not entry.on_demand], budget)
+                      for name, entry in registry.local_models().items()
+                      if not entry.on_demand and (only is None or name in only)], budget)
 
 
 def log_deferred(plan: BootPlan, budget: int) -> None:
@@ -143,15 +144,13 @@ class ResidencyManager:
             if name in self.models:
                 self.models[name].deferred = "memory budget"
 
-    def plan_added(self, names: set[str]) -> BootPlan:
-        """Boot models a registry edit added: those that fit beside what is loaded or loading now start, the
-        rest stay unloaded (deferred, with the WARNING of `log_deferred`) and load on their first request."""
-        local = self.registry.local_models()
+    def plan_boot_models(self, names: set[str]) -> BootPlan:
+        """Boot models to start (`serve`'s own at its start, or those a registry edit added): those that fit
+        beside what is loaded or loading now start, the rest stay unloaded (deferred, with the WARNING of
+        `log_deferred`) and load on their first request."""
         in_place = sum(res.decision_bytes() for name, res in self.models.items()
                        if name not in names and res.state != "unloaded")
-        added = [BootModel(name, self.costs.get(name, 0), local[name].pinned)
-                 for name in local if name in names and not local[name].on_demand]
-        plan = plan_boot(added, self.budget - in_place)
+        plan = boot_plan(self.registry, self.costs, self.budget - in_place, only=names)
         plan = BootPlan(plan.start, {name: Deferred(why.cost, why.committed + in_place)
                                      for name, why in plan.deferred.items()})
         self.defer(plan)

@@ -127,7 +127,7 @@ def test_boot_models_a_registry_edit_adds_start_only_while_they_fit_beside_the_l
     edited = parse_registry({"models": {name: {"gguf": f"{name}.gguf"} for name in ("a", "b", "c", "d")}})
     manager.apply_registry(edited, {"c": 20 * MIB, "d": 20 * MIB})
     with caplog.at_level("WARNING", logger="slm.residency"):
-        plan = manager.plan_added({"c", "d"})
+        plan = manager.plan_boot_models({"c", "d"})
     assert plan.start == ["c"]  # 70 MiB loaded + c's 20 fit in 100; d's 20 more would not
     assert plan.deferred == {"d": Deferred(cost=20 * MIB, committed=90 * MIB)}
     assert manager.models["d"].public()["deferred"] == "memory budget"
