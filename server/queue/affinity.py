@@ -81,8 +81,9 @@ def held(slots: dict[int, list[Prefix]]) -> set[str]:
 # KEYS: shared stream, the model's dispatch workers (set), heartbeats (zset), the job's admitted mark.
 # ARGV: max backlog, field, payload, own-stream prefix, worker-info prefix, prefixes prefix, heartbeat ttl,
 #       group, mark ttl, holder only (1: the fair queue's gateways place a job here only on a holder with a
-#       free slot), the model's fair-queue prefix (its doorbells), then the job's prefix digests shortest
-#       first. Returns {stream, entry id}; false when full, or (holder only) when no holder can take it.
+#       free slot), the model's fair-queue prefix (not read: the digests start at ARGV[12]), then the job's
+#       prefix digests shortest first. Returns {stream, entry id}; false when full, or (holder only) when no
+#       holder can take it.
 # Idempotent: a retried admission whose reply was lost finds its mark and queues nothing twice.
 ADMIT = """
 local prior = redis.call('GET', KEYS[4])
@@ -123,13 +124,6 @@ end
 if holder == nil and ARGV[10] == '1' then return false end
 local id = redis.call('XADD', target, '*', ARGV[2], ARGV[3])
 redis.call('SET', KEYS[4], target, 'EX', ARGV[9])
-if holder ~= nil then
-  -- a worker of the fair queue waits on its doorbells, not on its stream
-  local bell = ARGV[11] .. 'bell:' .. holder
-  redis.call('LPUSH', bell, 1)
-  redis.call('LTRIM', bell, 0, 7)
-  redis.call('EXPIRE', bell, 60)
-end
 return {target, id}
 """
 

@@ -67,7 +67,6 @@ class QueueClient:
             retry_on_error=errors,
         )
         self._admit = self.commands.register_script(affinity.ADMIT)
-        self._admit_fair = self.commands.register_script(fair.ADMIT)
         self._position = self.commands.register_script(fair.POSITION)
         self._groups: set[str] = set()
 
@@ -158,31 +157,37 @@ class QueueClient:
             stream = keys.request_stream(model)
             mark = keys.job_admitted(job.id)
             # FIFO: the shared stream unless a holder is found; fair: only a holder with a free slot (it
-            # starts the job at once, so there is nothing to order), else the waiting lists
-            placed: Any = None
-            if fairness is None or prefixes:
-                placed = await self._admit(
-                    keys=[stream, keys.dispatch_workers(model), keys.worker_heartbeats(model), mark],
-                    args=[max_queue, field, payload, keys.worker_stream(model, ""), keys.worker_info(""),
-                          keys.worker_prefixes(""), self.heartbeat_ttl_s, keys.GROUP, ADMITTED_TTL_S,
-                          0 if fairness is None else 1, keys.fair_queue(model), *prefixes])
+            # starts the job at once, so there is nothing to order), else the fair queue's admission (straight
+            # onto the stream for a parked worker when nothing waits, else the waiting lists); both scripts
+            # in one round trip: the fair one finds the holder's admitted mark and queues nothing twice
+            affinity_args = [max_queue, field, payload, keys.worker_stream(model, ""), keys.worker_info(""),
+                             keys.worker_prefixes(""), self.heartbeat_ttl_s, keys.GROUP, ADMITTED_TTL_S,
+                             0 if fairness is None else 1, keys.fair_queue(model), *prefixes]
+            affinity_keys = [stream, keys.dispatch_workers(model), keys.worker_heartbeats(model), mark]
             if fairness is None:
-                entry: Any = placed or None
+                entry: Any = await self._admit(keys=affinity_keys, args=affinity_args) or None
                 admitted = None
-            elif placed:
-                return _text(placed[0])
             else:
                 cap = fair.key_cap(max_queue, fairness.share)
-                admitted = fair.Admitted.of(await self._admit_fair(keys=[stream, mark], args=[
-                    keys.fair_queue(model), max_queue, cap, fairness.key, job.priority or 0, fairness.weight,
-                    job.id, payload, int(job.enqueued_at * 1000), ADMITTED_TTL_S]))
+                pipe = self.commands.pipeline(transaction=False)
+                if prefixes:
+                    pipe.eval(affinity.ADMIT, len(affinity_keys), *affinity_keys, *affinity_args)
+                pipe.eval(fair.ADMIT, 2, stream, mark, keys.fair_queue(model), max_queue, cap, fairness.key,
+                          job.priority or 0, fairness.weight, job.id, payload, int(job.enqueued_at * 1000),
+                          ADMITTED_TTL_S, keys.GROUP, field, fair.BELL_FIELD)
+                answers = await pipe.execute()
+                if prefixes and answers[0]:
+                    return _text(answers[0][0])
+                admitted = fair.Admitted.of(answers[-1])
                 entry = admitted if admitted.verdict == 1 else None
         except (RedisError, OSError) as exc:
             raise ServiceUnavailableError(
                 "The queue is unavailable; try again shortly.", retry_after=RETRY_AFTER_S, code="queue_unavailable"
             ) from exc
         if entry is not None:
-            return keys.fair_queue(model) if fairness is not None else _text(entry[0])
+            if admitted is not None:
+                return stream if admitted.direct else keys.fair_queue(model)
+            return _text(entry[0])
         if admitted is None or fairness is None:
             raise OverloadedError(
                 f"The model '{job.model}' has {max_queue} requests waiting; try again shortly.",

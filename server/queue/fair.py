@@ -14,36 +14,60 @@ every gateway and worker sharing it:
     P weight            hash   key -> its weight (the latest admission's)
     P depth / perkey    hash   waiting jobs per class / per key;  P waiting: all of them
     P taken             int    jobs taken so far (the gateways' drain rate)
-    P bell              list   the doorbell: one token per admission, popped by an idle worker
+    P bell              list   one token per job waiting in the lists (at most 64): the autoscaler's signal
+    P idle              zset   worker id -> its free slots, while it is parked on the model's stream
 
 Admission (`ADMIT`) is one script, idempotent like the FIFO one (`slm:admitted:{id}`: a retried
 admission whose reply was lost queues nothing twice): it refuses while waiting + running (`XLEN` of the model's stream)
 is at `max_queue`, or while the key's waiting jobs are at its share of `max_queue`, enqueuing nothing.
+When nothing is waiting (the lists empty, nothing undelivered on the stream) and a worker is parked with
+a free slot, there is nothing to order: the job goes straight onto the model's stream, where the parked
+worker's blocking `XREADGROUP` returns it (one hop, as in the FIFO queue). Otherwise it waits in the
+lists; if a worker is parked all the same (it parked a moment before the job before this one came), a
+bell entry on the stream wakes it to take.
 
-A take (`TAKE`, one round trip) first reads what was `XADD`ed to the stream directly (a FIFO
-gateway), then for each free slot picks a job and moves it onto the model's stream and into the
-consumer group with `XREADGROUP`, in the same script: from there on leases, `XAUTOCLAIM`
-redelivery, delivery counts and dead letters work as before, and a reclaimed job keeps its place
-(the reaper takes it before anything new). The pick: the highest backlogged class, in it the key at
-the head of the ring while its deficit allows (each turn adds its weight; one job costs 1; a key whose
-list empties leaves the ring and its deficit). Starvation bound: when a lower class's oldest job has
-waited `starve_ms`, it is taken first, at most once every `aged_every` picks, so a low class always
-progresses and never takes over.
+An idle worker parks (`PARK`: `ZADD P idle` unless jobs wait in the lists, when it rings a bell entry
+instead) and blocks in `XREADGROUP` on its own stream and the model's, in one pipeline; its next take
+(`TAKE`, one round trip) unparks it, acknowledges the bells it read, reads its own stream and what is
+undelivered on the model's (direct jobs, a FIFO gateway's), then for each free slot picks a job and moves
+it onto the model's stream and into the consumer group with `XREADGROUP`, in the same script: from there
+on leases, `XAUTOCLAIM` redelivery, delivery counts and dead letters work as before, and a reclaimed job
+keeps its place (the reaper takes it before anything new). The pick: the highest backlogged class, in it
+the key at the head of the ring while its deficit allows (each turn adds its weight; one job costs 1; a
+key whose list empties leaves the ring and its deficit). Starvation bound: when a lower class's oldest
+job has waited `starve_ms`, it is taken first, at most once every `aged_every` picks, so a low class
+always progresses and never takes over.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
 
+BELL_FIELD = "bell"  # a bell entry on the model's stream: wakes a parked worker to take from the lists
+
+# KEYS: the model's stream, the job's admitted mark. ARGV: prefix, max_queue, key cap, key, class, weight, job id,
+# payload, enqueued (ms), mark TTL, group, job field, bell field. {verdict, total, the key's waiting, direct}
 ADMIT = """
 local P = ARGV[1]
 local kid, c, id = ARGV[4], ARGV[5], ARGV[7]
 local waiting = tonumber(redis.call('GET', P..'waiting') or '0')
 local total = waiting + redis.call('XLEN', KEYS[1])
 local mine = tonumber(redis.call('HGET', P..'perkey', kid) or '0')
-if redis.call('EXISTS', KEYS[2]) == 1 then return {1, total, mine} end
-if total >= tonumber(ARGV[2]) then return {0, total, mine} end
-if mine >= tonumber(ARGV[3]) then return {-1, total, mine} end
+if redis.call('EXISTS', KEYS[2]) == 1 then return {1, total, mine, 0} end
+if total >= tonumber(ARGV[2]) then return {0, total, mine, 0} end
+if mine >= tonumber(ARGV[3]) then return {-1, total, mine, 0} end
+local parked = redis.call('ZREVRANGE', P..'idle', 0, 0, 'WITHSCORES')
+local undelivered = 1
+if #parked > 0 then
+  undelivered = redis.call('XLEN', KEYS[1]) - redis.call('XPENDING', KEYS[1], ARGV[11])[1]
+end
+if waiting == 0 and #parked > 0 and undelivered <= 0 then
+  if tonumber(parked[2]) <= 1 then redis.call('ZREM', P..'idle', parked[1])
+  else redis.call('ZINCRBY', P..'idle', -1, parked[1]) end
+  redis.call('XADD', KEYS[1], '*', ARGV[12], ARGV[8])
+  redis.call('SET', KEYS[2], id, 'EX', ARGV[10])
+  return {1, total + 1, mine, 1}
+end
 local q = P..'q:'..c..':'..kid
 if redis.call('RPUSH', q, id) == 1 then redis.call('RPUSH', P..'ring:'..c, kid) end
 redis.call('HSET', P..'jobs', id, ARGV[8])
@@ -57,16 +81,40 @@ redis.call('INCR', P..'waiting')
 redis.call('SET', KEYS[2], id, 'EX', ARGV[10])
 redis.call('LPUSH', P..'bell', 1)
 redis.call('LTRIM', P..'bell', 0, 63)
-return {1, total + 1, mine + 1}
+if #parked > 0 and undelivered <= 0 then redis.call('XADD', KEYS[1], '*', ARGV[13], 1) end
+return {1, total + 1, mine + 1, 0}
 """
 
+# KEYS: the model's stream, this worker's own stream (optional). ARGV: prefix, group, consumer, room, starve (ms),
+# aged every, job field, bell field, then the ids of bell entries this worker read (acknowledged and deleted).
+# XREADGROUP's entries of the model's stream; with the own stream, {its entries, the model's stream's}.
 TAKE = """
 local P, group, consumer = ARGV[1], ARGV[2], ARGV[3]
 local room, starve, every = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
-local field = ARGV[7]
-local out = {}
-local direct = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', room, 'STREAMS', KEYS[1], '>')
-if direct then for _, e in ipairs(direct[1][2]) do out[#out + 1] = e end end
+local field, bell = ARGV[7], ARGV[8]
+local own, out = {}, {}
+redis.call('ZREM', P..'idle', consumer)
+for i = 9, #ARGV do
+  redis.call('XACK', KEYS[1], group, ARGV[i])
+  redis.call('XDEL', KEYS[1], ARGV[i])
+end
+local function read(stream, count, into)
+  local got = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream, '>')
+  if not got then return 0 end
+  for _, e in ipairs(got[1][2]) do
+    if bell and e[2][1] == bell then
+      redis.call('XACK', stream, group, e[1])
+      redis.call('XDEL', stream, e[1])
+    else
+      into[#into + 1] = e
+    end
+  end
+  return #got[1][2]
+end
+if KEYS[2] then read(KEYS[2], room, own) end
+for _ = 1, 4 do
+  if #own + #out >= room or read(KEYS[1], room - #own - #out, out) == 0 then break end
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 
@@ -118,7 +166,7 @@ local function aged(top)
 end
 
 local moved = 0
-while #out + moved < room do
+while #own + #out + moved < room do
   local top = redis.call('ZREVRANGE', P..'classes', 0, 0)[1]
   if not top then break end
   local id = aged(top)
@@ -149,10 +197,27 @@ while #out + moved < room do
   end
 end
 if moved > 0 then
+  redis.call('LPOP', P..'bell', moved)
   local mine = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', moved, 'STREAMS', KEYS[1], '>')
   if mine then for _, e in ipairs(mine[1][2]) do out[#out + 1] = e end end
 end
+if KEYS[2] then return {own, out} end
 return out
+"""
+
+# KEYS: the model's stream. ARGV: prefix, worker id, its free slots, group, bell field. A worker about to block on
+# its streams parks here, in the same pipeline as the blocking read: 1 parked; 0 not, as jobs wait in the lists (a
+# bell entry is then on the stream, so the read that follows returns at once and the next take gets them).
+PARK = """
+local P = ARGV[1]
+if tonumber(redis.call('GET', P..'waiting') or '0') > 0 then
+  if redis.call('XLEN', KEYS[1]) - redis.call('XPENDING', KEYS[1], ARGV[4])[1] <= 0 then
+    redis.call('XADD', KEYS[1], '*', ARGV[5], 1)
+  end
+  return 0
+end
+redis.call('ZADD', P..'idle', ARGV[3], ARGV[2])
+return 1
 """
 
 # ARGV = prefix, job id. {position (1 = next; 0 = no longer waiting), jobs waiting in all}
@@ -188,10 +253,11 @@ class Admitted:
     verdict: int
     total: int  # waiting + running for the model (after admission, if admitted)
     mine: int  # the key's waiting jobs
+    direct: bool = False  # admitted straight onto the model's stream (a worker was parked, nothing waiting)
 
     @classmethod
     def of(cls, reply: list[int]) -> Admitted:
-        return cls(int(reply[0]), int(reply[1]), int(reply[2]))
+        return cls(int(reply[0]), int(reply[1]), int(reply[2]), len(reply) > 3 and int(reply[3]) == 1)
 
 
 def key_cap(max_queue: int, share: float) -> int:

@@ -74,7 +74,7 @@ class IntakeConfig:
     dlq_maxlen: int = 1000
     dlq_ttl_s: int = 7 * 24 * 3600
     heartbeat_ttl_s: float = 5.0  # a worker silent this long is gone: its empty own stream is deleted
-    fair: bool = False  # SLM_QUEUE_POLICY=fair: take through the fair queue's script, woken by its doorbell
+    fair: bool = False  # SLM_QUEUE_POLICY=fair: take through the fair queue's script, park when idle
     starvation_s: float = 10.0  # a lower class's job waiting this long is taken first ...
     aged_every: int = 4  # ... at most once every this many takes
 
@@ -96,6 +96,7 @@ class Intake:
         self._last_reap = 0.0
         self._thread = threading.Thread(target=self._run, name="intake", daemon=True)
         self._take_fair = client.register_script(fair.TAKE)
+        self._bells: list[str] = []  # bell entries read off the shared stream, acknowledged by the next take
         self._steal = client.register_script(affinity.STEAL)
 
     # -- lifecycle ------------------------------------------------------------------------------
@@ -167,43 +168,64 @@ class Intake:
         if room <= 0:
             self._room_freed.wait(NO_ROOM_WAIT_S)
             return
-        taken = 0
-        for stream, entry_id, fields in self._next_entries(room):
-            taken += 1
+        entries = self._next_entries(room)
+        for stream, entry_id, fields in entries:
             self._take(stream, entry_id, fields, attempt=1)
-        if not taken:
+        if not entries:
             self._take_stalled()
-            if self.config.fair:  # nothing to take: wait for the next admission's doorbell (or a tick)
-                prefix = keys.fair_queue(self.config.model)
-                self.client.blpop([prefix + "bell:" + self.config.worker_id, prefix + "bell"],
-                                  timeout=IDLE_BLOCK_MS / 1000)
 
     def _next_entries(self, room: int) -> list[tuple[str, str, Any]]:
         """Up to `room` new entries for this worker, as (stream, entry id, fields), its own stream's first
         (cache-aware dispatch sent them here). FIFO: one blocking `XREADGROUP` on its own stream and the
-        shared one (a shared entry read beyond the free slots is given back). Fair: its own stream without
-        blocking, then one take script for the rest (it picks, moves onto the shared stream and reads, in
-        one round trip)."""
+        shared one. Fair: one take script (its own stream, what is undelivered on the shared one, then the
+        fair pick from the waiting lists, in one round trip); when that finds nothing, the worker parks
+        (`P idle`) and blocks on the same read as FIFO's, where the next admission reaches it directly."""
         if not self.config.fair:
-            reply: Any = self.client.xreadgroup(keys.GROUP, self.config.worker_id, {self.own: ">", self.stream: ">"},
-                                                count=room, block=IDLE_BLOCK_MS)
-            out: list[tuple[str, str, Any]] = []
-            for stream_raw, entries in reply or []:
-                stream = _text(stream_raw)
-                for entry_id, fields in entries:
-                    if len(out) >= room and stream == self.stream:
-                        self._give_back(_text(entry_id), fields)
-                        continue
-                    out.append((stream, _text(entry_id), fields))
+            return self._read_streams(room)
+        taken: Any = self._take_fair(keys=[self.stream, self.own], args=[
+            keys.fair_queue(self.config.model), keys.GROUP, self.config.worker_id, room,
+            int(self.config.starvation_s * 1000), self.config.aged_every, JOB_FIELD, fair.BELL_FIELD, *self._bells])
+        self._bells.clear()
+        own, shared = taken
+        out = [(self.own, _text(entry_id), _pairs(fields)) for entry_id, fields in own]
+        out += [(self.stream, _text(entry_id), _pairs(fields)) for entry_id, fields in shared]
+        out = [entry for entry in out if not self._is_bell(entry)]
+        if out:
             return out
-        own: Any = self.client.xreadgroup(keys.GROUP, self.config.worker_id, {self.own: ">"}, count=room)
-        out = [(self.own, _text(entry_id), fields) for _stream, entries in own or [] for entry_id, fields in entries]
-        if len(out) < room:
-            taken: Any = self._take_fair(keys=[self.stream], args=[
-                keys.fair_queue(self.config.model), keys.GROUP, self.config.worker_id, room - len(out),
-                int(self.config.starvation_s * 1000), self.config.aged_every, JOB_FIELD])
-            out += [(self.stream, _text(entry_id), _pairs(fields)) for entry_id, fields in taken or []]
+        return self._read_streams(room, park=True)
+
+    def _read_streams(self, room: int, *, park: bool = False) -> list[tuple[str, str, Any]]:
+        """One blocking `XREADGROUP` on this worker's own stream and the shared one (a shared entry read
+        beyond the free slots is given back); with `park`, first registered as parked in the fair queue, in
+        the same round trip."""
+        streams: dict[Any, Any] = {self.own: ">", self.stream: ">"}
+        if park:
+            pipe = self.client.pipeline(transaction=False)
+            pipe.eval(fair.PARK, 1, self.stream, keys.fair_queue(self.config.model), self.config.worker_id, room,
+                      keys.GROUP, fair.BELL_FIELD)
+            pipe.xreadgroup(keys.GROUP, self.config.worker_id, streams, count=room, block=IDLE_BLOCK_MS)
+            reply: Any = pipe.execute()[1]
+        else:
+            reply = self.client.xreadgroup(keys.GROUP, self.config.worker_id, streams, count=room, block=IDLE_BLOCK_MS)
+        out: list[tuple[str, str, Any]] = []
+        for stream_raw, entries in reply or []:
+            stream = _text(stream_raw)
+            for entry_id, fields in entries:
+                if self._is_bell((stream, _text(entry_id), fields)):
+                    continue
+                if len(out) >= room and stream == self.stream:
+                    self._give_back(_text(entry_id), fields)
+                    continue
+                out.append((stream, _text(entry_id), fields))
         return out
+
+    def _is_bell(self, entry: tuple[str, str, Any]) -> bool:
+        """A fair queue's bell entry (`fair.BELL_FIELD`): kept to be acknowledged by the next take."""
+        stream, entry_id, fields = entry
+        if stream != self.stream or not (fair.BELL_FIELD in fields or fair.BELL_FIELD.encode() in fields):
+            return False
+        self._bells.append(entry_id)
+        return True
 
     def _give_back(self, entry_id: str, fields: Any) -> None:
         """A shared entry read beyond the free slots (both streams had work at once): queued again at the end
@@ -273,6 +295,9 @@ class Intake:
                 pipe.execute()
 
     def _take(self, stream: str, entry_id: str, fields: Any, *, attempt: int) -> None:
+        if fair.BELL_FIELD in fields or fair.BELL_FIELD.encode() in fields:  # a bell a lost worker had read
+            replies.send(self.client, replies.ack(stream, entry_id))
+            return
         try:
             job = Job.decode(fields)
         except ValueError:

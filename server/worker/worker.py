@@ -193,6 +193,7 @@ class Worker:
         try:
             pipe = self.redis.pipeline(transaction=False)
             pipe.zrem(keys.worker_heartbeats(self.config.model), self.config.worker_id)
+            pipe.zrem(keys.fair_queue(self.config.model) + "idle", self.config.worker_id)
             pipe.delete(keys.worker_info(self.config.worker_id), keys.worker_prefixes(self.config.worker_id))
             pipe.execute()
         except redis.RedisError:

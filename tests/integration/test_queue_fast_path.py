@@ -18,7 +18,7 @@ from server.backends.base import Delta
 from server.backends.local import LocalGeneration
 from server.embedded_redis import EmbeddedRedis
 from server.queue import keys, replies
-from server.queue.client import QueueClient
+from server.queue.client import Fairness, QueueClient
 from server.queue.messages import Job, SamplingParams, decode_event, encode_event
 from server.worker.holdings import Holdings
 from server.worker.intake import UNCANCELLED_AGE_S, Intake, IntakeConfig
@@ -96,9 +96,9 @@ async def test_the_gateway_knows_when_more_of_the_answer_is_already_in_hand(
     assert gen.result.completion_tokens == 2 and gen.result.finish_reason == "length"
 
 
-def run_intake(client: redis.Redis, model: str) -> Intake:
-    intake = Intake(client, IntakeConfig(model=model, worker_id=f"{model}-w1", lease_s=30, max_deliveries=3),
-                    Holdings(), room=lambda: 4)
+def run_intake(client: redis.Redis, model: str, *, fair_queue: bool = False) -> Intake:
+    intake = Intake(client, IntakeConfig(model=model, worker_id=f"{model}-w1", lease_s=30, max_deliveries=3,
+                                         fair=fair_queue), Holdings(), room=lambda: 4)
     intake.ensure_group()
     intake.start()
     return intake
@@ -132,6 +132,29 @@ def test_an_older_request_whose_client_left_is_screened_out(client: redis.Redis)
         assert calls(client, "exists") == before + 1
         assert intake.inbox.empty()
         assert client.xpending(stream, keys.GROUP)["pending"] == 0
+    finally:
+        intake.stop()
+        intake.join(5)
+
+
+async def test_a_parked_fair_worker_gets_a_job_straight_off_the_stream(client: redis.Redis,
+                                                                     queue: QueueClient) -> None:
+    """Nothing waiting and a worker parked: the admission puts the job on the model's stream, where the
+    worker's blocking read returns it; no fair pick, no doorbell round trip."""
+    model = "m" + uuid.uuid4().hex[:8]
+    prefix = keys.fair_queue(model)
+    await queue.ensure_group(model)
+    intake = run_intake(client, model, fair_queue=True)
+    try:
+        wait_until(lambda: client.zscore(prefix + "idle", f"{model}-w1") == 4.0, timeout_s=10,
+                   what="the fair intake to park with its 4 free slots")
+        fresh = job(model)
+        went = await queue.submit(fresh, max_queue=10, fairness=Fairness("k"))
+        assert went == keys.request_stream(model)
+        taken = intake.inbox.get(timeout=10)
+        assert taken.job.id == fresh.id and taken.stream == keys.request_stream(model)
+        assert int(client.get(prefix + "taken") or 0) == 0 and int(client.get(prefix + "waiting") or 0) == 0
+        assert client.llen(prefix + "bell") == 0
     finally:
         intake.stop()
         intake.join(5)

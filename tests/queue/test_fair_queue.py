@@ -142,3 +142,97 @@ def test_taken_jobs_are_pending_in_the_group_and_redelivered_from_there(redis_ur
     assert [json.loads(fields[JOB_FIELD.encode()])["id"] for _, fields in claimed[1]] == ids[:2]
     assert [j.id for j in take(r, model, 5, consumer="alive")] == ids[2:]  # nothing taken twice
     assert take(r, model, 5) == []
+
+
+def take_as_worker(r: redis.Redis, model: str, room: int, consumer: str, bells: list[str] | None = None
+                   ) -> tuple[list[Job], list[Job]]:
+    """The worker's take: its own stream's jobs, then the shared stream's (undelivered, then picked)."""
+    reply: Any = r.register_script(fair.TAKE)(
+        keys=[keys.request_stream(model), keys.worker_stream(model, consumer)],
+        args=[keys.fair_queue(model), keys.GROUP, consumer, room, 60_000, 4, JOB_FIELD, fair.BELL_FIELD,
+              *(bells or [])])
+    own, shared = reply
+
+    def decode(entries: list[Any]) -> list[Job]:
+        return [Job.decode(dict(zip(f[::2], f[1::2], strict=True))) for _, f in entries]
+    return decode(own), decode(shared)
+
+
+def park(r: redis.Redis, model: str, consumer: str, room: int) -> None:
+    """What a worker's intake does before blocking on its streams (its own stream's group made when it started;
+    the shared stream's, the gateway's first submit makes)."""
+    r.xgroup_create(keys.worker_stream(model, consumer), keys.GROUP, id="0", mkstream=True)
+    r.zadd(keys.fair_queue(model) + "idle", {consumer: room})
+
+
+def test_with_a_worker_parked_and_nothing_waiting_a_job_goes_straight_onto_the_stream(
+        redis_url: str, r: redis.Redis, model: str) -> None:
+    stream, prefix = keys.request_stream(model), keys.fair_queue(model)
+    park(r, model, "w1", 2)
+    first, second = submit(redis_url, model, [("a", 5, 1.0), ("a", 5, 1.0)])
+    # the first went onto the stream and used one of the parked worker's slots; the second found it still
+    # undelivered there, so it waits in the lists (a parked worker reads the stream at once: had it read
+    # the first, the second would have gone straight on too)
+    entries: Any = r.xrange(stream)
+    assert [json.loads(f[JOB_FIELD.encode()])["id"] for _, f in entries] == [first]
+    assert r.zscore(prefix + "idle", "w1") == 1.0
+    assert int(r.get(prefix + "waiting") or 0) == 1 and r.llen(prefix + "bell") == 1
+    own, shared = take_as_worker(r, model, 2, "w1")
+    assert own == [] and [j.id for j in shared] == [first, second]
+    assert r.zscore(prefix + "idle", "w1") is None  # a take unparks the worker
+    assert r.llen(prefix + "bell") == 0  # the doorbell list counts the lists' waiting jobs (the autoscaler's)
+    assert int(r.get(prefix + "taken") or 0) == 1  # only the second went through the fair pick
+
+
+def test_nothing_goes_straight_on_while_jobs_wait_in_the_lists(redis_url: str, r: redis.Redis, model: str) -> None:
+    stream, prefix = keys.request_stream(model), keys.fair_queue(model)
+    waiting = submit(redis_url, model, [("a", 5, 1.0)])  # no worker parked: it waits
+    park(r, model, "w1", 4)  # a worker parked just after its take found the lists empty
+    later = submit(redis_url, model, [("b", 5, 1.0), ("b", 5, 1.0)])
+    # both wait behind the first; one bell entry on the stream wakes the parked worker (not one per job)
+    assert int(r.get(prefix + "waiting") or 0) == 3
+    entries: Any = r.xrange(stream)
+    assert [list(f) for _, f in entries] == [[fair.BELL_FIELD.encode()]]
+    read: Any = r.xreadgroup(keys.GROUP, "w1", {stream: ">"}, count=4)  # the parked worker's blocking read
+    bell_id = read[0][1][0][0].decode()
+    own, shared = take_as_worker(r, model, 4, "w1", [bell_id])
+    assert own == [] and [j.id for j in shared] == waiting + later
+    assert r.xpending(stream, keys.GROUP)["pending"] == 3  # the three jobs; the bell acknowledged
+    assert r.xlen(stream) == 3  # and deleted
+
+
+def test_a_take_reads_the_workers_own_stream_first_and_skips_bells(redis_url: str, r: redis.Redis,
+                                                                    model: str) -> None:
+    stream, own_stream = keys.request_stream(model), keys.worker_stream(model, "w1")
+    for s in (stream, own_stream):
+        r.xgroup_create(s, keys.GROUP, id="0", mkstream=True)
+    held = Job(id=uuid.uuid4().hex, model=model, kind="chat", messages=[{"role": "user", "content": "x"}],
+               enqueued_at=time.time(), deadline=time.time() + 60)
+    r.xadd(own_stream, held.encode())
+    r.xadd(stream, {fair.BELL_FIELD: 1})
+    queued = submit(redis_url, model, [("a", 5, 1.0)])
+    own, shared = take_as_worker(r, model, 1, "w1")
+    assert [j.id for j in own] == [held.id] and shared == []  # one free slot: the holder's job
+    assert r.xlen(stream) == 1  # the bell is still there (not read: no room left)
+    own, shared = take_as_worker(r, model, 3, "w1")
+    assert own == [] and [j.id for j in shared] == queued
+    assert r.xlen(stream) == 1 and r.xpending(stream, keys.GROUP)["pending"] == 1  # the bell read and deleted
+
+
+def test_a_worker_does_not_park_while_jobs_wait_in_the_lists(redis_url: str, r: redis.Redis, model: str) -> None:
+    """Parking and the blocking read go in one pipeline: with jobs waiting the worker is not parked and a bell
+    entry makes its read return at once (else it would sleep out the read's timeout beside waiting work)."""
+    stream, prefix = keys.request_stream(model), keys.fair_queue(model)
+    submit(redis_url, model, [("a", 5, 1.0)] * 2)  # nobody parked: both wait in the lists
+    parking = r.register_script(fair.PARK)
+    args: list[str | int] = [prefix, "w1", 4, keys.GROUP, fair.BELL_FIELD]
+    assert parking(keys=[stream], args=args) == 0
+    assert parking(keys=[stream], args=args) == 0  # one bell entry at a time
+    entries: Any = r.xrange(stream)
+    assert [list(f) for _, f in entries] == [[fair.BELL_FIELD.encode()]]
+    assert r.zscore(prefix + "idle", "w1") is None
+    r.xgroup_create(keys.worker_stream(model, "w1"), keys.GROUP, id="0", mkstream=True)
+    own, shared = take_as_worker(r, model, 4, "w1")
+    assert own == [] and len(shared) == 2
+    assert parking(keys=[stream], args=args) == 1  # nothing waits now: parked with its 4 free slots
+    assert r.zscore(prefix + "idle", "w1") == 4.0
