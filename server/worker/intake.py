@@ -149,9 +149,12 @@ class Intake:
                     self._stop.wait(backoff)  # reconnect backoff, not synchronisation
                     backoff = min(backoff * 2, 2.0)
                 except redis.ResponseError as exc:
-                    if "NOGROUP" not in str(exc):
+                    # NOGROUP: a stream's consumer group is gone; UNBLOCKED: a stream this intake was blocked
+                    # on was deleted under it (a peer took an empty own stream for a gone worker's)
+                    if "NOGROUP" not in str(exc) and "UNBLOCKED" not in str(exc):
                         raise
-                    log.warning("the consumer group of %s is gone; creating it again", self.stream)
+                    log.warning("a stream or consumer group of %s is gone (%s); creating it again", self.stream,
+                                str(exc).split(":")[-1].strip())
                     self.ready = False
         except BaseException as exc:  # the decode thread re-raises it: the worker exits and is restarted
             log.exception("the intake thread failed")

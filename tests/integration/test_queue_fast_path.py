@@ -158,3 +158,33 @@ async def test_a_parked_fair_worker_gets_a_job_straight_off_the_stream(client: r
     finally:
         intake.stop()
         intake.join(5)
+
+
+async def test_a_parked_worker_survives_its_own_stream_deleted_under_it(client: redis.Redis,
+                                                                       queue: QueueClient) -> None:
+    """A peer deletes an empty own stream it takes for a gone worker's (a worker that has not beaten its first
+    heartbeat yet): the blocked read ends with UNBLOCKED; the intake makes the stream again and goes on."""
+    model = "m" + uuid.uuid4().hex[:8]
+    prefix = keys.fair_queue(model)
+    await queue.ensure_group(model)
+    intake = run_intake(client, model, fair_queue=True)
+    try:
+        parked = f"{model}-w1"
+        wait_until(lambda: client.zscore(prefix + "idle", parked) == 4.0 and
+                   int(client.info("clients")["blocked_clients"]) >= 1, timeout_s=10, what="the intake to park")
+        own = keys.worker_stream(model, parked)
+        held = job(model)
+        pipe = client.pipeline(transaction=True)  # deleted, then a holder's job queued on it (a fresh stream)
+        pipe.delete(own)
+        pipe.xadd(own, held.encode())
+        pipe.execute()
+        wait_until(lambda: client.xinfo_groups(own) != [], timeout_s=10,
+                   what="the intake to make its own stream's group again")
+        assert intake.alive() and intake.failure is None
+        fresh = job(model)
+        await queue.submit(fresh, max_queue=10, fairness=Fairness("k"))
+        taken = {intake.inbox.get(timeout=10).job.id for _ in range(2)}
+        assert taken == {held.id, fresh.id}  # the holder's job, queued on the new stream, is not lost either
+    finally:
+        intake.stop()
+        intake.join(5)
