@@ -81,9 +81,8 @@ def held(slots: dict[int, list[Prefix]]) -> set[str]:
 # KEYS: shared stream, the model's dispatch workers (set), heartbeats (zset), the job's admitted mark.
 # ARGV: max backlog, field, payload, own-stream prefix, worker-info prefix, prefixes prefix, heartbeat ttl,
 #       group, mark ttl, holder only (1: the fair queue's gateways place a job here only on a holder with a
-#       free slot), the model's fair-queue prefix (not read: the digests start at ARGV[12]), then the job's
-#       prefix digests shortest first. Returns {stream, entry id}; false when full, or (holder only) when no
-#       holder can take it.
+#       free slot), then the job's prefix digests shortest first. Returns {stream, entry id}; false when full,
+#       or (holder only) when no holder can take it.
 # Idempotent: a retried admission whose reply was lost finds its mark and queues nothing twice.
 ADMIT = """
 local prior = redis.call('GET', KEYS[4])
@@ -94,7 +93,7 @@ for _, w in ipairs(members) do depth = depth + redis.call('XLEN', ARGV[4] .. w) 
 if depth >= tonumber(ARGV[1]) then return false end
 local target = KEYS[1]
 local holder = nil
-if #ARGV > 11 and #members > 1 then
+if #ARGV > 10 and #members > 1 then
   local now = redis.call('TIME')
   local oldest = tonumber(now[1]) - tonumber(ARGV[7])
   local busy = {}
@@ -107,11 +106,11 @@ if #ARGV > 11 and #members > 1 then
     local beat = redis.call('ZSCORE', KEYS[3], w)
     local info = redis.call('HMGET', ARGV[5] .. w, 'slots', 'draining')
     if beat and tonumber(beat) >= oldest and info[1] and info[2] ~= '1' then
-      for i = #ARGV, 12 + best, -1 do
+      for i = #ARGV, 11 + best, -1 do
         if redis.call('SISMEMBER', ARGV[6] .. w, ARGV[i]) == 1 then
           local own = ARGV[4] .. w
           if tonumber(info[1]) - (busy[w] or 0) - redis.call('XLEN', own) > 0 then
-            best = i - 11
+            best = i - 10
             target = own
             holder = w
           end

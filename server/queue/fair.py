@@ -85,9 +85,9 @@ if #parked > 0 and undelivered <= 0 then redis.call('XADD', KEYS[1], '*', ARGV[1
 return {1, total + 1, mine + 1, 0}
 """
 
-# KEYS: the model's stream, this worker's own stream (optional). ARGV: prefix, group, consumer, room, starve (ms),
-# aged every, job field, bell field, then the ids of bell entries this worker read (acknowledged and deleted).
-# XREADGROUP's entries of the model's stream; with the own stream, {its entries, the model's stream's}.
+# KEYS: the model's stream, this worker's own stream. ARGV: prefix, group, consumer, room, starve (ms), aged every,
+# job field, bell field, then the ids of bell entries this worker read (acknowledged and deleted).
+# {the own stream's entries, the model's stream's} as XREADGROUP gives them; bell entries never.
 TAKE = """
 local P, group, consumer = ARGV[1], ARGV[2], ARGV[3]
 local room, starve, every = tonumber(ARGV[4]), tonumber(ARGV[5]), tonumber(ARGV[6])
@@ -102,7 +102,7 @@ local function read(stream, count, into)
   local got = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', count, 'STREAMS', stream, '>')
   if not got then return 0 end
   for _, e in ipairs(got[1][2]) do
-    if bell and e[2][1] == bell then
+    if e[2][1] == bell then
       redis.call('XACK', stream, group, e[1])
       redis.call('XDEL', stream, e[1])
     else
@@ -111,7 +111,7 @@ local function read(stream, count, into)
   end
   return #got[1][2]
 end
-if KEYS[2] then read(KEYS[2], room, own) end
+read(KEYS[2], room, own)
 for _ = 1, 4 do
   if #own + #out >= room or read(KEYS[1], room - #own - #out, out) == 0 then break end
 end
@@ -198,11 +198,9 @@ while #own + #out + moved < room do
 end
 if moved > 0 then
   redis.call('LPOP', P..'bell', moved)
-  local mine = redis.call('XREADGROUP', 'GROUP', group, consumer, 'COUNT', moved, 'STREAMS', KEYS[1], '>')
-  if mine then for _, e in ipairs(mine[1][2]) do out[#out + 1] = e end end
+  read(KEYS[1], moved, out)
 end
-if KEYS[2] then return {own, out} end
-return out
+return {own, out}
 """
 
 # KEYS: the model's stream. ARGV: prefix, worker id, its free slots, group, bell field. A worker about to block on
@@ -257,7 +255,7 @@ class Admitted:
 
     @classmethod
     def of(cls, reply: list[int]) -> Admitted:
-        return cls(int(reply[0]), int(reply[1]), int(reply[2]), len(reply) > 3 and int(reply[3]) == 1)
+        return cls(int(reply[0]), int(reply[1]), int(reply[2]), int(reply[3]) == 1)
 
 
 def key_cap(max_queue: int, share: float) -> int:

@@ -192,7 +192,6 @@ class Intake:
         own, shared = taken
         out = [(self.own, _text(entry_id), _pairs(fields)) for entry_id, fields in own]
         out += [(self.stream, _text(entry_id), _pairs(fields)) for entry_id, fields in shared]
-        out = [entry for entry in out if not self._is_bell(entry)]
         if out:
             return out
         return self._read_streams(room, park=True)
@@ -225,7 +224,7 @@ class Intake:
     def _is_bell(self, entry: tuple[str, str, Any]) -> bool:
         """A fair queue's bell entry (`fair.BELL_FIELD`): kept to be acknowledged by the next take."""
         stream, entry_id, fields = entry
-        if stream != self.stream or not (fair.BELL_FIELD in fields or fair.BELL_FIELD.encode() in fields):
+        if stream != self.stream or not _is_bell_entry(fields):
             return False
         self._bells.append(entry_id)
         return True
@@ -275,7 +274,7 @@ class Intake:
                 # this worker's own, still running: its keep-alive renewed late (a starved process) and the
                 # claim renewed it; taken again it would start a second attempt beside the first
                 continue
-            if not fields:
+            if not fields or _is_bell_entry(fields):  # deleted meanwhile, or a bell a lost worker had read
                 replies.send(self.client, replies.ack(stream, entry_id))
                 continue
             pending = self.client.xpending_range(stream, keys.GROUP, entry_id, entry_id, 1)
@@ -298,9 +297,6 @@ class Intake:
                 pipe.execute()
 
     def _take(self, stream: str, entry_id: str, fields: Any, *, attempt: int) -> None:
-        if fair.BELL_FIELD in fields or fair.BELL_FIELD.encode() in fields:  # a bell a lost worker had read
-            replies.send(self.client, replies.ack(stream, entry_id))
-            return
         try:
             job = Job.decode(fields)
         except ValueError:
@@ -365,6 +361,10 @@ class Intake:
 
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value
+
+
+def _is_bell_entry(fields: dict[Any, Any]) -> bool:
+    return fair.BELL_FIELD.encode() in fields or fair.BELL_FIELD in fields
 
 
 def _pairs(flat: list[Any]) -> dict[Any, Any]:

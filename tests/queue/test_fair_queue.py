@@ -54,11 +54,13 @@ def submit(redis_url: str, model: str, jobs: list[tuple[str, int, float]], *, ma
 
 def take(r: redis.Redis, model: str, room: int, *, consumer: str = "w1", starve_ms: int = 60_000,
          every: int = 4) -> list[Job]:
-    stream = keys.request_stream(model)
-    reply: Any = r.register_script(fair.TAKE)(keys=[stream], args=[
-        keys.fair_queue(model), keys.GROUP, consumer, room, starve_ms, every, JOB_FIELD])
+    stream, own_stream = keys.request_stream(model), keys.worker_stream(model, consumer)
+    if not r.exists(own_stream):
+        r.xgroup_create(own_stream, keys.GROUP, id="0", mkstream=True)
+    reply: Any = r.register_script(fair.TAKE)(keys=[stream, own_stream], args=[
+        keys.fair_queue(model), keys.GROUP, consumer, room, starve_ms, every, JOB_FIELD, fair.BELL_FIELD])
     jobs = []
-    for _entry_id, flat in reply or []:
+    for _entry_id, flat in reply[1]:
         fields = dict(zip(flat[::2], flat[1::2], strict=True))
         jobs.append(Job.decode(fields))
     return jobs
