@@ -3,7 +3,8 @@
 Admission is one Lua script (atomic: backlog check + `XADD`), so a full queue answers 429 having
 enqueued nothing; the same script picks the stream (the model's shared one, or the own stream of the
 worker holding the job's prompt prefix: `queue/affinity.py`). Events are read with `XREAD BLOCK` from
-`0-0` on a connection pool of its own, so a reply that arrives before we start reading is never lost.
+`0-0`, on a connection of a pool of their own that the request holds while it reads, so a reply that
+arrives before we start reading is never lost.
 """
 
 from __future__ import annotations
@@ -66,6 +67,12 @@ class QueueClient:
             retry=retry,
             retry_on_error=errors,
         )
+        # a request's own reads of its response stream: one connection held for the whole request, each
+        # read sent and answered on it directly (no per-read pool checkout, retry wrapper, send timeout
+        # task or reply reshaping: the gateway does this once per token); the read's own timeout bounds it
+        self.followers: aioredis.Redis = target.async_client(
+            socket_timeout=None, socket_connect_timeout=timeout_s, max_connections=max_connections)
+        self._read_timeout_s = timeout_s + READ_BLOCK_MS / 1000
         self._admit = self.commands.register_script(affinity.ADMIT)
         self._position = self.commands.register_script(fair.POSITION)
         self._groups: set[str] = set()
@@ -73,6 +80,7 @@ class QueueClient:
     async def close(self) -> None:
         await self.commands.aclose()
         await self.reader.aclose()
+        await self.followers.aclose()
 
     async def ping(self) -> bool:
         try:
@@ -206,30 +214,45 @@ class QueueClient:
         """Yield the request's events as they come, what each read returned together; `None` after
         each silent read (a tick). A read that fails for want of Redis is a silent one too, for up to
         `OUTAGE_GRACE_S` in a row (a link that drops for a moment, a failover under way: reading on
-        from the last entry loses and repeats nothing); a longer outage raises."""
+        from the last entry, on a fresh connection, loses and repeats nothing); a longer outage raises."""
         stream = keys.response_stream(request_id)
-        last = "0-0"
+        last: bytes = b"0-0"
         failing_since: float | None = None
-        while True:
-            try:
-                reply: Any = await self.reader.xread({stream: last}, count=256, block=READ_BLOCK_MS)
-            except OUTAGE_ERRORS:
-                now = time.monotonic()
-                failing_since = failing_since or now
-                if now - failing_since > OUTAGE_GRACE_S:
-                    raise
-                yield None
-                continue
-            failing_since = None
-            if not reply:
-                yield None
-                continue
-            batch: list[Event] = []
-            for _name, entries in reply:
-                for entry_id, fields in entries:
-                    last = entry_id.decode() if isinstance(entry_id, bytes) else entry_id
-                    batch.append(from_wire(decode_event(fields)))
-            yield batch
+        pool: Any = self.followers.connection_pool
+        conn: Any = None
+        try:
+            while True:
+                try:
+                    if conn is None:
+                        conn = await pool.get_connection()
+                    await conn.send_packed_command(
+                        conn.pack_command("XREAD", "COUNT", 256, "BLOCK", READ_BLOCK_MS, "STREAMS", stream, last),
+                        check_health=False)
+                    reply: Any = await conn.read_response(disable_decoding=True, timeout=self._read_timeout_s)
+                except OUTAGE_ERRORS:
+                    if conn is not None:  # whatever it held is unread or lost: never reuse it
+                        await conn.disconnect()
+                        await pool.release(conn)
+                        conn = None
+                    now = time.monotonic()
+                    failing_since = failing_since or now
+                    if now - failing_since > OUTAGE_GRACE_S:
+                        raise
+                    yield None
+                    continue
+                failing_since = None
+                if not reply:
+                    yield None
+                    continue
+                batch: list[Event] = []
+                for entries in (reply.values() if isinstance(reply, dict) else (e for _name, e in reply)):
+                    for entry_id, fields in entries:
+                        last = entry_id
+                        batch.append(from_wire(decode_event(dict(zip(fields[::2], fields[1::2], strict=True)))))
+                yield batch
+        finally:
+            if conn is not None:
+                await pool.release(conn)
 
     async def cancel(self, request_id: str) -> None:
         await self.commands.set(keys.cancel_flag(request_id), 1, ex=600)

@@ -1,8 +1,8 @@
 """What a worker writes back to Redis, as pipeline commands: events on a request's response stream
 and the acknowledgement that takes a request off its model's stream.
 
-The decode thread hands these to its `Outbox`; the intake thread (which settles requests that
-never reach a slot) runs them at once with `send`.
+The decode thread hands these to its `Outbox` (which writes them without waiting for the answer); the
+intake thread (which settles requests that never reach a slot) runs them at once with `send`.
 
 Writes are fenced by the request's running mark (`slm:running:{id}`, the attempt the last worker to
 admit it set): an event, or an ack that names its request, of an older attempt than the mark is
@@ -39,7 +39,7 @@ redis.call('XDEL', KEYS[1], ARGV[3])
 return 1
 """
 
-Command = tuple[str, tuple[Any, ...]]  # a redis-py pipeline method and its arguments
+Command = tuple[Any, ...]  # one Redis command's words: ("EVAL", script, 2, ...), ("XACK", ...)
 
 
 # KEYS[1] = running mark; ARGV = attempt, TTL. Only ever raised: a late write of an older attempt
@@ -77,8 +77,8 @@ def event(request_id: str, event: Event) -> list[Command]:
 def event_fields(request_id: str, fields: dict[str, Any]) -> list[Command]:
     """`event` for an event already in its wire form (tests write partial ones), fenced by its attempt."""
     ((field, value),) = encode_event(fields).items()
-    return [("eval", (_FENCED_EVENT, 2, keys.response_stream(request_id), keys.job_running(request_id),
-                      int(fields.get("attempt") or 0), RESPONSE_TTL_S, field, value))]
+    return [("EVAL", _FENCED_EVENT, 2, keys.response_stream(request_id), keys.job_running(request_id),
+             int(fields.get("attempt") or 0), RESPONSE_TTL_S, field, value)]
 
 
 def error(request_id: str, attempt: int, status: int, code: str | None, message: str, *,
@@ -90,14 +90,15 @@ def ack(stream: str, entry_id: str, *, request_id: str = "", attempt: int = 0) -
     """Done with a request: acknowledged and deleted from its model's stream; with its request and
     attempt, only while no newer attempt took it over."""
     if request_id:
-        return [("eval", (_FENCED_ACK, 2, stream, keys.job_running(request_id), attempt, keys.GROUP, entry_id))]
-    return [("xack", (stream, keys.GROUP, entry_id)), ("xdel", (stream, entry_id))]
+        return [("EVAL", _FENCED_ACK, 2, stream, keys.job_running(request_id), attempt, keys.GROUP, entry_id)]
+    return [("XACK", stream, keys.GROUP, entry_id), ("XDEL", stream, entry_id)]
 
 
 def send(client: redis.Redis, commands: list[Command]) -> None:
     """Run `commands` as one MULTI/EXEC: a gateway blocked reading a response stream wakes once, to
     every event of the batch (a last token and `done` arrive in one read, not two round trips)."""
     pipe = client.pipeline(transaction=True)
-    for name, args in commands:
-        getattr(pipe, name)(*args)
+    queue_command: Any = pipe.execute_command  # untyped in redis-py
+    for words in commands:
+        queue_command(*words)
     pipe.execute()

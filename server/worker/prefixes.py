@@ -23,7 +23,7 @@ class SlotPrefixes:
         """The slot now holds `job`'s prompt: the commands that publish what every slot holds."""
         self.slots[slot] = affinity.fingerprints(job)
         held = sorted(affinity.held(self.slots))
-        commands: list[Command] = [("delete", (self.key,))]
+        commands: list[Command] = [("DEL", self.key)]
         if held:
-            commands += [("sadd", (self.key, *held)), ("expire", (self.key, self.ttl_s))]
+            commands += [("SADD", self.key, *held), ("EXPIRE", self.key, self.ttl_s)]
         return commands

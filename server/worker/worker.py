@@ -1,12 +1,12 @@
 """The worker side of the queue: take requests for one model, decode them in batches, stream back.
 
-Four threads, so that the one that decodes never waits on Redis:
+Three threads, so that the one that decodes never waits on Redis:
 
     decode      (the caller of `run`) admits what the intake took into free slots, runs one batched
-                decode step after another and hands every step's tokens to the outbox at once
+                decode step after another and writes every step's tokens to Redis in one transaction
+                through the outbox, which does not wait for the answer (`server/worker/outbox.py`)
     intake      takes requests off its own stream, then the model's shared one, for the free slots and
                 reclaims those of dead workers (`server/worker/intake.py`)
-    outbox      sends what the decode thread queued, in order, coalesced (`server/worker/outbox.py`)
     keep-alive  checks the cancel flags of held requests every `CANCEL_CHECK_INTERVAL_S`, beats the
                 heartbeat and renews the leases of everything held
 
@@ -115,7 +115,6 @@ class Worker:
     def run(self) -> None:
         """Serve until `stopping` is set and every held request has finished."""
         keeper = threading.Thread(target=self._keep_alive, name="keep-alive", daemon=True)
-        self.outbox.start()
         self.intake.start()
         keeper.start()
         try:
@@ -218,6 +217,7 @@ class Worker:
     # -- one turn of the loop -------------------------------------------------------------------
     def tick(self) -> None:
         self.last_tick = time.monotonic()
+        self.outbox.poll()
         if self.outbox.error is not None:
             raise self.outbox.error
         if self.intake.failure is not None:
@@ -280,15 +280,9 @@ class Worker:
             self._finish(act, self._event(act, final_event(act)))
 
     def _reply(self, commands: list[Command]) -> None:
-        """While sequences are decoding, replies go to the outbox and the next step starts at once; when
-        nothing is left to decode they are sent from this thread (the hand-off to the outbox's thread
-        would only add latency to the end of a request). Order holds: the outbox is idle then."""
-        if not commands:
-            return
-        if not self.engine.active() and not self.waiting and self.outbox.idle():
-            replies.send(self.redis, commands)
-        else:
-            self.outbox.put(commands)
+        """Written to Redis at once, the answer read later (`Outbox`): the next step starts without a
+        round trip, and one connection keeps every reply in order."""
+        self.outbox.put(commands)
 
     def _finish(self, act: Active, answer: list[Command]) -> None:
         """Send the last event and the ack; the slot is free for the next request."""
@@ -357,9 +351,8 @@ class Worker:
         self.waiting, self.claimable = admit_waiting(self.waiting, self.active, self.engine)
 
     def _emit(self, outputs: list[Output]) -> None:
-        """Hand what a step produced to the outbox: every sequence's new text (a token reaches the client
-        as soon as it is made, as llama-server streams; while the outbox is still sending, what piles up
-        goes out together in its next pipeline), a finished request's last event and its ack."""
+        """Write what a step produced, in one transaction: every sequence's new text (a token reaches the
+        client as soon as it is made, as llama-server streams), a finished request's last event and its ack."""
         commands: list[Command] = []
         finished: list[Active] = []
         touched: dict[str, Active] = {}

@@ -17,10 +17,11 @@ def job(name: str) -> Job:
                messages=[{"role": "system", "content": f"{name}: {DOC}"}, {"role": "user", "content": "Hi"}])
 
 
-def published(commands: list[tuple[str, tuple[object, ...]]]) -> set[object]:
-    assert commands[0] == ("delete", (keys.worker_prefixes("w1"),))
-    added = [args for name, args in commands if name == "sadd"]
-    return set(added[0][1:]) if added else set()
+def published(commands: list[tuple[object, ...]]) -> set[object]:
+    assert commands[0] == ("DEL", keys.worker_prefixes("w1"))
+    added = [words for words in commands if words[0] == "SADD"]
+    assert all(words[1] == keys.worker_prefixes("w1") for words in added)
+    return set(added[0][2:]) if added else set()
 
 
 def digests(name: str) -> set[str]:
