@@ -9,6 +9,8 @@ arrives before we start reading is never lost.
 
 from __future__ import annotations
 
+import asyncio
+import math
 import time
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ ADMITTED_TTL_S = 600  # how long a job's admitted mark makes a retried admission
 
 READ_BLOCK_MS = 250
 OUTAGE_GRACE_S = 3.0  # a stream's reads may fail this long in a row before its request gives up
+READ_FAILURES: tuple[type[Exception], ...] = (*OUTAGE_ERRORS, TimeoutError)  # TimeoutError: our read deadline
 
 
 @dataclass(frozen=True)
@@ -228,8 +231,12 @@ class QueueClient:
                     await conn.send_packed_command(
                         conn.pack_command("XREAD", "COUNT", 256, "BLOCK", READ_BLOCK_MS, "STREAMS", stream, last),
                         check_health=False)
-                    reply: Any = await conn.read_response(disable_decoding=True, timeout=self._read_timeout_s)
-                except OUTAGE_ERRORS:
+                    # redis-py's own read timeout answers None on expiry, as a read that found nothing
+                    # does, leaving the late reply to be taken for the next read's: this one cuts the
+                    # read short, which drops the connection
+                    async with asyncio.timeout(self._read_timeout_s):
+                        reply: Any = await conn.read_response(disable_decoding=True, timeout=math.inf)
+                except READ_FAILURES:
                     if conn is not None:  # whatever it held is unread or lost: never reuse it
                         await conn.disconnect()
                         await pool.release(conn)
