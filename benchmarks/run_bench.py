@@ -28,6 +28,8 @@ Environment knobs:
   BENCH_LONG_REQUESTS_PER_CLIENT=2, BENCH_LONG_WORDS=1100
   BENCH_MAX_TOKENS=64
   BENCH_THREADS=2
+  BENCH_GPU_LAYERS=0           layers offloaded to the GPU by every contender (-1: all; a CUDA build, see
+                               tools/gpu-bench.sh)
   BENCH_OVERHEAD_REQUESTS=100  rounds of one-token requests for the queue-hop cost
   BENCH_LLAMA_SERVER=PATH      the llama-server binary
   BENCH_BASELINE_TREE=DIR      also our server from that checkout (before / after a change, in one run)
@@ -79,6 +81,7 @@ TRACE = os.environ.get("BENCH_TRACE", "1") == "1"  # ours with SLM_TRACE_STAGES:
 PAIRED = set(os.environ.get("BENCH_PAIRED", "ours,llama_server,baseline").split(","))
 MAX_TOKENS = int(os.environ.get("BENCH_MAX_TOKENS", "64"))
 THREADS = int(os.environ.get("BENCH_THREADS", "2"))
+GPU_LAYERS = int(os.environ.get("BENCH_GPU_LAYERS", "0"))  # -1: every layer on the GPU
 OVERHEAD_REQUESTS = int(os.environ.get("BENCH_OVERHEAD_REQUESTS", "6" if QUICK else "100"))
 SKIP = set(filter(None, os.environ.get("BENCH_SKIP", "").split(",")))
 WORKLOADS = set(filter(None, os.environ.get("BENCH_WORKLOADS", "").split(",")))
@@ -122,7 +125,8 @@ def start_inprocess(path: Path, _tmp: Path, stack: contextlib.ExitStack) -> Cont
     """(a) llama-cpp-python in this process: one request at a time (the `concurrency` asked must be 1)."""
     from llama_cpp import Llama
 
-    llm = Llama(model_path=str(path), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=N_CTX, verbose=False)
+    llm = Llama(model_path=str(path), n_threads=THREADS, n_threads_batch=THREADS, n_ctx=N_CTX, verbose=False,
+                n_gpu_layers=GPU_LAYERS)
     stack.callback(llm.close)
     def one(max_tokens: int, prompt: str) -> RequestResult:
         result = RequestResult(e2e_s=0.0)
@@ -215,13 +219,15 @@ def start_ours(path: Path, tmp: Path, stack: contextlib.ExitStack, tree: Path = 
     registry = tmp / f"{name}.yaml"
     registry.write_text(  # the packaged form of `path`: the registry refuses paths outside its model dirs
         f"models:\n  {MODEL_NAME}:\n    gguf: {PACKAGE}/{path.name}\n    n_ctx: {N_CTX}\n    n_threads: {THREADS}\n"
-        f"    parallel: {PARALLEL}\n    replicas: 1\n    max_queue: 64\n"
+        f"    parallel: {PARALLEL}\n    replicas: 1\n    max_queue: 64\n    n_gpu_layers: {GPU_LAYERS}\n"
         + (f"    prefill_chunk: {int(PREFILL_CHUNK)}\n" if PREFILL_CHUNK and tree == REPO else "")
     )
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("SLM_")}
     env.update({"SLM_REGISTRY": str(registry), "SLM_PORT": str(port), "SLM_HOST": "127.0.0.1",
-                "SLM_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1", "PYTHONPATH": str(tree)})
+                "SLM_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
+                # `tree` first; what PYTHONPATH already held after it (tools/gpu-bench.sh's carried packages)
+                "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH", "")]))})
     if TRACE:
         env["SLM_TRACE_STAGES"] = "true"
     base = f"http://127.0.0.1:{port}"
@@ -255,7 +261,8 @@ def start_llama_server(path: Path, tmp: Path, stack: contextlib.ExitStack) -> Co
         raise Unavailable("not available (no `llama-server` binary on PATH; set BENCH_LLAMA_SERVER)")
     port = free_port()
     command = [binary, "-m", str(path), "-a", MODEL_NAME, "-t", str(THREADS), "-tb", str(THREADS),
-               "--parallel", str(PARALLEL), "-c", str(N_CTX * PARALLEL), "--host", "127.0.0.1", "--port", str(port)]
+               "--parallel", str(PARALLEL), "-c", str(N_CTX * PARALLEL), "--host", "127.0.0.1", "--port", str(port),
+               "-ngl", "all" if GPU_LAYERS < 0 else str(GPU_LAYERS)]
     base = f"http://127.0.0.1:{port}"
     pid = running(stack, "llama-server", command, base + "/health", tmp / "llama_server.log")
     return _http(base + "/v1", stack, Server(base + "/v1", pid))
@@ -349,7 +356,7 @@ def main() -> int:
         "date": dt.datetime.now(dt.UTC).strftime("%Y-%m-%d %H:%M UTC"),
         "cpus": os.cpu_count(), "machine": platform.machine(), "python": platform.python_version(),
         "llama_cpp_python": importlib.metadata.version("llama_cpp_python"),
-        "model": path.name, "threads": THREADS, "max_tokens": MAX_TOKENS, "rounds": ROUNDS,
+        "model": path.name, "threads": THREADS, "gpu_layers": GPU_LAYERS, "max_tokens": MAX_TOKENS, "rounds": ROUNDS,
         "requests_per_client": PER_CLIENT, "long_requests_per_client": LONG_PER_CLIENT, "long_words": LONG_WORDS,
         "overhead_requests": OVERHEAD_REQUESTS, "prompt": PROMPT, "trace_stages": TRACE,
         "loadavg_before": [round(x, 2) for x in os.getloadavg()], "quick": QUICK,
