@@ -10,6 +10,7 @@ prompt, say) only evaluates the tokens that differ. When the longest such prefix
 is busy (the previous turn of a conversation still generating because its client hung up a moment ago
 and the cancel has not landed yet, or another request on the same document), the new sequence takes a
 free slot and that prefix is copied into it (`LlamaModel.seq_copy`) rather than evaluated again.
+Which slot a prompt takes is `slot_choice`'s policy (the cache, then the busy slots' layout).
 """
 
 from __future__ import annotations
@@ -25,6 +26,7 @@ from server.engine.chat_template import ChatTemplate, default_template
 from server.engine.llama_model import LlamaModel
 from server.engine.params import SamplingParams
 from server.engine.sampling import GrammarError, SamplerChain
+from server.engine.slot_choice import Slot, layout, place
 from server.engine.text_stream import TextStream
 from server.errors import ContextLengthError, InvalidRequestError
 
@@ -38,9 +40,6 @@ PREFILL_CHUNK_WHILE_DECODING = 512
 # step (the document goes on in the next).
 SHORT_PROMPT_TOKENS = 128
 SHORT_ONLY_STEPS = 4  # at most this many such steps in a row: a long prompt is never starved by short ones
-# A busy slot's prefix is copied into a free slot only when it saves at least this many tokens over the best
-# free slot's own prefix (a copy moves the whole KV stream of a sequence; a few tokens are cheaper to evaluate).
-MIN_COPY_TOKENS = 64
 
 
 @dataclass
@@ -85,20 +84,7 @@ class _Sequence:
     top_logprobs: int | None = None  # None: no logprobs asked
 
 
-class _Slot:
-    def __init__(self, seq_id: int) -> None:
-        self.seq_id = seq_id
-        self.kv_tokens: list[int] = []  # tokens whose KV entries are in this sequence's cache
-        self.seq: _Sequence | None = None
-        self.last_used = 0  # admission counter when it last took a sequence: the least recently used is reused first
-
-
-def _common_prefix(a: list[int], b: list[int]) -> int:
-    n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+_Slot = Slot[_Sequence]
 
 
 class BatchEngine:
@@ -108,7 +94,7 @@ class BatchEngine:
         self.template = ChatTemplate(source, bos_token=model.bos_text, eos_token=model.eos_text)
         self.parallel = model.options.parallel
         self.n_ctx = model.n_ctx_seq
-        self._slots = [_Slot(i) for i in range(self.parallel)]
+        self._slots: list[_Slot] = [Slot(i) for i in range(self.parallel)]
         self._batch: Any = llama_cpp.llama_batch_init(model.n_batch, 0, self.parallel)
         self._by_id: dict[str, _Slot] = {}
         self._short_only_run = 0  # consecutive steps that left long prompts out
@@ -178,14 +164,18 @@ class BatchEngine:
         if unknown is not None:
             raise InvalidRequestError(f"Invalid key in 'logit_bias': {unknown} is not a token id of this model "
                                       f"(its vocabulary has {self.model.n_vocab} tokens).", param="logit_bias")
-        free = [s for s in self._slots if s.seq is None]
-        if not free:
+        if not self.free_slots():
             raise RuntimeError("no free slot")  # the worker only takes work for free slots
         try:
             sampler = SamplerChain(params, self.model.n_vocab, self.model.vocab)
         except GrammarError as exc:
             raise InvalidRequestError(f"Invalid output constraint: {exc}.", param="response_format") from None
-        slot, common = self._place(free, tokens)
+        placed = place(self._slots, tokens)
+        slot, common = placed.slot, placed.cached
+        if placed.copy_from is not None:
+            self.model.seq_copy(placed.copy_from.seq_id, slot.seq_id)
+            slot.kv_tokens = placed.copy_from.kv_tokens[:]
+            self.copies += 1
         if common < len(slot.kv_tokens) and not self.model.seq_remove(slot.seq_id, common):
             self.model.seq_clear(slot.seq_id)
             common = 0
@@ -206,31 +196,10 @@ class BatchEngine:
         self._by_id[request_id] = slot
         return slot.seq_id
 
-    def _place(self, free: list[_Slot], tokens: list[int]) -> tuple[_Slot, int]:
-        """The free slot for `tokens` and how many of them its cache already holds: the free slot with the
-        longest common prefix (the least recently used among equals) when that prefix is worth it (at least
-        `MIN_COPY_TOKENS`, half the prompt, or all the slot holds), else an empty or the least recently used
-        free slot, so a new conversation does not overwrite another's kept prefix for a few template tokens;
-        unless some
-        other slot (busy generating, or prefilling) holds a prefix longer by `MIN_COPY_TOKENS`: then an empty
-        or the least recently used free slot gets a copy of that one's cache."""
-        limit = len(tokens) - 1  # the last prompt token is always evaluated: its logits start the answer
-        best = max(free, key=lambda s: (_common_prefix(s.kv_tokens, tokens), -s.last_used))
-        common = min(_common_prefix(best.kv_tokens, tokens), limit)
-        if common < MIN_COPY_TOKENS and 2 * common < len(tokens) and common < len(best.kv_tokens):
-            # a few shared tokens (the chat template's opening) are not worth another conversation's kept
-            # prefix: take an empty slot, else the least recently used one
-            best = min(free, key=lambda s: (bool(s.kv_tokens), s.last_used))
-            common = min(_common_prefix(best.kv_tokens, tokens), limit)
-        donor = max(self._slots, key=lambda s: _common_prefix(s.kv_tokens, tokens))
-        shared = min(_common_prefix(donor.kv_tokens, tokens), limit)
-        if donor.seq is None or shared < common + MIN_COPY_TOKENS:
-            return best, common
-        target = min(free, key=lambda s: (bool(s.kv_tokens), s.last_used))
-        self.model.seq_copy(donor.seq_id, target.seq_id)
-        target.kv_tokens = donor.kv_tokens[:]
-        self.copies += 1
-        return target, shared
+    def busy_runs(self) -> int:
+        """Runs of consecutive sequence ids among the busy slots: llama.cpp decodes a step's tokens in one
+        pass per run, since a non-unified KV cache takes only consecutive streams together."""
+        return layout(self._slots)[0]
 
     def cancel(self, request_id: str) -> None:
         slot = self._by_id.get(request_id)

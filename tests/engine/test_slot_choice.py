@@ -1,10 +1,12 @@
 """Where a new prompt goes among free slots, on the real SmolLM2 model: a new conversation that shares
 only the chat template's opening tokens with a kept prefix takes an empty slot, so the conversation
-that left that prefix still finds it on its next turn."""
+that left that prefix still finds it on its next turn; and among slots that serve a prompt equally well,
+the busy slots stay one run of consecutive sequence ids (llama.cpp decodes each run in a pass of its own)."""
 
 from __future__ import annotations
 
 from server.engine.batch_engine import BatchEngine
+from server.engine.slot_choice import MIN_COPY_TOKENS, Slot, layout, place
 from server.queue.messages import SamplingParams
 from tests.engine_helpers import smollm2_engine
 
@@ -36,3 +38,104 @@ def test_a_new_conversation_leaves_another_conversations_kept_prefix_alone() -> 
                                   {"role": "user", "content": "And week 3?"}]) >= prefix
     finally:
         engine.close()
+
+
+def test_clients_repeating_one_prompt_keep_the_busy_slots_consecutive() -> None:
+    """Eight requests for one chat fill every slot with its prompt; then four clients send it again as soon as
+    each answer ends (answers of different lengths, so they end on different steps). Every free slot serves
+    the prompt equally well, and each new request takes the one beside the busy ones, never a gap (the least
+    recently used would rotate through all eight and leave the four busy slots scattered)."""
+    engine = smollm2_engine(parallel=8, n_ctx=512)
+    try:
+        messages = [{"role": "user", "content": "Name three colours of the sea."}]
+        tokens = engine.chat_tokens(messages)
+        for slot in range(8):
+            engine.add(f"warm{slot}", tokens, SamplingParams(temperature=0, max_tokens=2))
+        while engine.active():
+            engine.step()
+        lengths = [3, 4, 6, 9]
+        sent = 0
+
+        def send(client: int) -> None:
+            nonlocal sent
+            engine.add(f"c{client}-{sent}", tokens, SamplingParams(temperature=0, max_tokens=lengths[client]))
+            sent += 1
+
+        for client in range(4):
+            send(client)
+        runs: list[int] = []
+        while sent < 48:
+            for out in engine.step():
+                if out.finish is not None:
+                    send(int(out.request_id[1:].split("-")[0]))
+            runs.append(engine.busy_runs())
+        assert engine.active() == 4
+        assert max(runs) == 1, f"busy slots split into {max(runs)} runs"
+    finally:
+        engine.close()
+
+
+# -- the policy alone, on slots described by hand --------------------------------------------------------
+
+PROMPT = list(range(100, 140))
+
+
+def slots(busy: set[int], held: dict[int, list[int]], last_used: dict[int, int] | None = None) -> list[Slot[str]]:
+    """Eight slots: `busy` run a sequence, `held` keep those tokens, `last_used` their admission numbers."""
+    table: list[Slot[str]] = [Slot(i) for i in range(8)]
+    for slot in table:
+        slot.seq = "running" if slot.seq_id in busy else None
+        slot.kv_tokens = list(held.get(slot.seq_id, []))
+        slot.last_used = (last_used or {}).get(slot.seq_id, 0)
+    return table
+
+
+def test_layout_counts_runs_of_consecutive_busy_ids_and_their_span() -> None:
+    assert layout(slots(set(), {})) == (0, 0)
+    assert layout(slots({0, 1, 2, 3}, {})) == (1, 4)
+    assert layout(slots({0, 2, 4, 6}, {})) == (4, 7)
+    table = slots({1, 4}, {})
+    assert layout(table, table[2]) == (2, 4)
+    assert layout(table, table[5]) == (2, 5)
+
+
+def test_of_free_slots_holding_the_prompt_the_one_beside_the_busy_ones_wins_over_the_least_recently_used() -> None:
+    every = {i: [*PROMPT, 7, i] for i in range(8)}  # all eight hold the prompt (and an old answer)
+    table = slots({1, 2, 3}, every, last_used={0: 9, 4: 8, 5: 1, 6: 2, 7: 3})
+    chosen = place(table, [*PROMPT, 1])
+    assert chosen.slot.seq_id in (0, 4) and chosen.cached == len(PROMPT)
+    assert chosen.slot.seq_id == 4  # of the two neighbours, the less recently used
+    assert chosen.copy_from is None
+
+
+def test_a_gap_in_the_busy_slots_is_closed_rather_than_widened() -> None:
+    every = {i: [*PROMPT, 7] for i in range(8)}
+    table = slots({1, 4}, every, last_used={0: 1, 2: 8, 3: 9, 5: 2, 6: 3, 7: 4})
+    first = place(table, [*PROMPT, 1])
+    assert first.slot.seq_id in (2, 3)  # every choice leaves two runs; these leave the narrower span
+    first.slot.seq = "running"
+    second = place(table, [*PROMPT, 2])
+    assert layout(table, second.slot) == (1, 4)
+
+
+def test_a_longer_kept_prefix_still_beats_a_better_layout() -> None:
+    table = slots({0, 1, 2}, {3: PROMPT[:5], 6: [*PROMPT, 9]})
+    chosen = place(table, [*PROMPT, 1])
+    assert (chosen.slot.seq_id, chosen.cached) == (6, len(PROMPT))
+
+
+def test_a_new_conversation_takes_an_empty_slot_before_a_kept_one_beside_the_busy_ones() -> None:
+    other = list(range(500, 540))  # another conversation's kept prefix, next to the busy slot
+    table = slots({0}, {1: other})
+    chosen = place(table, PROMPT)
+    assert chosen.slot.seq_id == 2 and chosen.cached == 0  # empty, and beside slot 1 is not beside the busy one
+    table = slots({0}, {1: other, **{i: other for i in range(2, 8)}}, last_used={1: 5, 2: 1, 3: 2})
+    assert place(table, PROMPT).slot.seq_id == 1  # all kept: the one beside the busy slot
+
+
+def test_a_busy_slots_longer_prefix_is_copied_into_the_free_slot_beside_it() -> None:
+    long_prompt = list(range(1000, 1000 + 2 * MIN_COPY_TOKENS))
+    table = slots({5}, {5: long_prompt})
+    chosen = place(table, [*long_prompt, 1])
+    assert chosen.copy_from is table[5] and chosen.cached == len(long_prompt)
+    assert chosen.slot.seq_id in (4, 6)

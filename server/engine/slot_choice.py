@@ -1,0 +1,84 @@
+"""Which free slot a new prompt takes: the engine's placement policy, without the model.
+
+A slot is one sequence of the llama.cpp context, with a KV stream of its own (a non-unified cache), and it
+keeps its cache after its request ends, so a later prompt sharing a prefix evaluates only the rest. Two
+things decide where a prompt goes:
+
+- the cache: the free slot holding the longest prefix of the prompt when that prefix is worth it, else an
+  empty slot, else the least recently used, so a new conversation does not overwrite another's kept
+  prefix for a few template tokens; and a prefix held by a busy slot is copied into a free one when it
+  saves at least `MIN_COPY_TOKENS` over the best free slot's own;
+- the layout: llama.cpp decodes only consecutive streams in one pass, so busy slots 0, 2, 4 and 6 cost
+  four passes over the model a step where 0-3 cost one (`benchmarks/seq_runs.py`). Among slots equal for
+  the cache, the one leaving the busy slots in the fewest runs of consecutive ids comes first, then the
+  narrower span (a gap the next admission can close), then the least recently used: a split costs every
+  running sequence a pass each step, a reused slot only the tail of a finished sequence beyond the
+  shared prefix.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+# A busy slot's prefix is copied into a free slot only when it saves at least this many tokens over the best
+# free slot's own prefix (a copy moves the whole KV stream of a sequence; a few tokens are cheaper to evaluate).
+MIN_COPY_TOKENS = 64
+
+S = TypeVar("S")
+
+
+class Slot(Generic[S]):
+    def __init__(self, seq_id: int) -> None:
+        self.seq_id = seq_id
+        self.kv_tokens: list[int] = []  # tokens whose KV entries are in this sequence's cache
+        self.seq: S | None = None  # the sequence it runs; None: free
+        self.last_used = 0  # admission counter when it last took a sequence: the least recently used is reused first
+
+
+@dataclass(frozen=True)
+class Placement(Generic[S]):
+    slot: Slot[S]
+    cached: int  # prompt tokens its cache holds once placed (after the copy, if any)
+    copy_from: Slot[S] | None = None  # a busy slot whose cache is to be copied into `slot` first
+
+
+def common_prefix(a: list[int], b: list[int]) -> int:
+    n = min(len(a), len(b))
+    i = 0
+    while i < n and a[i] == b[i]:
+        i += 1
+    return i
+
+
+def layout(slots: list[Slot[S]], extra: Slot[S] | None = None) -> tuple[int, int]:
+    """The busy slots' runs of consecutive ids (with `extra` busy too), and their span, first to last."""
+    busy = [i for i, s in enumerate(slots) if s.seq is not None or s is extra]
+    runs = sum(1 for n, i in enumerate(busy) if n == 0 or busy[n - 1] != i - 1)
+    return runs, (busy[-1] - busy[0] + 1 if busy else 0)
+
+
+def place(slots: list[Slot[S]], tokens: list[int]) -> Placement[S]:
+    """Where `tokens` go among the free slots of `slots` (at least one), and what of them is cached there."""
+    free = [s for s in slots if s.seq is None]
+    limit = len(tokens) - 1  # the last prompt token is always evaluated: its logits start the answer
+
+    def fresh(slot: Slot[S]) -> tuple[bool, tuple[int, int], int]:  # a slot taken without its prefix
+        return bool(slot.kv_tokens), layout(slots, slot), slot.last_used
+
+    def reused(slot: Slot[S]) -> tuple[int, int, int, int]:
+        runs, span = layout(slots, slot)
+        return common_prefix(slot.kv_tokens, tokens), -runs, -span, -slot.last_used
+
+    best = max(free, key=reused)
+    common = min(common_prefix(best.kv_tokens, tokens), limit)
+    if common < MIN_COPY_TOKENS and 2 * common < len(tokens) and common < len(best.kv_tokens):
+        # a few shared tokens (the chat template's opening) are not worth another conversation's kept
+        # prefix: take an empty slot, else the least recently used one
+        best = min(free, key=fresh)
+        common = min(common_prefix(best.kv_tokens, tokens), limit)
+    donor = max(slots, key=lambda s: common_prefix(s.kv_tokens, tokens))
+    shared = min(common_prefix(donor.kv_tokens, tokens), limit)
+    if donor.seq is None or shared < common + MIN_COPY_TOKENS:
+        return Placement(best, common)
+    return Placement(min(free, key=fresh), shared, copy_from=donor)
