@@ -44,11 +44,19 @@ class Placement(Generic[S]):
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
+    """How many leading tokens `a` and `b` share, by halving: the slice comparisons run in C, so a
+    1,500-token conversation takes a dozen Python steps rather than 1,500."""
     n = min(len(a), len(b))
-    i = 0
-    while i < n and a[i] == b[i]:
-        i += 1
-    return i
+    if a[:n] == b[:n]:
+        return n
+    low, high = 0, n  # a[:low] == b[:low], a[:high] != b[:high]
+    while high - low > 1:
+        middle = (low + high) // 2
+        if a[low:middle] == b[low:middle]:
+            low = middle
+        else:
+            high = middle
+    return low
 
 
 def layout(slots: list[Slot[S]], extra: Slot[S] | None = None) -> tuple[int, int]:
@@ -62,23 +70,24 @@ def place(slots: list[Slot[S]], tokens: list[int]) -> Placement[S]:
     """Where `tokens` go among the free slots of `slots` (at least one), and what of them is cached there."""
     free = [s for s in slots if s.seq is None]
     limit = len(tokens) - 1  # the last prompt token is always evaluated: its logits start the answer
+    held = {slot.seq_id: common_prefix(slot.kv_tokens, tokens) for slot in slots}
 
     def fresh(slot: Slot[S]) -> tuple[bool, tuple[int, int], int]:  # a slot taken without its prefix
         return bool(slot.kv_tokens), layout(slots, slot), slot.last_used
 
     def reused(slot: Slot[S]) -> tuple[int, int, int, int]:
         runs, span = layout(slots, slot)
-        return common_prefix(slot.kv_tokens, tokens), -runs, -span, -slot.last_used
+        return held[slot.seq_id], -runs, -span, -slot.last_used
 
     best = max(free, key=reused)
-    common = min(common_prefix(best.kv_tokens, tokens), limit)
+    common = min(held[best.seq_id], limit)
     if common < MIN_COPY_TOKENS and 2 * common < len(tokens) and common < len(best.kv_tokens):
         # a few shared tokens (the chat template's opening) are not worth another conversation's kept
         # prefix: take an empty slot, else the least recently used one
         best = min(free, key=fresh)
-        common = min(common_prefix(best.kv_tokens, tokens), limit)
-    donor = max(slots, key=lambda s: common_prefix(s.kv_tokens, tokens))
-    shared = min(common_prefix(donor.kv_tokens, tokens), limit)
+        common = min(held[best.seq_id], limit)
+    donor = max(slots, key=lambda s: held[s.seq_id])
+    shared = min(held[donor.seq_id], limit)
     if donor.seq is None or shared < common + MIN_COPY_TOKENS:
         return Placement(best, common)
     return Placement(min(free, key=fresh), shared, copy_from=donor)

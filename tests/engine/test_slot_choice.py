@@ -5,8 +5,10 @@ the busy slots stay one run of consecutive sequence ids (llama.cpp decodes each 
 
 from __future__ import annotations
 
+import random
+
 from server.engine.batch_engine import BatchEngine
-from server.engine.slot_choice import MIN_COPY_TOKENS, Slot, layout, place
+from server.engine.slot_choice import MIN_COPY_TOKENS, Slot, common_prefix, layout, place
 from server.queue.messages import SamplingParams
 from tests.engine_helpers import smollm2_engine
 
@@ -88,6 +90,15 @@ def slots(busy: set[int], held: dict[int, list[int]], last_used: dict[int, int] 
         slot.kv_tokens = list(held.get(slot.seq_id, []))
         slot.last_used = (last_used or {}).get(slot.seq_id, 0)
     return table
+
+
+def test_common_prefix_agrees_with_a_token_by_token_walk() -> None:
+    rng = random.Random(19)
+    for _ in range(2000):
+        a = [rng.randrange(3) for _ in range(rng.randrange(0, 60))]
+        b = a[:rng.randrange(0, len(a) + 1)] + [rng.randrange(3) for _ in range(rng.randrange(0, 60))]
+        walk = next((i for i, (x, y) in enumerate(zip(a, b, strict=False)) if x != y), min(len(a), len(b)))
+        assert common_prefix(a, b) == common_prefix(b, a) == walk
 
 
 def test_layout_counts_runs_of_consecutive_busy_ids_and_their_span() -> None:
