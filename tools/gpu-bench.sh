@@ -15,6 +15,8 @@
 # On an H200 (benchmarks/gpu-h200/): `start && wait` in one call (the build took 322 s on 16 cores), then
 # `BENCH_ROUNDS=8 BENCH_REQUESTS_PER_CLIENT=6 GPU_BENCH_BUDGET=320 tools/gpu-bench.sh bench` (about 200 s).
 #
+# GPU_BENCH_BASELINE=.bench/gpu/b/base also runs our server from that tree, before and after a change in one run
+# (BENCH_BASELINE_TREE): `BASELINE=COMMIT tools/gpu-pack.sh` puts that commit's `server/` there.
 # Results (results.md/json, build and server logs) go to $OUT (or GPU_BENCH_OUT). GPU_BENCH_CUDA=0 builds for the
 # CPU instead: a rehearsal of the whole path on a machine without a GPU.
 set -uo pipefail
@@ -142,6 +144,7 @@ PY
     say "benchmark, at most ${left}s"
     PYTHONUNBUFFERED=1 BENCH_LLAMA_SERVER="$G/build/bin/llama-server" BENCH_GPU_LAYERS="$layers" \
         BENCH_SKIP="${BENCH_SKIP:-c}" BENCH_OUT="$OUT_DIR" \
+        BENCH_BASELINE_TREE="${GPU_BENCH_BASELINE:+$REPO/$GPU_BENCH_BASELINE}" \
         timeout -k 10 "$left" "$PY" -m benchmarks.run_bench >"$OUT_DIR/bench.log" 2>&1
     rc=$?
     tail -c 6000 "$OUT_DIR/bench.log"

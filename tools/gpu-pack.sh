@@ -47,4 +47,7 @@ head -c "$first" "$out/model.xz" >"$out/a/model.xz.part1"
 tail -c +"$(( first + 1 ))" "$out/model.xz" >"$out/b/model.xz.part2"
 rm "$out/model.xz"
 mv "$out/b/wheels" "$out/a/wheels"
+if [ -n "${BASELINE:-}" ]; then  # our server as of that commit, for a before / after run (GPU_BENCH_BASELINE)
+    mkdir -p "$out/b/base" && git archive "$BASELINE" server | tar -x -C "$out/b/base"
+fi
 du -sh "$out"/a "$out"/b
