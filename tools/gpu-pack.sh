@@ -7,10 +7,9 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 PY="${PY:-.venv/bin/python}"
-tools/build-llama-server.sh >/dev/null  # fetches and verifies the sdist (and builds the CPU llama-server)
-src=.bench/build/src
+src=$(tools/build-llama-server.sh --sources)  # the sdist uv.lock pins, fetched and verified
 out=.bench/gpu
-rm -rf "$out" && mkdir -p "$out/a" "$out/b/wheels"
+rm -rf "$out" && mkdir -p "$out/a/wheels" "$out/b"
 tar -C "$src" -cJf "$out/a/llama-src.tar.xz" \
     --exclude='vendor/llama.cpp/docs' --exclude='vendor/llama.cpp/models' --exclude='vendor/llama.cpp/media' \
     --exclude='vendor/llama.cpp/gguf-py' --exclude='vendor/llama.cpp/conversion' \
@@ -38,15 +37,14 @@ python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 -
     --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 --platform manylinux_2_17_x86_64 \
     --platform manylinux2014_x86_64 --platform manylinux1_x86_64 --platform manylinux_2_5_x86_64 \
     --platform manylinux_2_12_x86_64 --platform manylinux_2_24_x86_64 --platform manylinux_2_31_x86_64 \
-    --platform manylinux_2_34_x86_64 --platform manylinux_2_35_x86_64 -d "$out/b/wheels" $pins
+    --platform manylinux_2_34_x86_64 --platform manylinux_2_35_x86_64 -d "$out/a/wheels" $pins
 # a: the sources, the wheels and the first part of the compressed GGUF; b: the rest of it (about even)
 size=$(stat -c %s "$out/model.xz")
-fixed=$(du -cb "$out/a/llama-src.tar.xz" "$out/b/wheels" | tail -1 | cut -f1)
+fixed=$(du -sb "$out/a" | cut -f1)
 first=$(( (size - fixed) / 2 ))
 head -c "$first" "$out/model.xz" >"$out/a/model.xz.part1"
 tail -c +"$(( first + 1 ))" "$out/model.xz" >"$out/b/model.xz.part2"
 rm "$out/model.xz"
-mv "$out/b/wheels" "$out/a/wheels"
 if [ -n "${BASELINE:-}" ]; then  # our server as of that commit, for a before / after run (GPU_BENCH_BASELINE)
     mkdir -p "$out/b/base" && git archive "$BASELINE" server | tar -x -C "$out/b/base"
 fi

@@ -83,7 +83,7 @@ def place(slots: list[Slot[S]], tokens: list[int]) -> Placement[S]:
     common = min(held[best.seq_id], limit)
     if common < MIN_COPY_TOKENS and 2 * common < len(tokens) and common < len(best.kv_tokens):
         # a few shared tokens (the chat template's opening) are not worth another conversation's kept
-        # prefix: take an empty slot, else the least recently used one
+        # prefix: take an empty slot, else a kept one (by layout, then the least recently used)
         best = min(free, key=fresh)
         common = min(held[best.seq_id], limit)
     donor = max(slots, key=lambda s: held[s.seq_id])
