@@ -243,6 +243,21 @@ class Rig:
                              capture_output=True, text=True, timeout=10, check=True).stdout.split()
         return out[0] if out else ""
 
+    def wait_replica_known(self, replica: str, *, timeout_s: float) -> None:
+        """Until every sentinel lists `replica` among the master's replicas. A sentinel learns of replicas
+        from the master's INFO, which it asks for every 10 s: a master killed before that leaves the
+        sentinels with no replica to promote (`-failover-abort-no-good-slave`, again at every retry)."""
+        def known() -> bool:
+            return all(backend_ip(replica) in subprocess.run(
+                ["ip", "netns", "exec", self.ns(host), "redis-cli", "-p", str(SENTINEL_PORT), "sentinel",
+                 "replicas", MASTER], capture_output=True, text=True, timeout=10, check=True).stdout
+                for host in ("redis1", "redis2", "arbiter"))
+        deadline = time.monotonic() + timeout_s
+        while not known():
+            if time.monotonic() > deadline:
+                raise AssertionError(f"the sentinels did not learn of {replica} within {timeout_s}s")
+            time.sleep(0.2)  # polling interval of a readiness poll
+
     def redis_cli(self, host: str, *args: str) -> str:
         return subprocess.run(["ip", "netns", "exec", self.ns(host), "redis-cli", "-p", str(REDIS_PORT), *args],
                               capture_output=True, text=True, timeout=10, check=True).stdout

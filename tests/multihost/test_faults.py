@@ -197,6 +197,7 @@ def test_flapping_links_lose_and_duplicate_nothing(rig: Rig, references: dict[st
 def test_redis_master_killed_sentinels_fail_over(rig: Rig, references: dict[str, str]) -> None:
     old = next(h for h in ("redis1", "redis2") if backend_ip(h) == rig.master_address())
     replica = "redis2" if old == "redis1" else "redis1"
+    rig.wait_replica_known(replica, timeout_s=30)  # else the kill can come before the sentinels know it
 
     def inject() -> None:
         for proc in rig.running(old, "redis"):
