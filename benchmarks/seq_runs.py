@@ -2,9 +2,11 @@
 
 Each sequence of our engine has its own KV stream (a non-unified cache), and llama.cpp decodes only
 consecutive streams in one pass: a step with sequences 0, 2, 4 and 6 runs the model four times where 0-3
-runs it once. This times decode steps of four sequences, one token each, on SmolLM2 through the worker's
-`LlamaModel` (8 slots, each holding a 40-token prompt), for three sets of sequence ids in alternated rounds,
-and prints the median step time of each set and its ratio to the consecutive set.
+runs it once. The order the batch lists them in counts too: 1, 2, 3, 0 runs it twice (a pass takes a
+sequence only if its id is one more than the last one it took). This times decode steps of four sequences,
+one token each, on SmolLM2 through the worker's `LlamaModel` (8 slots, each holding a 40-token prompt), for
+four sets of sequence ids in alternated rounds, and prints the median step time of each set and its ratio to
+the consecutive set.
 
     python -m benchmarks.seq_runs [--threads 2] [--rounds 6] [--steps 60] [--gpu-layers 0] [--out FILE.json]
 """
@@ -24,7 +26,8 @@ import llama_cpp
 
 from server.engine.llama_model import LlamaModel, ModelOptions
 
-SETS = {"consecutive 0-3": [0, 1, 2, 3], "two runs 0-1, 4-5": [0, 1, 4, 5], "four runs 0, 2, 4, 6": [0, 2, 4, 6]}
+SETS = {"consecutive 0-3": [0, 1, 2, 3], "two runs 0-1, 4-5": [0, 1, 4, 5], "four runs 0, 2, 4, 6": [0, 2, 4, 6],
+        "0-3 written 1, 2, 3, 0": [1, 2, 3, 0]}
 PROMPT_TOKENS = 40
 
 

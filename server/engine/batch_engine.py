@@ -26,7 +26,7 @@ from server.engine.chat_template import ChatTemplate, default_template
 from server.engine.llama_model import LlamaModel
 from server.engine.params import SamplingParams
 from server.engine.sampling import GrammarError, SamplerChain
-from server.engine.slot_choice import Slot, layout, place
+from server.engine.slot_choice import Slot, layout, place, split_passes
 from server.engine.text_stream import TextStream
 from server.errors import ContextLengthError, InvalidRequestError
 
@@ -101,6 +101,7 @@ class BatchEngine:
         self.prefill_chunk = model.options.prefill_chunk
         self._admissions = 0
         self.copies = 0  # prefixes copied from a busy slot into a free one
+        self.last_passes = 0  # passes over the model its last step's order costs (`slot_choice.split_passes`)
         self._kv_cells = 0  # llama.cpp's cells in use after the last decode (see `kv_usage`)
 
     # -- capacity -------------------------------------------------------------------------------
@@ -208,29 +209,21 @@ class BatchEngine:
 
     # -- decoding -------------------------------------------------------------------------------
     def _fill_batch(self) -> list[_Slot]:
-        batch = self._batch
-        n = 0
+        """Choose this step's tokens (every decoding sequence's next one, then prompt chunks within the
+        budget), then write them to the batch in sequence-id order. Each sequence has a KV stream of its
+        own, and llama.cpp puts streams in one pass only while their ids increase by one in batch order
+        (`split_equal`, sequential): decode tokens first and a new prompt's after them, as they are chosen,
+        would split a step of 0-1 and 3-7 decoding plus 2 joining into two passes."""
+        chosen: list[tuple[_Slot, list[int], bool]] = []  # slot, its tokens, whether the last one wants logits
         involved: list[_Slot] = []
-
-        def put(slot: _Slot, token: int, want_logits: bool) -> None:
-            nonlocal n
-            batch.token[n] = token
-            batch.pos[n] = len(slot.kv_tokens)
-            batch.n_seq_id[n] = 1
-            batch.seq_id[n][0] = slot.seq_id
-            batch.logits[n] = 1 if want_logits else 0
-            slot.kv_tokens.append(token)
-            n += 1
-
         decoding = [s for s in self._slots if s.seq is not None and s.seq.next_token is not None]
         for slot in decoding:
             seq = slot.seq
             assert seq is not None and seq.next_token is not None
-            seq.logit_index = n
-            put(slot, seq.next_token, True)
+            chosen.append((slot, [seq.next_token], True))
             seq.next_token = None
             involved.append(slot)
-        budget = self.model.n_batch - n
+        budget = self.model.n_batch - len(chosen)
         # the shortest prompt left first: a short chat arriving while a long prompt is being evaluated in
         # chunks is not queued behind it
         prefilling = sorted((s for s in self._slots if s.seq is not None and s.seq.pending and not s.seq.cancelled),
@@ -254,15 +247,33 @@ class BatchEngine:
             take = seq.pending[:budget]
             del seq.pending[:budget]
             budget -= len(take)
-            for i, token in enumerate(take):
-                last = not seq.pending and i == len(take) - 1
-                if last:
-                    seq.logit_index = n
-                put(slot, token, last)
+            chosen.append((slot, take, not seq.pending))
             if not seq.pending:
                 involved.append(slot)
-        batch.n_tokens = n
+        chosen.sort(key=lambda c: c[0].seq_id)
+        self._batch.n_tokens = self._write_batch(chosen)
+        self.last_passes = split_passes([slot.seq_id for slot, _tokens, _logits in chosen])
         return involved
+
+    def _write_batch(self, chosen: list[tuple[_Slot, list[int], bool]]) -> int:
+        """Put each slot's tokens in the batch, in the order given; a sequence whose last token wants logits
+        reads them at that token's index. Returns the batch's token count."""
+        batch = self._batch
+        n = 0
+        for slot, tokens, wants_logits in chosen:
+            for token in tokens:
+                batch.token[n] = token
+                batch.pos[n] = len(slot.kv_tokens)
+                batch.n_seq_id[n] = 1
+                batch.seq_id[n][0] = slot.seq_id
+                batch.logits[n] = 0
+                slot.kv_tokens.append(token)
+                n += 1
+            if wants_logits:
+                batch.logits[n - 1] = 1
+                assert slot.seq is not None
+                slot.seq.logit_index = n - 1
+        return n
 
     def step(self) -> list[Output]:
         """Run one decode step; return what each sequence produced."""

@@ -59,6 +59,23 @@ def common_prefix(a: list[int], b: list[int]) -> int:
     return low
 
 
+def split_passes(order: list[int]) -> int:
+    """Passes over the model llama.cpp makes for one step whose sequences come in the batch in `order` (one
+    token each), on a non-unified cache: each pass (`split_equal`, sequential) walks the batch and takes a
+    sequence only if its id is one more than the last taken. Sorted consecutive ids take one pass; 1, 2, 3, 0
+    takes two, as do 0, 1 and 3."""
+    left = list(dict.fromkeys(order))
+    passes = 0
+    while left:
+        taken = [left[0]]
+        for seq_id in left[1:]:
+            if seq_id == taken[-1] + 1:
+                taken.append(seq_id)
+        left = [seq_id for seq_id in left if seq_id not in taken]
+        passes += 1
+    return passes
+
+
 def layout(slots: list[Slot[S]], extra: Slot[S] | None = None) -> tuple[int, int]:
     """The busy slots' runs of consecutive ids (with `extra` busy too), and their span, first to last."""
     busy = [i for i, s in enumerate(slots) if s.seq is not None or s is extra]

@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 
 from server.engine.batch_engine import BatchEngine
-from server.engine.slot_choice import MIN_COPY_TOKENS, Slot, common_prefix, layout, place
+from server.engine.slot_choice import MIN_COPY_TOKENS, Slot, common_prefix, layout, place, split_passes
 from server.queue.messages import SamplingParams
 from tests.engine_helpers import smollm2_engine
 
@@ -75,6 +75,38 @@ def test_clients_repeating_one_prompt_keep_the_busy_slots_consecutive() -> None:
         assert max(runs) == 1, f"busy slots split into {max(runs)} runs"
     finally:
         engine.close()
+
+
+def test_a_prompt_joining_decoding_sequences_is_written_in_sequence_order_so_the_step_is_one_pass() -> None:
+    """Slot 2 frees up while 0-1 and 3-7 decode; the next request takes it. Its prompt token goes into the
+    batch between sequences 1 and 3, not after 7: written after them (as chosen: decode tokens, then
+    prompts), llama.cpp would run the step in two passes (0-1 and 3-7, then 2)."""
+    engine = smollm2_engine(parallel=8, n_ctx=512)
+    try:
+        tokens = engine.chat_tokens([{"role": "user", "content": "Name three colours of the sea."}])
+        for slot in range(8):
+            engine.add(f"r{slot}", tokens, SamplingParams(temperature=0, max_tokens=1 if slot == 2 else 40))
+        while not any(out.request_id == "r2" and out.finish is not None for out in engine.step()):
+            pass
+        assert engine.busy_runs() == 2
+        engine.add("joiner", tokens, GREEDY)
+        assert engine.busy_runs() == 1
+        outputs = engine.step()
+        assert engine.last_passes == 1
+        assert {out.request_id for out in outputs} >= {"joiner", "r0", "r7"}
+        assert next(out for out in outputs if out.request_id == "joiner").first_token
+    finally:
+        engine.close()
+
+
+def test_split_passes_follows_llama_cpps_sequential_split() -> None:
+    assert split_passes([]) == 0
+    assert split_passes([0, 1, 2, 3, 4, 5, 6, 7]) == 1
+    assert split_passes([0, 1, 3, 4, 5, 6, 7, 2]) == 2  # a joiner written after the decoding sequences
+    assert split_passes([2, 3, 4, 5, 6, 1, 0, 7]) == 3  # {2-7}, {1}, {0}
+    assert split_passes([0, 1, 3]) == 2
+    assert split_passes([0, 2, 4, 6]) == 4
+    assert split_passes([5, 5, 6]) == 1  # a prompt's tokens are one sequence
 
 
 # -- the policy alone, on slots described by hand --------------------------------------------------------
