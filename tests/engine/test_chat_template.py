@@ -1,8 +1,11 @@
 from __future__ import annotations
 
+import random
+import re
+
 import pytest
 
-from server.engine.chat_template import ChatTemplate
+from server.engine.chat_template import ChatTemplate, _split_on
 from server.errors import InvalidRequestError
 
 
@@ -39,3 +42,15 @@ def test_gemma_fallback_joins_system_into_the_first_user_turn() -> None:
                             {"role": "assistant", "content": "Hello"}, {"role": "user", "content": "Bye"}])
     assert text == ("<bos><start_of_turn>user\nBe brief.\n\nHi<end_of_turn>\n<start_of_turn>model\nHello<end_of_turn>\n"
                     "<start_of_turn>user\nBye<end_of_turn>\n<start_of_turn>model\n")
+
+
+def test_split_on_placeholders_agrees_with_a_regex_split() -> None:
+    """Placeholders anywhere, repeated, adjacent, in any order, or absent: the pieces are what `re.split`
+    with a capturing alternation of them gives."""
+    rng = random.Random(7)
+    for _ in range(500):
+        marks = {f"\ue000{rng.randrange(10**6)}.{i}\ue001": "" for i in range(rng.randrange(1, 4))}
+        words = [*marks, "a", "<|im_start|>", "\ue000", "1.0", " ", "\ue001"]
+        text = "".join(rng.choice(words) for _ in range(rng.randrange(0, 12)))
+        expected = re.split("(" + "|".join(map(re.escape, marks)) + ")", text)
+        assert _split_on(text, marks) == expected
