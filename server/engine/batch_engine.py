@@ -101,7 +101,7 @@ class BatchEngine:
         self.prefill_chunk = model.options.prefill_chunk
         self._admissions = 0
         self.copies = 0  # prefixes copied from a busy slot into a free one
-        self.last_passes = 0  # passes over the model its last step's order costs (`slot_choice.split_passes`)
+        self._last_order: list[int] = []  # the sequence ids of the last step's batch, in batch order
         self._kv_cells = 0  # llama.cpp's cells in use after the last decode (see `kv_usage`)
 
     # -- capacity -------------------------------------------------------------------------------
@@ -202,6 +202,11 @@ class BatchEngine:
         pass per run, since a non-unified KV cache takes only consecutive streams together."""
         return layout(self._slots)[0]
 
+    @property
+    def last_passes(self) -> int:
+        """Passes over the model the last step's batch order costs (`slot_choice.split_passes`)."""
+        return split_passes(self._last_order)
+
     def cancel(self, request_id: str) -> None:
         slot = self._by_id.get(request_id)
         if slot is not None and slot.seq is not None:
@@ -252,7 +257,7 @@ class BatchEngine:
                 involved.append(slot)
         chosen.sort(key=lambda c: c[0].seq_id)
         self._batch.n_tokens = self._write_batch(chosen)
-        self.last_passes = split_passes([slot.seq_id for slot, _tokens, _logits in chosen])
+        self._last_order = [slot.seq_id for slot, _tokens, _logits in chosen]
         return involved
 
     def _write_batch(self, chosen: list[tuple[_Slot, list[int], bool]]) -> int:
