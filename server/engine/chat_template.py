@@ -12,6 +12,7 @@ from __future__ import annotations
 import datetime
 import re
 import secrets
+from collections.abc import Iterable
 from typing import Any, NamedTuple
 
 from jinja2 import TemplateError
@@ -148,7 +149,7 @@ class ChatTemplate:
             ) from None
 
 
-def _split_on(text: str, placeholders: dict[str, str]) -> list[str]:
+def _split_on(text: str, placeholders: Iterable[str]) -> list[str]:
     """`text` split around every occurrence of the placeholders, as `re.split` with a capturing group of
     them would (markup, placeholder, markup, ..., markup), by `str.find`: a pattern made of a fresh nonce
     is compiled anew for every prompt, which cost more than the rest of the split."""

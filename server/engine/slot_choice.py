@@ -67,20 +67,23 @@ def split_passes(order: list[int]) -> int:
     left = list(dict.fromkeys(order))
     passes = 0
     while left:
-        taken = [left[0]]
+        last = left[0]
+        rest: list[int] = []
         for seq_id in left[1:]:
-            if seq_id == taken[-1] + 1:
-                taken.append(seq_id)
-        left = [seq_id for seq_id in left if seq_id not in taken]
+            if seq_id == last + 1:
+                last = seq_id
+            else:
+                rest.append(seq_id)
+        left = rest
         passes += 1
     return passes
 
 
 def layout(slots: list[Slot[S]], extra: Slot[S] | None = None) -> tuple[int, int]:
-    """The busy slots' runs of consecutive ids (with `extra` busy too), and their span, first to last."""
+    """The busy slots' runs of consecutive ids (with `extra` busy too; in id order, so one pass each), and
+    their span, first to last."""
     busy = [i for i, s in enumerate(slots) if s.seq is not None or s is extra]
-    runs = sum(1 for n, i in enumerate(busy) if n == 0 or busy[n - 1] != i - 1)
-    return runs, (busy[-1] - busy[0] + 1 if busy else 0)
+    return split_passes(busy), (busy[-1] - busy[0] + 1 if busy else 0)
 
 
 def place(slots: list[Slot[S]], tokens: list[int]) -> Placement[S]:
