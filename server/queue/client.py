@@ -2,16 +2,14 @@
 
 Admission is one Lua script (atomic: backlog check + `XADD`), so a full queue answers 429 having
 enqueued nothing; the same script picks the stream (the model's shared one, or the own stream of the
-worker holding the job's prompt prefix: `queue/affinity.py`). Events are read with `XREAD BLOCK` from
-`0-0`, on a connection of a pool of their own that the request holds while it reads, so a reply that
-arrives before we start reading is never lost.
+worker holding the job's prompt prefix: `queue/affinity.py`). Its events come through the gateway's
+event feed and its response stream (`queue/follow.py`, `queue/feed.py`).
 """
 
 from __future__ import annotations
 
-import asyncio
-import math
 import time
+import uuid
 from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
@@ -22,17 +20,16 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from server.errors import OverloadedError, ServiceUnavailableError
-from server.queue import affinity, fair, keys
-from server.queue.events import Event, from_wire
-from server.queue.messages import Job, decode_event
+from server.queue import affinity, fair, follow, keys
+from server.queue.events import Event
+from server.queue.feed import EventFeed
+from server.queue.messages import Job
 from server.redis_connect import OUTAGE_ERRORS, RedisTarget
 from server.residency.state import Budget, Residency, decode_all
 
 ADMITTED_TTL_S = 600  # how long a job's admitted mark makes a retried admission a no-op
 
-READ_BLOCK_MS = 250
-OUTAGE_GRACE_S = 3.0  # a stream's reads may fail this long in a row before its request gives up
-READ_FAILURES: tuple[type[Exception], ...] = (*OUTAGE_ERRORS, TimeoutError)  # TimeoutError: our read deadline
+READ_BLOCK_MS = follow.READ_BLOCK_MS
 
 
 @dataclass(frozen=True)
@@ -50,7 +47,7 @@ WANTED_TTL_S = 10
 
 class QueueClient:
     def __init__(self, redis: str | RedisTarget, *, timeout_s: float = 1.0, max_connections: int = 1024,
-                 cache_aware: bool = True, heartbeat_ttl_s: float = 5.0) -> None:
+                 cache_aware: bool = True, heartbeat_ttl_s: float = 5.0, feed: bool = True) -> None:
         target = RedisTarget(url=redis) if isinstance(redis, str) else redis
         self.cache_aware = cache_aware  # SLM_CACHE_AWARE_DISPATCH: follow-up turns to the worker holding their prefix
         self.heartbeat_ttl_s = heartbeat_ttl_s
@@ -76,11 +73,23 @@ class QueueClient:
         self.followers: aioredis.Redis = target.async_client(
             socket_timeout=None, socket_connect_timeout=timeout_s, max_connections=max_connections)
         self._read_timeout_s = timeout_s + READ_BLOCK_MS / 1000
+        # one subscription for the whole gateway, on which workers publish its requests' events; RESP2,
+        # where a published message is a plain reply (RESP3 would route each through redis-py's push handler)
+        self.feed = EventFeed(target.async_client(socket_timeout=None, socket_connect_timeout=timeout_s,
+                                                  max_connections=4, protocol=2),
+                              keys.event_feed(uuid.uuid4().hex)) if feed else None
         self._admit = self.commands.register_script(affinity.ADMIT)
         self._position = self.commands.register_script(fair.POSITION)
         self._groups: set[str] = set()
 
+    @property
+    def feed_channel(self) -> str | None:
+        """What a job names as its `feed`: where its worker publishes its events for this gateway."""
+        return None if self.feed is None else self.feed.channel
+
     async def close(self) -> None:
+        if self.feed is not None:
+            await self.feed.close()
         await self.commands.aclose()
         await self.reader.aclose()
         await self.followers.aclose()
@@ -213,53 +222,11 @@ class QueueClient:
             f"This API key has {admitted.mine} requests waiting for '{job.model}', its share of the queue; "
             f"try again in {wait:g}s.", retry_after=wait, code="key_queue_full")
 
-    async def event_batches(self, request_id: str) -> AsyncGenerator[list[Event] | None, None]:
-        """Yield the request's events as they come, what each read returned together; `None` after
-        each silent read (a tick). A read that fails for want of Redis is a silent one too, for up to
-        `OUTAGE_GRACE_S` in a row (a link that drops for a moment, a failover under way: reading on
-        from the last entry, on a fresh connection, loses and repeats nothing); a longer outage raises."""
-        stream = keys.response_stream(request_id)
-        last: bytes = b"0-0"
-        failing_since: float | None = None
-        pool: Any = self.followers.connection_pool
-        conn: Any = None
-        try:
-            while True:
-                try:
-                    if conn is None:
-                        conn = await pool.get_connection()
-                    await conn.send_packed_command(
-                        conn.pack_command("XREAD", "COUNT", 256, "BLOCK", READ_BLOCK_MS, "STREAMS", stream, last),
-                        check_health=False)
-                    # redis-py's own read timeout answers None on expiry, as a read that found nothing
-                    # does, leaving the late reply to be taken for the next read's: this one cuts the
-                    # read short, which drops the connection
-                    async with asyncio.timeout(self._read_timeout_s):
-                        reply: Any = await conn.read_response(disable_decoding=True, timeout=math.inf)
-                except READ_FAILURES:
-                    if conn is not None:  # whatever it held is unread or lost: never reuse it
-                        await conn.disconnect()
-                        await pool.release(conn)
-                        conn = None
-                    now = time.monotonic()
-                    failing_since = failing_since or now
-                    if now - failing_since > OUTAGE_GRACE_S:
-                        raise
-                    yield None
-                    continue
-                failing_since = None
-                if not reply:
-                    yield None
-                    continue
-                batch: list[Event] = []
-                for entries in (reply.values() if isinstance(reply, dict) else (e for _name, e in reply)):
-                    for entry_id, fields in entries:
-                        last = entry_id
-                        batch.append(from_wire(decode_event(dict(zip(fields[::2], fields[1::2], strict=True)))))
-                yield batch
-        finally:
-            if conn is not None:
-                await pool.release(conn)
+    def event_batches(self, request_id: str) -> AsyncGenerator[list[Event] | None, None]:
+        """The request's events as they come, in batches, `None` after each silent wait (`follow.py`)."""
+        reads = follow.StreamReads(self.followers.connection_pool, keys.response_stream(request_id),
+                                   self._read_timeout_s)
+        return follow.event_batches(reads, self.feed)
 
     async def cancel(self, request_id: str) -> None:
         await self.commands.set(keys.cancel_flag(request_id), 1, ex=600)

@@ -31,6 +31,11 @@ def response_stream(request_id: str) -> str:
     return f"{PREFIX}:resp:{request_id}"
 
 
+def event_feed(gateway_id: str) -> str:
+    """Pub/Sub channel of one gateway: its requests' events, published by the workers beside the `XADD`."""
+    return f"{PREFIX}:feed:{gateway_id}"
+
+
 def fair_queue(model: str) -> str:
     """The prefix of one model's fair queue (`server/queue/fair.py`): its waiting jobs per priority class
     and API key, the round-robin state, the counters and the doorbell all live under it."""

@@ -10,7 +10,7 @@ from pydantic import BaseModel, ConfigDict, Field
 
 from server.engine.params import SamplingParams
 
-__all__ = ["EVENT_FIELD", "JOB_FIELD", "Job", "SamplingParams", "decode_event", "encode_event"]
+__all__ = ["EVENT_FIELD", "JOB_FIELD", "Job", "SamplingParams", "decode_event", "decode_event_value", "encode_event"]
 
 JOB_FIELD = "job"
 EVENT_FIELD = "e"
@@ -35,6 +35,7 @@ class Job(BaseModel):
     deadline: float
     priority: int | None = None  # its class in the fair queue (`server.queue.priority`)
     trace: bool | None = None  # the worker reports when each stage before the first token ended (`Done.trace`)
+    feed: str | None = None  # the channel its gateway follows (`queue/feed.py`): each event is also published there
 
     def encode(self) -> dict[Any, Any]:
         return {JOB_FIELD: self.model_dump_json(exclude_none=True)}
@@ -52,5 +53,10 @@ def encode_event(event: dict[str, Any]) -> dict[Any, Any]:
 
 
 def decode_event(fields: dict[bytes, bytes]) -> dict[str, Any]:
-    value: dict[str, Any] = json.loads(fields[EVENT_FIELD.encode()])
-    return value
+    return decode_event_value(fields[EVENT_FIELD.encode()])
+
+
+def decode_event_value(value: bytes) -> dict[str, Any]:
+    """An event from its field's value (as a stream entry or the event feed carries it)."""
+    event: dict[str, Any] = json.loads(value)
+    return event

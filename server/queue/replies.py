@@ -4,6 +4,11 @@ and the acknowledgement that takes a request off its model's stream.
 The decode thread hands these to its `Outbox` (which writes them without waiting for the answer); the
 intake thread (which settles requests that never reach a slot) runs them at once with `send`.
 
+An event is also published on the event feed its job names (`Job.feed`, one channel per gateway:
+`queue/feed.py`), in the same script as its `XADD`: the gateway's one subscription hands it to the
+waiting request without a read per request per token; the stream stays the record that a request
+catches up from (on registering, after a lost subscription, after a silent wait).
+
 Writes are fenced by the request's running mark (`slm:running:{id}`, the attempt the last worker to
 admit it set): an event, or an ack that names its request, of an older attempt than the mark is
 dropped by Redis itself. A worker cut off from Redis may still have writes in flight (in its kernel's
@@ -23,11 +28,15 @@ from server.queue.messages import encode_event
 
 RESPONSE_TTL_S = 600
 
-# KEYS[1] = response stream, KEYS[2] = running mark; ARGV = attempt, TTL, field, value
+# KEYS[1] = response stream, KEYS[2] = running mark; ARGV = attempt, TTL, field, value, feed channel ('': none).
+# The feed gets "stream\nentry id\nvalue": its gateway hands the event to the request reading that stream.
+# `pcall`: a Redis user without Pub/Sub rights (an ACL user's channels are closed by default) still
+# writes its events; its gateways cannot subscribe either, and read their streams instead.
 _FENCED_EVENT = """
 if tonumber(redis.call('GET', KEYS[2]) or '0') > tonumber(ARGV[1]) then return 0 end
-redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[4])
+local id = redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
+if ARGV[5] ~= '' then redis.pcall('PUBLISH', ARGV[5], KEYS[1] .. '\\n' .. id .. '\\n' .. ARGV[4]) end
 return 1
 """
 
@@ -69,21 +78,22 @@ def unmark_running(client: redis.Redis, request_id: str, attempt: int) -> bool:
     return bool(client.eval(_UNMARK_RUNNING, 1, keys.job_running(request_id), str(attempt)))
 
 
-def event(request_id: str, event: Event) -> list[Command]:
-    """Append one event to the request's response stream (which expires if nobody reads it)."""
-    return event_fields(request_id, to_wire(event))
+def event(request_id: str, event: Event, feed: str | None = None) -> list[Command]:
+    """Append one event to the request's response stream (which expires if nobody reads it), and
+    publish it on `feed` (the job's `feed`: its gateway's channel) when there is one."""
+    return event_fields(request_id, to_wire(event), feed)
 
 
-def event_fields(request_id: str, fields: dict[str, Any]) -> list[Command]:
+def event_fields(request_id: str, fields: dict[str, Any], feed: str | None = None) -> list[Command]:
     """`event` for an event already in its wire form (tests write partial ones), fenced by its attempt."""
     ((field, value),) = encode_event(fields).items()
     return [("EVAL", _FENCED_EVENT, 2, keys.response_stream(request_id), keys.job_running(request_id),
-             int(fields.get("attempt") or 0), RESPONSE_TTL_S, field, value)]
+             int(fields.get("attempt") or 0), RESPONSE_TTL_S, field, value, feed or "")]
 
 
 def error(request_id: str, attempt: int, status: int, code: str | None, message: str, *,
-          param: str | None = None, error_type: str = "service_unavailable") -> list[Command]:
-    return event(request_id, Failed(attempt, status, code, message, param, error_type))
+          param: str | None = None, error_type: str = "service_unavailable", feed: str | None = None) -> list[Command]:
+    return event(request_id, Failed(attempt, status, code, message, param, error_type), feed)
 
 
 def ack(stream: str, entry_id: str, *, request_id: str = "", attempt: int = 0) -> list[Command]:

@@ -322,7 +322,7 @@ class Intake:
                 return
         if time.time() > job.deadline:
             self._settle(stream, entry_id, replies.error(job.id, attempt, 503, "queue_timeout",
-                                                 "The request waited in the queue past its deadline."))
+                                                 "The request waited in the queue past its deadline.", feed=job.feed))
             return
         if time.time() - job.enqueued_at >= UNCANCELLED_AGE_S and self.client.exists(keys.cancel_flag(job.id)):
             replies.send(self.client, replies.ack(stream, entry_id))
@@ -353,7 +353,8 @@ class Intake:
         pipe.xadd(key, record, maxlen=self.config.dlq_maxlen, approximate=True)
         pipe.expire(key, self.config.dlq_ttl_s)
         pipe.execute()
-        self._settle(stream, entry_id, replies.error(job.id, attempt, 500, reason, message, error_type="server_error"))
+        self._settle(stream, entry_id, replies.error(job.id, attempt, 500, reason, message, error_type="server_error",
+                                                           feed=job.feed))
 
     def _settle(self, stream: str, entry_id: str, answer: list[replies.Command]) -> None:
         replies.send(self.client, answer + replies.ack(stream, entry_id))

@@ -1,0 +1,136 @@
+"""How the gateway follows one request's response stream: the events its worker writes, in order,
+each once, through a Redis that may drop out for a moment.
+
+With the gateway's event feed live (`queue/feed.py`) a request waits on its mailbox and reads its
+stream only to catch up: when it starts, when the subscription was made again, and after a silent
+wait (which also tells a dead subscription from a quiet worker). Without it (no feed, or the
+subscription down) it reads with a blocking `XREAD`. Either way the reads go on a connection the
+request holds, from the last entry it took, so nothing is lost or taken twice.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import math
+import time
+from collections.abc import AsyncGenerator
+from typing import Any
+
+from server.queue.events import Event, from_wire
+from server.queue.feed import Entry, EventFeed, entry_order
+from server.queue.messages import EVENT_FIELD, decode_event_value
+from server.redis_connect import OUTAGE_ERRORS
+
+READ_BLOCK_MS = 250
+READ_COUNT = 256
+OUTAGE_GRACE_S = 3.0  # a stream's reads may fail this long in a row before its request gives up
+READ_FAILURES: tuple[type[Exception], ...] = (*OUTAGE_ERRORS, TimeoutError)  # TimeoutError: our read deadline
+
+_FIELD = EVENT_FIELD.encode()
+
+
+class StreamReads:
+    """`XREAD`s of one response stream, from the last entry taken, on a connection held between reads."""
+
+    def __init__(self, pool: Any, stream: str, read_timeout_s: float) -> None:
+        self.pool = pool
+        self.stream = stream
+        self.read_timeout_s = read_timeout_s
+        self.last: bytes = b"0-0"
+        self._last_order = (0, 0)
+        self._conn: Any = None
+
+    async def read(self, block_ms: int | None) -> list[Entry]:
+        """The entries after the last one taken (waiting up to `block_ms` for one; None: not at all).
+        A failed read drops the connection (whatever it held is unread or lost: never reused) and raises."""
+        words: tuple[Any, ...] = ("XREAD", "COUNT", READ_COUNT)
+        if block_ms is not None:
+            words += ("BLOCK", block_ms)
+        try:
+            if self._conn is None:
+                self._conn = await self.pool.get_connection()
+            conn = self._conn
+            await conn.send_packed_command(conn.pack_command(*words, "STREAMS", self.stream, self.last),
+                                           check_health=False)
+            # redis-py's own read timeout answers None on expiry, as a read that found nothing does,
+            # leaving the late reply to be taken for the next read's: this one cuts the read short,
+            # which drops the connection
+            async with asyncio.timeout(self.read_timeout_s):
+                reply: Any = await conn.read_response(disable_decoding=True, timeout=math.inf)
+        except READ_FAILURES:
+            await self.close(drop=True)
+            raise
+        if not reply:
+            return []
+        found: list[Entry] = []
+        for entries in (reply.values() if isinstance(reply, dict) else (e for _name, e in reply)):
+            for entry_id, fields in entries:
+                found.append((entry_id, dict(zip(fields[::2], fields[1::2], strict=True))[_FIELD]))
+        return self.take(found)
+
+    def take(self, entries: list[Entry]) -> list[Entry]:
+        """Those of `entries` after the last one taken (the feed and a read may both bring one)."""
+        fresh: list[Entry] = []
+        for entry in entries:
+            order = entry_order(entry[0])
+            if order > self._last_order:
+                self._last_order = order
+                self.last = entry[0]
+                fresh.append(entry)
+        return fresh
+
+    async def close(self, *, drop: bool = False) -> None:
+        conn, self._conn = self._conn, None
+        if conn is not None:
+            if drop:
+                await conn.disconnect()
+            await self.pool.release(conn)
+
+
+def decode(entries: list[Entry]) -> list[Event]:
+    return [from_wire(decode_event_value(value)) for _entry_id, value in entries]
+
+
+async def event_batches(reads: StreamReads, feed: EventFeed | None) -> AsyncGenerator[list[Event] | None, None]:
+    """Yield the request's events as they come, what each read returned together; `None` after
+    each silent wait (a tick). A read that fails for want of Redis is a silent one too, for up to
+    `OUTAGE_GRACE_S` in a row (a link that drops for a moment, a failover under way: reading on from
+    the last entry, on a fresh connection, loses and repeats nothing); a longer outage raises."""
+    box = feed.follow(reads.stream) if feed is not None else None
+    caught_up = -1  # the feed's subscription under which the stream was last read to its end
+    failing_since: float | None = None
+    try:
+        while True:
+            silent = False
+            if box is not None and feed is not None and feed.live and caught_up == feed.generation:
+                arrived = await box.take(READ_BLOCK_MS / 1000)
+                if arrived:
+                    fresh = reads.take(arrived)
+                    if fresh:
+                        yield decode(fresh)
+                    continue
+                silent = arrived is None  # else woken with nothing: the subscription changed
+            generation = feed.generation if feed is not None and feed.live else None
+            try:
+                entries = await reads.read(None if generation is not None else READ_BLOCK_MS)
+            except READ_FAILURES:
+                now = time.monotonic()
+                failing_since = failing_since or now
+                if now - failing_since > OUTAGE_GRACE_S:
+                    raise
+                yield None
+                continue
+            failing_since = None
+            if feed is not None and generation is not None:
+                if silent and entries and caught_up == generation:
+                    feed.suspect()  # the stream has what the subscription never brought
+                if len(entries) < READ_COUNT:
+                    caught_up = generation
+            if entries:
+                yield decode(entries)
+            elif generation is None or silent:
+                yield None
+    finally:
+        if feed is not None:
+            feed.unfollow(reads.stream)
+        await reads.close()
