@@ -62,6 +62,12 @@ def job_running(request_id: str) -> str:
     return f"{PREFIX}:running:{request_id}"
 
 
+def job_passed(request_id: str) -> str:
+    """The attempt that got through the request's own work on its worker (set by that worker's next
+    admission, while this one's `started` may still wait to be written); expires."""
+    return f"{PREFIX}:passed:{request_id}"
+
+
 def worker_heartbeats(model: str) -> str:
     """Sorted set: worker id -> last heartbeat (unix seconds)."""
     return f"{PREFIX}:workers:{model}"

@@ -52,17 +52,25 @@ Command = tuple[Any, ...]  # one Redis command's words: ("EVAL", script, 2, ...)
 
 
 # KEYS[1] = running mark; ARGV = attempt, TTL. Only ever raised: a late write of an older attempt
-# (retransmitted after a cut link) cannot open the fence again.
+# (retransmitted after a cut link) cannot open the fence again. With KEYS[2] (the passed mark of the
+# request admitted just before) and ARGV[3] (its attempt): that one got through its own work.
 _MARK_RUNNING = """
+if KEYS[2] then redis.call('SET', KEYS[2], ARGV[3], 'EX', ARGV[2]) end
 if tonumber(redis.call('GET', KEYS[1]) or '0') > tonumber(ARGV[1]) then return 0 end
 redis.call('SET', KEYS[1], ARGV[1], 'EX', ARGV[2])
 return 1
 """
 
 
-def mark_running(client: redis.Redis, request_id: str, attempt: int, ttl_s: int) -> bool:
-    """Set the request's running mark to `attempt` (now, synchronously); False if a newer attempt holds it."""
-    return bool(client.eval(_MARK_RUNNING, 1, keys.job_running(request_id), attempt, ttl_s))
+def mark_running(client: redis.Redis, request_id: str, attempt: int, ttl_s: int,
+                 passed: tuple[str, int] | None = None) -> bool:
+    """Set the request's running mark to `attempt` (now, synchronously); False if a newer attempt holds it.
+    `passed`: the request (and attempt) this worker admitted just before, whose `started` may not be
+    written yet: it got through its own work, so a crash from here on is not its doing."""
+    if passed is None:
+        return bool(client.eval(_MARK_RUNNING, 1, keys.job_running(request_id), attempt, ttl_s))
+    return bool(client.eval(_MARK_RUNNING, 2, keys.job_running(request_id), keys.job_passed(passed[0]),
+                            attempt, ttl_s, passed[1]))
 
 
 # KEYS[1] = running mark; ARGV = attempt. Deleted only while it still names that attempt.

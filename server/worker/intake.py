@@ -332,11 +332,15 @@ class Intake:
 
     def _crashed_its_worker(self, job: Job, attempt: int, last: Any) -> bool:
         """Did the previous delivery's worker die inside the request's own work? Its mark says it began;
-        no event of that attempt (the first is `started`) says it never got through."""
+        no event of that attempt (the first is `started`) and no passed mark (set by that worker's next
+        admission) say it never got through."""
         mark: Any = self.client.get(keys.job_running(job.id))
         if mark is None or int(mark) != attempt - 1:
             return False  # lost before it began (or a worker that never marked): redeliver
-        return not last or _event_attempt(last[0][1]) < attempt - 1
+        if last and _event_attempt(last[0][1]) >= attempt - 1:
+            return False
+        passed: Any = self.client.get(keys.job_passed(job.id))  # admitted whole, its `started` not yet out
+        return passed is None or int(passed) != attempt - 1
 
     def _dead_letter(self, stream: str, entry_id: str, job: Job, attempt: int, reason: str, message: str) -> None:
         key = keys.dead_letters(self.config.model)

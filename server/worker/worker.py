@@ -42,6 +42,7 @@ from server.queue.replies import Command
 from server.redis_connect import OUTAGE_ERRORS
 from server.residency.measure import process_peak_rss, process_rss
 from server.worker import instant
+from server.worker.admissions import Admissions
 from server.worker.choices import Active, Choice, Waiting, admit_waiting, final_event, sequences
 from server.worker.cohort import Cohort
 from server.worker.grammar import constrained
@@ -81,6 +82,7 @@ class Worker:
         self.config = config
         self.stream = keys.request_stream(config.model)
         self.active: dict[str, Active] = {}
+        self.admissions = Admissions()  # what the requests admitted since the last step say, written at once
         self.embedder: Embedder | None = None
         self.waiting: deque[Waiting] = deque()
         self.claimable = 0  # waiting choices that may take the next free slot (read by the intake thread)
@@ -206,6 +208,7 @@ class Worker:
         for request_id in self.engine.request_ids():
             self.engine.cancel(request_id)
         self.waiting.clear()
+        self.admissions.take()
         self.claimable = 0
         while self.engine.active():
             self.engine.step()
@@ -231,7 +234,14 @@ class Worker:
 
     def _take_new(self, *, block: bool) -> None:
         """Admit what the intake took, while there are free slots; wait a little for it when idle, and
-        after the first newcomer of an idle engine, briefly for the rest of its cohort (`cohort.py`)."""
+        after the first newcomer of an idle engine, briefly for the rest of its cohort (`cohort.py`).
+        What the admissions say goes out in one write, before the step that starts them."""
+        try:
+            self._admit_new(block=block)
+        finally:
+            self.outbox.put(self.admissions.take())
+
+    def _admit_new(self, *, block: bool) -> None:
         while self.engine.free_slots() - self.claimable > 0:
             try:
                 if block:
@@ -300,7 +310,9 @@ class Worker:
         trace = {"read": taken.read_at, "admitted": time.time()} if job.trace else None
         # Before running anything of the request's own (template, tokenizer, grammar, sampler): a worker
         # that dies from here until `started` is out leaves this mark for the next to find (poison).
-        if not replies.mark_running(self.redis, job.id, attempt, RUNNING_MARK_TTL_S):
+        # The same round trip says the request admitted before this one got through its own work: its
+        # `started` waits in `admissions`, and a crash from here on must not be blamed on it.
+        if not replies.mark_running(self.redis, job.id, attempt, RUNNING_MARK_TTL_S, self.admissions.passed):
             log.info("request %s: attempt %d was overtaken by a newer one; dropped", job.id, attempt)
             self.holdings.release(job.id)
             return
@@ -325,14 +337,15 @@ class Worker:
             self._fail(stream, entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
                        error_type=exc.type)
             return
-        self.outbox.put(self.prefixes.admitted(slot, job))  # what this worker holds, for cache-aware dispatch
         if trace is not None:
             trace["added"] = time.time()
         act.running = 1
         self.active[job.id] = act
         self.waiting.extend((seq_id, tokens, p) for seq_id, p in seqs[1:])
         self._admit_waiting()
-        self.outbox.put(replies.event(job.id, Started(attempt, self.config.worker_id, len(tokens)), job.feed))
+        # started, and what this worker's slots now hold (for cache-aware dispatch): written before the step
+        self.admissions.add(job.id, attempt, replies.event(job.id, Started(attempt, self.config.worker_id, len(tokens)),
+                                                           job.feed) + self.prefixes.admitted(slot, job))
 
     def _at_once(self, stream: str, entry_id: str, job: Job, attempt: int) -> None:
         """Embeddings and token counts: answered between two decode steps, without a slot (`instant.py`)."""
