@@ -5,7 +5,6 @@ own work was under way, never on one the next admission's mark recorded as passe
 from __future__ import annotations
 
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,18 +20,16 @@ from tests.worker.test_intake_reap import LEASE_S, delivered_to, idle_past_lease
 pytestmark = pytest.mark.integration
 
 
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
-    yield c
-    c.close()
+def intake_of(client: redis.Redis, model: str, worker_id: str) -> Intake:
+    intake = Intake(client, IntakeConfig(model=model, worker_id=worker_id, lease_s=LEASE_S, max_deliveries=5),
+                    Holdings(), room=lambda: 4)
+    intake.ensure_group()
+    return intake
 
 
 def test_a_crash_is_blamed_on_the_request_being_admitted_not_the_one_admitted_before(client: redis.Redis) -> None:
     model = "m" + uuid.uuid4().hex[:8]
-    intake = Intake(client, IntakeConfig(model=model, worker_id=f"{model}-w2", lease_s=LEASE_S, max_deliveries=3),
-                    Holdings(), room=lambda: 4)
-    intake.ensure_group()
+    intake = intake_of(client, model, f"{model}-w2")
     stream = keys.request_stream(model)
     # the lost worker admitted `first` (its `started` still unwritten), then began `second` and died
     first, first_entry = delivered_to(client, stream, f"{model}-gone")
@@ -55,9 +52,7 @@ def test_a_crash_is_blamed_on_the_request_being_admitted_not_the_one_admitted_be
 def test_a_passed_mark_of_an_older_attempt_clears_nothing(client: redis.Redis) -> None:
     """Attempt 1 got through on one worker; attempt 2 crashed another while starting it: dead-lettered."""
     model = "m" + uuid.uuid4().hex[:8]
-    intake = Intake(client, IntakeConfig(model=model, worker_id=f"{model}-w3", lease_s=LEASE_S, max_deliveries=5),
-                    Holdings(), room=lambda: 4)
-    intake.ensure_group()
+    intake = intake_of(client, model, f"{model}-w3")
     stream = keys.request_stream(model)
     job, entry = delivered_to(client, stream, f"{model}-a")
     other = uuid.uuid4().hex

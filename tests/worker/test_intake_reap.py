@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -21,13 +20,6 @@ from tests.conftest import wait_until
 pytestmark = pytest.mark.integration
 
 LEASE_S = 0.2
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
-    yield c
-    c.close()
 
 
 def delivered_to(client: redis.Redis, stream: str, consumer: str) -> tuple[Job, str]:
