@@ -35,6 +35,7 @@ from server.protocol import (
 )
 from server.queue.client import Fairness, QueueClient
 from server.queue.events import ChoiceFinished, Done, Event, Failed, Started, TextDelta
+from server.queue.follow import Follower
 from server.queue.messages import Job, SamplingParams
 from server.registry import LocalModel
 
@@ -57,7 +58,8 @@ def error_from_event(event: Failed) -> SlmError:
 
 class LocalGeneration:
     def __init__(self, queue: QueueClient, job: Job, *, stall_timeout_s: float, lease_s: float,
-                 heartbeat_ttl_s: float = 5.0, submitted: float | None = None) -> None:
+                 heartbeat_ttl_s: float = 5.0, submitted: float | None = None,
+                 follower: Follower | None = None) -> None:
         self.queue = queue
         self.job = job
         self.stall_timeout_s = stall_timeout_s
@@ -67,7 +69,9 @@ class LocalGeneration:
         self.redelivery_wait_s = stall_timeout_s + 2 * lease_s
         self.result = Result()
         self.redelivered: str | None = None
-        self._batches = queue.event_batches(job.id)
+        # its events: followed from before the job was queued when `follower` is given
+        self._follower = follower if follower is not None else queue.follow(job.id, queued=True)
+        self._batches = self._follower.batches
         self._buffer: deque[Event] = deque()
         self._attempt = 0
         self._worker = ""  # the worker that started the current attempt
@@ -189,7 +193,7 @@ class LocalGeneration:
             await self.queue.cancel(self.job.id)
 
     async def close(self) -> None:
-        await self._batches.aclose()
+        await self._follower.close()
         if self._finished:  # else the worker still writes to it (cancelled): let it expire
             with contextlib.suppress(RedisError, OSError):
                 await self.queue.forget(self.job.id)
@@ -210,9 +214,14 @@ class LocalBackend:
 
     async def submit(self, job: Job, entry: LocalModel, fairness: Fairness | None = None) -> LocalGeneration:
         submitted = time.time()  # before the XADD: the worker's `read` mark can never precede it
-        await self.queue.submit(job, max_queue=entry.max_queue, fairness=fairness)
+        follower = self.queue.follow(job.id)  # before the XADD too: its events reach a mailbox already there
+        try:
+            await self.queue.submit(job, max_queue=entry.max_queue, fairness=fairness)
+        except BaseException:
+            await follower.close()
+            raise
         return LocalGeneration(self.queue, job, stall_timeout_s=self.stall_timeout_s, lease_s=self.lease_s,
-                               heartbeat_ttl_s=self.heartbeat_ttl_s, submitted=submitted)
+                               heartbeat_ttl_s=self.heartbeat_ttl_s, submitted=submitted, follower=follower)
 
     async def generation(self, endpoint: Endpoint, model: str, entry: LocalModel,
                          req: ChatCompletionRequest | CompletionRequest, payload: dict[str, Any],

@@ -20,16 +20,16 @@ from redis.backoff import ExponentialBackoff
 from redis.exceptions import RedisError, ResponseError
 
 from server.errors import OverloadedError, ServiceUnavailableError
-from server.queue import affinity, fair, follow, keys
+from server.queue import affinity, fair, keys
 from server.queue.events import Event
 from server.queue.feed import EventFeed
+from server.queue.follow import READ_BLOCK_MS, Follower, StreamReads, event_batches
 from server.queue.messages import Job
 from server.redis_connect import OUTAGE_ERRORS, RedisTarget
 from server.residency.state import Budget, Residency, decode_all
 
 ADMITTED_TTL_S = 600  # how long a job's admitted mark makes a retried admission a no-op
 
-READ_BLOCK_MS = follow.READ_BLOCK_MS
 
 
 @dataclass(frozen=True)
@@ -224,9 +224,16 @@ class QueueClient:
 
     def event_batches(self, request_id: str) -> AsyncGenerator[list[Event] | None, None]:
         """The request's events as they come, in batches, `None` after each silent wait (`follow.py`)."""
-        reads = follow.StreamReads(self.followers.connection_pool, keys.response_stream(request_id),
-                                   self._read_timeout_s)
-        return follow.event_batches(reads, self.feed)
+        return event_batches(self._reads(request_id), self.feed)
+
+    def follow(self, request_id: str, *, queued: bool = False) -> Follower:
+        """`event_batches` with its mailbox taken now: for a job about to be queued, no first read of its
+        stream (`queued`: the job is queued already, read it first)."""
+        return Follower(self._reads(request_id), self.feed, queued=queued)
+
+    def _reads(self, request_id: str) -> StreamReads:
+        return StreamReads(self.followers.connection_pool, keys.response_stream(request_id),
+                                  self._read_timeout_s)
 
     async def cancel(self, request_id: str) -> None:
         await self.commands.set(keys.cancel_flag(request_id), 1, ex=600)

@@ -103,6 +103,11 @@ class EventFeed:
     def unfollow(self, stream: str) -> None:
         self._boxes.pop(stream.encode(), None)
 
+    @property
+    def following(self) -> int:
+        """How many response streams have a mailbox now."""
+        return len(self._boxes)
+
     def suspect(self) -> None:
         """A request found in its stream what the feed never handed it: the subscription may be dead
         without its connection knowing (a cut link sends no reset). Make it again, at most once a second."""

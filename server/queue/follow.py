@@ -2,8 +2,9 @@
 each once, through a Redis that may drop out for a moment.
 
 With the gateway's event feed live (`queue/feed.py`) a request waits on its mailbox and reads its
-stream only to catch up: when it starts, when the subscription was made again, and after a silent
-wait (which also tells a dead subscription from a quiet worker). Without it (no feed, or the
+stream only to catch up: when it starts (unless its mailbox was taken before its job was queued:
+`Follower`), when the subscription was made again, and after a silent wait (which also tells a dead
+subscription from a quiet worker). Without it (no feed, or the
 subscription down) it reads with a blocking `XREAD`. Either way the reads go on a connection the
 request holds, from the last entry it took, so nothing is lost or taken twice.
 """
@@ -17,7 +18,7 @@ from collections.abc import AsyncGenerator
 from typing import Any
 
 from server.queue.events import Event, from_wire
-from server.queue.feed import Entry, EventFeed, entry_order
+from server.queue.feed import Entry, EventFeed, Mailbox, entry_order
 from server.queue.messages import EVENT_FIELD, decode_event_value
 from server.redis_connect import OUTAGE_ERRORS
 
@@ -91,13 +92,37 @@ def decode(entries: list[Entry]) -> list[Event]:
     return [from_wire(decode_event_value(value)) for _entry_id, value in entries]
 
 
-async def event_batches(reads: StreamReads, feed: EventFeed | None) -> AsyncGenerator[list[Event] | None, None]:
+class Follower:
+    """A request's events followed from before its job is queued: its mailbox is taken now, so while the
+    subscription it was taken under lasts, nothing can be published for it unseen and no first read
+    of its stream is needed (with `queued`, for a job already queued, it is). `close` (also when the
+    job was never queued) gives the mailbox back."""
+
+    def __init__(self, reads: StreamReads, feed: EventFeed | None, *, queued: bool = False) -> None:
+        self.reads = reads
+        self.feed = feed
+        box = feed.follow(reads.stream) if feed is not None else None
+        # `queued`: the job may have events already, read the stream first
+        caught_up = feed.generation if feed is not None and feed.live and not queued else -1
+        self.batches = event_batches(reads, feed, box, caught_up)
+
+    async def close(self) -> None:
+        await self.batches.aclose()  # a generator never started runs no `finally`: done here too
+        if self.feed is not None:
+            self.feed.unfollow(self.reads.stream)
+        await self.reads.close()
+
+
+async def event_batches(reads: StreamReads, feed: EventFeed | None, box: Mailbox | None = None,
+                        caught_up: int = -1) -> AsyncGenerator[list[Event] | None, None]:
     """Yield the request's events as they come, what each read returned together; `None` after
     each silent wait (a tick). A read that fails for want of Redis is a silent one too, for up to
     `OUTAGE_GRACE_S` in a row (a link that drops for a moment, a failover under way: reading on from
-    the last entry, on a fresh connection, loses and repeats nothing); a longer outage raises."""
-    box = feed.follow(reads.stream) if feed is not None else None
-    caught_up = -1  # the feed's subscription under which the stream was last read to its end
+    the last entry, on a fresh connection, loses and repeats nothing); a longer outage raises.
+    `caught_up`: the subscription under which nothing of the stream is unread (-1: none, read it first);
+    `box`: a mailbox taken before (by a `Follower`), else one is taken now."""
+    if box is None and feed is not None:
+        box = feed.follow(reads.stream)
     failing_since: float | None = None
     try:
         while True:

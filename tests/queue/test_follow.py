@@ -206,3 +206,30 @@ async def test_a_redis_user_without_pub_sub_rights_still_gets_every_event(tmp_pa
             await queue.close()
             worker.close()
             admin.close()
+
+
+async def test_a_request_followed_before_its_job_is_queued_never_reads_its_stream(
+        queue: QueueClient, client: redis.Redis) -> None:
+    feed = queue.feed
+    assert feed is not None
+    warm_id = uuid.uuid4().hex  # a request before it: the subscription is live by now
+    _, warm, _ = await started(queue, client, warm_id)
+    await finish(queue, client, warm_id, warm)
+    rid = uuid.uuid4().hex
+    reads = CountedReads(queue.followers.connection_pool, keys.response_stream(rid), 1.0)
+    follower = follow.Follower(reads, feed)  # then the job is queued, and its worker writes:
+    await send(client, replies.event(rid, Started(1, "w", 3), queue.feed_channel))
+    await deltas(queue, client, rid, range(5))
+    seen = await finish(queue, client, rid, follower.batches)
+    await follower.close()
+    assert texts(seen) == [str(i) for i in range(5)]
+    assert reads.count == 0
+    assert feed.following == 0
+
+
+async def test_a_follower_whose_job_was_never_queued_gives_its_mailbox_back(queue: QueueClient) -> None:
+    assert queue.feed is not None
+    follower = queue.follow(uuid.uuid4().hex)  # a refused admission: never started
+    assert queue.feed.following == 1
+    await follower.close()
+    assert queue.feed.following == 0
