@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncGenerator
 from dataclasses import dataclass
 from typing import Any
 
@@ -21,9 +20,8 @@ from redis.exceptions import RedisError, ResponseError
 
 from server.errors import OverloadedError, ServiceUnavailableError
 from server.queue import affinity, fair, keys
-from server.queue.events import Event
 from server.queue.feed import EventFeed
-from server.queue.follow import READ_BLOCK_MS, Follower, StreamReads, event_batches
+from server.queue.follow import READ_BLOCK_MS, Follower, StreamReads
 from server.queue.messages import Job
 from server.redis_connect import OUTAGE_ERRORS, RedisTarget
 from server.residency.state import Budget, Residency, decode_all
@@ -222,13 +220,10 @@ class QueueClient:
             f"This API key has {admitted.mine} requests waiting for '{job.model}', its share of the queue; "
             f"try again in {wait:g}s.", retry_after=wait, code="key_queue_full")
 
-    def event_batches(self, request_id: str) -> AsyncGenerator[list[Event] | None, None]:
-        """The request's events as they come, in batches, `None` after each silent wait (`follow.py`)."""
-        return event_batches(self._reads(request_id), self.feed)
-
     def follow(self, request_id: str, *, queued: bool = False) -> Follower:
-        """`event_batches` with its mailbox taken now: for a job about to be queued, no first read of its
-        stream (`queued`: the job is queued already, read it first)."""
+        """The request's events as they come, in batches, `None` after each silent wait (`follow.py`),
+        its mailbox taken now: for a job about to be queued, no first read of its stream (`queued`: the
+        job is queued already, read it first)."""
         return Follower(self._reads(request_id), self.feed, queued=queued)
 
     def _reads(self, request_id: str) -> StreamReads:

@@ -11,7 +11,7 @@ tokens reach the gateway in one read.
 Pub/Sub delivers only to a live subscription, so the response stream stays the record: a request
 catches up from it with a plain `XREAD` when it starts following (before which its events were only
 in the stream), whenever the subscription was lost and made again (`generation` changes), and after
-each silent wait (`QueueClient.event_batches`). Entries are ordered by id, so whatever arrives both ways
+each silent wait (`follow.event_batches`). Entries are ordered by id, so whatever arrives both ways
 is taken once. While the subscription is down, requests fall back to blocking reads of their streams.
 """
 
@@ -169,10 +169,10 @@ class EventFeed:
             message: Any = await conn.read_response(disable_decoding=True, timeout=math.inf)
             if not isinstance(message, list) or len(message) != 3 or message[0] != b"message":
                 continue
-            stream, entry_id, value = message[2].split(b"\n", 2)
-            box = boxes.get(stream)
+            parts = message[2].split(b"\n", 2)
+            box = boxes.get(parts[0]) if len(parts) == 3 else None  # not ours: another publisher's
             if box is not None:
-                box.put((entry_id, value))
+                box.put((parts[1], parts[2]))
 
     def _lost(self) -> None:
         self._live.clear()

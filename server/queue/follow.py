@@ -113,16 +113,14 @@ class Follower:
         await self.reads.close()
 
 
-async def event_batches(reads: StreamReads, feed: EventFeed | None, box: Mailbox | None = None,
-                        caught_up: int = -1) -> AsyncGenerator[list[Event] | None, None]:
+async def event_batches(reads: StreamReads, feed: EventFeed | None, box: Mailbox | None,
+                        caught_up: int) -> AsyncGenerator[list[Event] | None, None]:
     """Yield the request's events as they come, what each read returned together; `None` after
     each silent wait (a tick). A read that fails for want of Redis is a silent one too, for up to
     `OUTAGE_GRACE_S` in a row (a link that drops for a moment, a failover under way: reading on from
     the last entry, on a fresh connection, loses and repeats nothing); a longer outage raises.
-    `caught_up`: the subscription under which nothing of the stream is unread (-1: none, read it first);
-    `box`: a mailbox taken before (by a `Follower`), else one is taken now."""
-    if box is None and feed is not None:
-        box = feed.follow(reads.stream)
+    `box`: its mailbox on `feed` (a `Follower`'s); `caught_up`: the subscription under which nothing of
+    the stream is unread (-1: none, read it first)."""
     failing_since: float | None = None
     try:
         while True:

@@ -46,7 +46,7 @@ async def test_a_read_past_its_deadline_leaves_no_reply_behind_for_the_next(queu
     stream = keys.response_stream(request_id)
     replies.send(client, replies.event(request_id, Started(1, "w", 3))
                  + replies.event(request_id, TextDelta(1, text="a")))
-    reads = queue.event_batches(request_id)
+    reads = queue.follow(request_id, queued=True).batches
     seen: list[Event] = []
     pending: asyncio.Future[list[Event] | None] = asyncio.get_running_loop().create_future()
     try:

@@ -51,7 +51,7 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
 
 def following(queue: QueueClient, request_id: str) -> tuple[CountedReads, AsyncGenerator[list[Event] | None, None]]:
     reads = CountedReads(queue.followers.connection_pool, keys.response_stream(request_id), 1.0)
-    return reads, follow.event_batches(reads, queue.feed)
+    return reads, follow.Follower(reads, queue.feed, queued=True).batches
 
 
 async def collect(batches: AsyncGenerator[list[Event] | None, None]) -> list[Event]:
@@ -233,3 +233,17 @@ async def test_a_follower_whose_job_was_never_queued_gives_its_mailbox_back(queu
     assert queue.feed.following == 1
     await follower.close()
     assert queue.feed.following == 0
+
+
+async def test_a_message_of_another_publisher_on_the_channel_is_ignored(queue: QueueClient,
+                                                                       client: redis.Redis) -> None:
+    feed = queue.feed
+    assert feed is not None and queue.feed_channel is not None
+    rid = uuid.uuid4().hex
+    _, batches, seen = await started(queue, client, rid)
+    generation = feed.generation
+    await asyncio.to_thread(client.publish, queue.feed_channel, b"not an event")
+    await deltas(queue, client, rid, range(3))
+    seen += await finish(queue, client, rid, batches)
+    assert texts(seen) == ["0", "1", "2"]
+    assert feed.live and feed.generation == generation  # the subscription lived on
