@@ -233,23 +233,22 @@ class LocalBackend:
             payload.update(chat_fields(req))
         now = time.time()
         job = Job(id=uuid.uuid4().hex, model=model, kind="chat" if endpoint == "chat" else "completion",
-                  feed=self.queue.feed_channel, enqueued_at=now, deadline=now + self.queue_timeout_s, params=params,
-                  n=req.n or 1,
+                  enqueued_at=now, deadline=now + self.queue_timeout_s, params=params, n=req.n or 1,
                   trace=True if self.trace else None, priority=priority if fairness is not None else None, **payload)
         return await self.submit(job, entry, fairness)
 
     async def tokenize(self, model: str, entry: LocalModel, req: ChatCompletionRequest) -> LocalGeneration:
         """A job that measures the chat prompt (template, tools) with the model's own tokenizer."""
         now = time.time()
-        job = Job(id=uuid.uuid4().hex, model=model, kind="tokenize", feed=self.queue.feed_channel, enqueued_at=now,
+        job = Job(id=uuid.uuid4().hex, model=model, kind="tokenize", enqueued_at=now,
                   deadline=now + self.queue_timeout_s, messages=[m.for_template() for m in req.messages],
                   **chat_fields(req))
         return await self.submit(job, entry)
 
     async def embedding(self, model: str, entry: LocalModel, inputs: list[str] | list[list[int]]) -> LocalGeneration:
         now = time.time()
-        job = Job(id=uuid.uuid4().hex, model=model, kind="embedding", inputs=inputs, feed=self.queue.feed_channel,
-                  enqueued_at=now, deadline=now + self.queue_timeout_s)
+        job = Job(id=uuid.uuid4().hex, model=model, kind="embedding", inputs=inputs, enqueued_at=now,
+                  deadline=now + self.queue_timeout_s)
         return await self.submit(job, entry)
 
 

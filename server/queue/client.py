@@ -170,7 +170,8 @@ class QueueClient:
         prefixes = [p.digest for p in found[-affinity.MATCHED_PER_JOB:]]
         try:
             await self.ensure_group(model)
-            fields = job.encode()
+            # the channel this gateway follows its events on (`queue/feed.py`), named where it is known
+            fields = (job if self.feed is None else job.model_copy(update={"feed": self.feed.channel})).encode()
             ((field, payload),) = fields.items()
             stream = keys.request_stream(model)
             mark = keys.job_admitted(job.id)
@@ -227,8 +228,7 @@ class QueueClient:
         return Follower(self._reads(request_id), self.feed, queued=queued)
 
     def _reads(self, request_id: str) -> StreamReads:
-        return StreamReads(self.followers.connection_pool, keys.response_stream(request_id),
-                                  self._read_timeout_s)
+        return StreamReads(self.followers.connection_pool, keys.response_stream(request_id), self._read_timeout_s)
 
     async def cancel(self, request_id: str) -> None:
         await self.commands.set(keys.cancel_flag(request_id), 1, ex=600)

@@ -24,7 +24,7 @@ import redis
 
 from server.queue import keys
 from server.queue.events import Event, Failed, to_wire
-from server.queue.messages import encode_event
+from server.queue.messages import Job, encode_event
 
 RESPONSE_TTL_S = 600
 
@@ -67,10 +67,9 @@ def mark_running(client: redis.Redis, request_id: str, attempt: int, ttl_s: int,
     """Set the request's running mark to `attempt` (now, synchronously); False if a newer attempt holds it.
     `passed`: the request (and attempt) this worker admitted just before, whose `started` may not be
     written yet: it got through its own work, so a crash from here on is not its doing."""
-    if passed is None:
-        return bool(client.eval(_MARK_RUNNING, 1, keys.job_running(request_id), attempt, ttl_s))
-    return bool(client.eval(_MARK_RUNNING, 2, keys.job_running(request_id), keys.job_passed(passed[0]),
-                            attempt, ttl_s, passed[1]))
+    marks = [keys.job_running(request_id)] + ([] if passed is None else [keys.job_passed(passed[0])])
+    args = [attempt, ttl_s] + ([] if passed is None else [passed[1]])
+    return bool(client.eval(_MARK_RUNNING, len(marks), *marks, *args))
 
 
 # KEYS[1] = running mark; ARGV = attempt. Deleted only while it still names that attempt.
@@ -99,9 +98,14 @@ def event_fields(request_id: str, fields: dict[str, Any], feed: str | None = Non
              int(fields.get("attempt") or 0), RESPONSE_TTL_S, field, value, feed or "")]
 
 
-def error(request_id: str, attempt: int, status: int, code: str | None, message: str, *,
-          param: str | None = None, error_type: str = "service_unavailable", feed: str | None = None) -> list[Command]:
-    return event(request_id, Failed(attempt, status, code, message, param, error_type), feed)
+def job_event(job: Job, event_: Event) -> list[Command]:
+    """`event` for one of `job`'s events: on its response stream and its gateway's feed."""
+    return event(job.id, event_, job.feed)
+
+
+def error(job: Job, attempt: int, status: int, code: str | None, message: str, *,
+          param: str | None = None, error_type: str = "service_unavailable") -> list[Command]:
+    return job_event(job, Failed(attempt, status, code, message, param, error_type))
 
 
 def ack(stream: str, entry_id: str, *, request_id: str = "", attempt: int = 0) -> list[Command]:

@@ -321,8 +321,8 @@ class Intake:
                                   f"The request failed on {attempt - 1} workers and was dead-lettered.")
                 return
         if time.time() > job.deadline:
-            self._settle(stream, entry_id, replies.error(job.id, attempt, 503, "queue_timeout",
-                                                 "The request waited in the queue past its deadline.", feed=job.feed))
+            self._settle(stream, entry_id, replies.error(job, attempt, 503, "queue_timeout",
+                                                 "The request waited in the queue past its deadline."))
             return
         if time.time() - job.enqueued_at >= UNCANCELLED_AGE_S and self.client.exists(keys.cancel_flag(job.id)):
             replies.send(self.client, replies.ack(stream, entry_id))
@@ -357,8 +357,7 @@ class Intake:
         pipe.xadd(key, record, maxlen=self.config.dlq_maxlen, approximate=True)
         pipe.expire(key, self.config.dlq_ttl_s)
         pipe.execute()
-        self._settle(stream, entry_id, replies.error(job.id, attempt, 500, reason, message, error_type="server_error",
-                                                           feed=job.feed))
+        self._settle(stream, entry_id, replies.error(job, attempt, 500, reason, message, error_type="server_error"))
 
     def _settle(self, stream: str, entry_id: str, answer: list[replies.Command]) -> None:
         replies.send(self.client, answer + replies.ack(stream, entry_id))

@@ -344,8 +344,8 @@ class Worker:
         self.waiting.extend((seq_id, tokens, p) for seq_id, p in seqs[1:])
         self._admit_waiting()
         # started, and what this worker's slots now hold (for cache-aware dispatch): written before the step
-        self.admissions.add(job.id, attempt, replies.event(job.id, Started(attempt, self.config.worker_id, len(tokens)),
-                                                           job.feed) + self.prefixes.admitted(slot, job))
+        started = replies.job_event(job, Started(attempt, self.config.worker_id, len(tokens)))
+        self.admissions.add(job.id, attempt, started + self.prefixes.admitted(slot, job))
 
     def _at_once(self, stream: str, entry_id: str, job: Job, attempt: int) -> None:
         """Embeddings and token counts: answered between two decode steps, without a slot (`instant.py`)."""
@@ -355,9 +355,9 @@ class Worker:
             self._fail(stream, entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
                        error_type=exc.type)
             return
-        started = replies.event(job.id, Started(attempt, self.config.worker_id, used), job.feed)
-        done = replies.event(job.id, Done(attempt, "stop", usage={"prompt_tokens": used, "completion_tokens": 0},
-                                          timings={}, embeddings=vectors), job.feed)
+        started = replies.job_event(job, Started(attempt, self.config.worker_id, used))
+        done = replies.job_event(job, Done(attempt, "stop", usage={"prompt_tokens": used, "completion_tokens": 0},
+                                           timings={}, embeddings=vectors))
         self._settle(job.id, stream, entry_id, started + done)
 
     def _admit_waiting(self) -> None:
@@ -409,13 +409,12 @@ class Worker:
 
     @staticmethod
     def _event(act: Active, event: Event) -> list[Command]:
-        return replies.event(act.job.id, event, act.job.feed)
+        return replies.job_event(act.job, event)
 
     def _fail(self, stream: str, entry_id: str, job: Job, attempt: int, status: int, code: str | None, message: str,
               *, param: str | None = None, error_type: str = "service_unavailable") -> None:
         self._settle(job.id, stream, entry_id,
-                     replies.error(job.id, attempt, status, code, message, param=param, error_type=error_type,
-                                   feed=job.feed))
+                     replies.error(job, attempt, status, code, message, param=param, error_type=error_type))
 
     def _settle(self, job_id: str, stream: str, entry_id: str, answer: list[Command]) -> None:
         """A request that never took a slot (refused, or embedded at once): its answer and its ack."""

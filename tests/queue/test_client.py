@@ -4,8 +4,10 @@ drops its connection, so its late reply is never taken for the next read's (no e
 from __future__ import annotations
 
 import asyncio
+import time
 import uuid
 from collections.abc import AsyncIterator
+from typing import Any
 
 import pytest
 import redis
@@ -13,6 +15,7 @@ import redis
 from server.queue import keys, replies
 from server.queue.client import QueueClient
 from server.queue.events import Done, Event, Started, TextDelta
+from server.queue.messages import Job
 from tests.conftest import wait_until
 
 pytestmark = pytest.mark.integration
@@ -70,3 +73,21 @@ async def test_a_read_past_its_deadline_leaves_no_reply_behind_for_the_next(queu
     texts = [e.text for e in seen if isinstance(e, TextDelta)]
     assert texts == ["a", "b"]  # "b" once, though two reads were sent while Redis stalled
     assert sum(isinstance(e, Done) for e in seen) == 1
+
+
+async def test_a_queued_job_names_the_feed_of_the_gateway_that_queued_it(redis_url: str) -> None:
+    """Its worker publishes its events there: the channel is stamped on the job by the client that follows it."""
+    queue = QueueClient(redis_url, timeout_s=0.5)
+    model = "m" + uuid.uuid4().hex[:8]
+    now = time.time()
+    job = Job(id=uuid.uuid4().hex, model=model, kind="chat", enqueued_at=now, deadline=now + 60,
+              messages=[{"role": "user", "content": "hi"}])
+    try:
+        await queue.submit(job, max_queue=4)
+        entries: Any = await queue.commands.xrange(keys.request_stream(model))
+    finally:
+        await queue.commands.delete(keys.request_stream(model))
+        await queue.close()
+    ((_id, fields),) = entries
+    assert Job.decode(fields).feed == queue.feed_channel is not None
+    assert job.feed is None  # the caller's job is left as it was
