@@ -78,7 +78,8 @@ def render(results: dict[str, Any]) -> str:
         f"{meta['loadavg_before']}, after {meta['loadavg_after']}. Model {meta['model']}, {meta['threads']} "
         f"threads, {meta['max_tokens']} max tokens, temperature 0, streaming, closed-loop clients; "
         f"{meta['rounds']} rounds, the contenders' order rotating per round; {meta['requests_per_client']} "
-        f"requests per short-chat client, {meta['long_requests_per_client']} per long-prompt client "
+        f"requests per short-chat client ({4 * meta['requests_per_client']} for short-c1's one), "
+        f"{meta['long_requests_per_client']} per long-prompt client "
         f"(~{meta['long_words']} words, each its own document). llama-cpp-python {meta['llama_cpp_python']}.",
     ]
     for side, entry in results["servers"].items():

@@ -24,7 +24,7 @@ Writes benchmarks/results.md and benchmarks/results.json and prints the Markdown
 Environment knobs:
   BENCH_QUICK=1                a smoke run: 1 round, 2 requests per client, 6 one-token requests
   BENCH_ROUNDS=4               rounds of the paired workloads
-  BENCH_REQUESTS_PER_CLIENT=4  per short-chat client per workload
+  BENCH_REQUESTS_PER_CLIENT=4  per short-chat client per workload (short-c1's one client: 4x)
   BENCH_LONG_REQUESTS_PER_CLIENT=2, BENCH_LONG_WORDS=1100
   BENCH_MAX_TOKENS=64
   BENCH_THREADS=2

@@ -28,6 +28,7 @@ from server.engine.params import SamplingParams
 from server.engine.sampling import GrammarError, SamplerChain
 from server.engine.slot_choice import Slot, layout, place, split_passes
 from server.engine.text_stream import TextStream
+from server.engine.token_cache import TokenCache
 from server.errors import ContextLengthError, InvalidRequestError
 
 # While other sequences are generating, prompts go in at most this many tokens a step by default (the
@@ -92,6 +93,8 @@ class BatchEngine:
         self.model = model
         source = model.chat_template() or default_template(model.meta("general.architecture"))
         self.template = ChatTemplate(source, bos_token=model.bos_text, eos_token=model.eos_text)
+        self.token_cache = TokenCache(lambda text, add, parse: model.tokenize(text, add_special=add,
+                                                                              parse_special=parse))
         self.parallel = model.options.parallel
         self.n_ctx = model.n_ctx_seq
         self._slots: list[_Slot] = [Slot(i) for i in range(self.parallel)]
@@ -133,12 +136,12 @@ class BatchEngine:
         bos = self.model.bos_text
         has_bos = bool(parts) and not parts[0].is_message and bool(bos) and parts[0].text.startswith(bos)
         tokens = [self.model.bos] if self.model.add_bos and not has_bos and self.model.bos >= 0 else []
-        for part in parts:
-            tokens += self.model.tokenize(part.text, add_special=False, parse_special=not part.is_message)
+        for part in parts:  # each part alone, so the cache's answer for a part is the answer
+            tokens += self.token_cache.tokens(part.text, add_special=False, parse_special=not part.is_message)
         return tokens
 
     def completion_tokens(self, prompt: str) -> list[int]:
-        return self.model.tokenize(prompt, add_special=True, parse_special=False)
+        return list(self.token_cache.tokens(prompt, add_special=True, parse_special=False))
 
     # -- admission ------------------------------------------------------------------------------
     def add(self, request_id: str, tokens: list[int], params: SamplingParams) -> int:

@@ -47,3 +47,5 @@ def test_a_workload_summary_shows_the_kind_it_reports_and_counts_every_token() -
     assert figures["tokens_per_s"] == 64.0 and figures["ttft_p50"] == 50.0
     assert figures["cpu_ms_per_token"] == 10.0 and figures["worker_cpu_ms_per_token"] == 5.0
     assert [w.name for w in workloads(4, 2)] == ["short-c1", "short-c4", "short-c8", "long-c4", "mixed"]
+    # one client at a time: as many samples a round as four clients get
+    assert [w.short_clients * w.short_requests_per_client for w in workloads(4, 2)][:2] == [16, 16]
