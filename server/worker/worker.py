@@ -8,7 +8,7 @@ Three threads, so that the one that decodes never waits on Redis:
     intake      takes requests off its own stream, then the model's shared one, for the free slots and
                 reclaims those of dead workers (`server/worker/intake.py`)
     keep-alive  checks the cancel flags of held requests every `CANCEL_CHECK_INTERVAL_S`, beats the
-                heartbeat and renews the leases of everything held
+                heartbeat (`keepalive.py`) and renews the leases of everything held
 
 llama.cpp releases the GIL while it computes, so Redis round trips overlap the decode steps.
 
@@ -40,8 +40,7 @@ from server.queue.events import Done, Event, Started
 from server.queue.messages import Job
 from server.queue.replies import Command
 from server.redis_connect import OUTAGE_ERRORS
-from server.residency.measure import process_peak_rss, process_rss
-from server.worker import instant
+from server.worker import instant, keepalive
 from server.worker.admissions import Admissions
 from server.worker.choices import Active, Choice, Waiting, admit_waiting, final_event, sequences
 from server.worker.cohort import Cohort
@@ -129,7 +128,7 @@ class Worker:
             self.outbox.close()
             self._closed.set()
             keeper.join(5)
-        self._leave()
+        keepalive.leave(self.redis, model=self.config.model, worker_id=self.config.worker_id)
 
     def _keep_alive(self) -> None:
         """Cancel flags, heartbeat and lease renewal on their own thread, so a long decode step never
@@ -139,8 +138,9 @@ class Worker:
         while not self._closed.wait(CANCEL_CHECK_INTERVAL_S):
             try:
                 held = self.holdings.snapshot()
-                if held:
-                    self._check_cancels(list(held))
+                flagged = keepalive.cancelled(self.redis, list(held)) if held else []
+                if flagged:
+                    self.holdings.flag_cancelled(flagged)
                 now = time.monotonic()
                 if now < next_beat:
                     continue
@@ -152,22 +152,14 @@ class Worker:
                     log.warning("this model's registry entry changed or was removed; draining, then exiting "
                                 "so that a restart loads the new entry")
                     self.stopping = True
-                self._heartbeat()
+                keepalive.heartbeat(self.redis, model=self.config.model, worker_id=self.config.worker_id,
+                                   model_file=self.config.model_file, slots=self.engine.parallel,
+                                   busy=self.engine.active(), draining=self.stopping,
+                                   kv_usage=self.engine.kv_usage(), ttl_s=self.config.heartbeat_ttl_s)
                 for stream, entry_ids in self.holdings.entries_by_stream().items():
                     self.redis.xclaim(stream, keys.GROUP, self.config.worker_id, 0, list[Any](entry_ids), justid=True)
             except redis.RedisError as exc:
                 log.debug("keep-alive failed: %s", exc)
-
-    def _check_cancels(self, request_ids: list[str]) -> None:
-        flags = [keys.cancel_flag(r) for r in request_ids]
-        if not self.redis.exists(*flags):  # the usual answer: one small command, whatever is held
-            return
-        pipe = self.redis.pipeline(transaction=False)
-        for flag in flags:
-            pipe.exists(flag)
-        flagged = [r for r, hit in zip(request_ids, pipe.execute(), strict=True) if hit]
-        if flagged:
-            self.holdings.flag_cancelled(flagged)
 
     def _loop(self) -> None:
         backoff = 0.1
@@ -189,16 +181,6 @@ class Worker:
                 log.warning("redis unavailable (%s); retrying in %.1fs", type(exc).__name__, backoff)
                 time.sleep(backoff)  # reconnect backoff, not synchronisation
                 backoff = min(backoff * 2, 2.0)
-
-    def _leave(self) -> None:
-        try:
-            pipe = self.redis.pipeline(transaction=False)
-            pipe.zrem(keys.worker_heartbeats(self.config.model), self.config.worker_id)
-            pipe.zrem(keys.fair_queue(self.config.model) + "idle", self.config.worker_id)
-            pipe.delete(keys.worker_info(self.config.worker_id), keys.worker_prefixes(self.config.worker_id))
-            pipe.execute()
-        except redis.RedisError:
-            log.info("could not deregister from redis on exit")
 
     def _abandon_all(self) -> None:
         """Redis went away: the requests we hold will be redelivered or timed out by the gateway. Their
@@ -257,24 +239,6 @@ class Worker:
                 return
             block = False
             self._admit(taken)
-
-    def _heartbeat(self) -> None:
-        now = time.time()
-        busy = self.engine.active()
-        pipe = self.redis.pipeline(transaction=False)
-        pipe.zadd(keys.worker_heartbeats(self.config.model), {self.config.worker_id: now})
-        pipe.zremrangebyscore(keys.worker_heartbeats(self.config.model), 0, now - 60)
-        info_key = keys.worker_info(self.config.worker_id)
-        pipe.hset(
-            info_key,
-            mapping={"model": self.config.model, "slots": self.engine.parallel, "busy": busy,
-                     "file": self.config.model_file, "draining": int(self.stopping),
-                     "rss": process_rss(), "peak": process_peak_rss(), "kv_usage": round(self.engine.kv_usage(), 4),
-                     "pid": os.getpid()},
-        )
-        pipe.expire(info_key, max(2, int(self.config.heartbeat_ttl_s)))
-        pipe.expire(keys.worker_prefixes(self.config.worker_id), max(2, int(self.config.heartbeat_ttl_s)))
-        pipe.execute()
 
     def _cancel(self, job_id: str) -> None:
         act = self.active[job_id]
