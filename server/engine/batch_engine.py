@@ -93,8 +93,7 @@ class BatchEngine:
         self.model = model
         source = model.chat_template() or default_template(model.meta("general.architecture"))
         self.template = ChatTemplate(source, bos_token=model.bos_text, eos_token=model.eos_text)
-        self.token_cache = TokenCache(lambda text, add, parse: model.tokenize(text, add_special=add,
-                                                                              parse_special=parse))
+        self.token_cache = TokenCache(model.tokenize)
         self.parallel = model.options.parallel
         self.n_ctx = model.n_ctx_seq
         self._slots: list[_Slot] = [Slot(i) for i in range(self.parallel)]

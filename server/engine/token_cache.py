@@ -18,9 +18,11 @@ from __future__ import annotations
 
 from array import array
 from collections import OrderedDict
-from collections.abc import Callable
+from typing import Protocol
 
-Tokenizer = Callable[[str, bool, bool], list[int]]  # (text, add_special, parse_special) -> tokens
+
+class Tokenizer(Protocol):
+    def __call__(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]: ...
 
 
 class TokenCache:
@@ -42,7 +44,7 @@ class TokenCache:
             self.hits += 1
             return found
         self.misses += 1
-        tokens = array("i", self._tokenize(text, add_special, parse_special))
+        tokens = array("i", self._tokenize(text, add_special=add_special, parse_special=parse_special))
         if len(text) <= self.max_text:
             self._entries[key] = tokens
             self._chars += len(text)

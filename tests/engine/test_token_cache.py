@@ -18,7 +18,7 @@ class Counting:
     def __init__(self) -> None:
         self.calls: list[tuple[str, bool, bool]] = []
 
-    def __call__(self, text: str, add_special: bool, parse_special: bool) -> list[int]:
+    def __call__(self, text: str, *, add_special: bool, parse_special: bool) -> list[int]:
         self.calls.append((text, add_special, parse_special))
         return [ord(c) + 1000 * add_special + 2000 * parse_special for c in text]
 
@@ -28,7 +28,7 @@ def test_a_text_is_tokenized_once_then_answered_from_the_cache() -> None:
     cache = TokenCache(tokenizer)
     first = cache.tokens("hello", add_special=False, parse_special=False)
     again = cache.tokens("hello", add_special=False, parse_special=False)
-    assert first is again and list(first) == tokenizer("hello", False, False)
+    assert first is again and list(first) == tokenizer("hello", add_special=False, parse_special=False)
     assert tokenizer.calls.count(("hello", False, False)) == 2  # the cache's one call and the line above
     assert (cache.hits, cache.misses) == (1, 1)
 
