@@ -69,3 +69,49 @@ def test_an_event_is_published_with_its_stream_and_entry_id_unless_fenced_off(cl
     assert entry_id == stored_id
     assert value == fields[b"e"]
     assert decode_event_value(value)["type"] == "started"
+
+
+@pytest.mark.integration
+def test_a_held_event_is_published_first_by_the_next_one_under_its_own_entry_id(client: redis.Redis) -> None:
+    channel = keys.event_feed(uuid.uuid4().hex)
+    rid = uuid.uuid4().hex
+    sub = client.pubsub()
+    sub.subscribe(channel)
+    started = Started(1, "w", 3)
+    try:
+        assert sub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+        assert replies.mark_running(client, rid, 1, 60)
+        replies.send(client, replies.event(rid, started, None))  # `held_event`: on the stream only
+        held = Started(1, "w", 3, held_ms=6.5)
+        replies.send(client, replies.event(rid, TextDelta(1, text="hi"), channel, held))
+        messages: list[Any] = [sub.get_message(timeout=5), sub.get_message(timeout=5)]
+        stored: Any = client.xrange(keys.response_stream(rid))
+    finally:
+        sub.close()
+        client.delete(keys.response_stream(rid), keys.job_running(rid))
+    (started_id, started_fields), (delta_id, delta_fields) = stored
+    first, second = (m["data"].split(b"\n", 2) for m in messages)
+    # the held `started` under its stream entry's id, with how long it was held; then the delta as stored
+    assert first[:2] == [keys.response_stream(rid).encode(), started_id]
+    assert decode_event_value(first[2]) == {**decode_event_value(started_fields[b"e"]), "held_ms": 6.5}
+    assert second == [keys.response_stream(rid).encode(), delta_id, delta_fields[b"e"]]
+
+
+@pytest.mark.integration
+def test_a_fenced_off_event_publishes_nothing_it_held(client: redis.Redis) -> None:
+    channel = keys.event_feed(uuid.uuid4().hex)
+    rid = uuid.uuid4().hex
+    sub = client.pubsub()
+    sub.subscribe(channel)
+    try:
+        assert sub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+        assert replies.mark_running(client, rid, 1, 60)
+        replies.send(client, replies.event(rid, Started(1, "w", 3), None))
+        assert replies.mark_running(client, rid, 2, 60)  # another worker took the request over
+        replies.send(client, replies.event(rid, TextDelta(1, text="late"), channel, Started(1, "w", 3, held_ms=1)))
+        replies.send(client, replies.event(rid, Started(2, "w2", 3), channel))
+        message: Any = sub.get_message(timeout=5)
+    finally:
+        sub.close()
+        client.delete(keys.response_stream(rid), keys.job_running(rid))
+    assert decode_event_value(message["data"].split(b"\n", 2)[2])["worker"] == "w2"  # the first message: nothing late
