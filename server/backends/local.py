@@ -119,8 +119,7 @@ class LocalGeneration:
                 self._attempt = attempt
                 self._worker = event.worker
                 self.result.extra["worker"] = event.worker  # `timings.worker`: which worker served it
-                # a `started` its worker held until the first token (`replies.held_event`) says for how long
-                self.result.queue_ms = max(0.0, (time.time() - self.job.enqueued_at) * 1000.0 - event.held_ms)
+                self.result.queue_ms = (time.time() - self.job.enqueued_at) * 1000.0
                 self.result.prompt_tokens = event.prompt_tokens
             return event
 

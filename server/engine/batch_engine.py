@@ -199,11 +199,6 @@ class BatchEngine:
         self._by_id[request_id] = slot
         return slot.seq_id
 
-    def prompt_left(self, request_id: str) -> int:
-        """Prompt tokens of the sequence not yet evaluated (0 once its first token is out, or if unknown)."""
-        slot = self._by_id.get(request_id)
-        return len(slot.seq.pending) if slot is not None and slot.seq is not None else 0
-
     def busy_runs(self) -> int:
         """Runs of consecutive sequence ids among the busy slots: llama.cpp decodes a step's tokens in one
         pass per run, since a non-unified KV cache takes only consecutive streams together."""

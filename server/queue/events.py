@@ -20,7 +20,6 @@ class Started:
     attempt: int
     worker: str = ""
     prompt_tokens: int = 0
-    held_ms: float = 0.0  # how long its worker held it back from the feed (`replies.held_event`)
 
 
 @dataclass
@@ -74,15 +73,11 @@ Event = Started | TextDelta | ChoiceFinished | Done | Failed | Unknown
 
 def to_wire(event: Event) -> dict[str, Any]:
     """The event's JSON object, as workers have always written it."""
-    wire: dict[str, Any]
     if isinstance(event, Started):
-        wire = {"type": "started", "attempt": event.attempt, "worker": event.worker,
+        return {"type": "started", "attempt": event.attempt, "worker": event.worker,
                 "prompt_tokens": event.prompt_tokens}
-        if event.held_ms:
-            wire["held_ms"] = round(event.held_ms, 3)
-        return wire
     if isinstance(event, TextDelta):
-        wire = {"type": "delta", "index": event.index, "text": event.text, "tokens": event.tokens}
+        wire: dict[str, Any] = {"type": "delta", "index": event.index, "text": event.text, "tokens": event.tokens}
         if event.logprobs:
             wire["logprobs"] = event.logprobs
         wire["attempt"] = event.attempt
@@ -114,8 +109,7 @@ def from_wire(wire: dict[str, Any]) -> Event:
     kind = wire.get("type")
     attempt = int(wire.get("attempt", 1))
     if kind == "started":
-        return Started(attempt, str(wire.get("worker", "")), int(wire.get("prompt_tokens", 0)),
-                       float(wire.get("held_ms", 0.0)))
+        return Started(attempt, str(wire.get("worker", "")), int(wire.get("prompt_tokens", 0)))
     if kind == "delta":
         return TextDelta(attempt, int(wire.get("index", 0)), str(wire.get("text", "")), int(wire.get("tokens", 0)),
                          wire.get("logprobs"))

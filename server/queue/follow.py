@@ -4,8 +4,8 @@ each once, through a Redis that may drop out for a moment.
 With the gateway's event feed live (`queue/feed.py`) a request waits on its mailbox and reads its
 stream only to catch up: when it starts (unless its mailbox was taken before its job was queued:
 `Follower`), when the subscription was made again, and after a silent wait (which also tells a dead
-subscription from a quiet worker, unless all it finds is a `started` held back on purpose). Without it
-(no feed, or the subscription down) it reads with a blocking `XREAD`. Either way the reads go on a connection the
+subscription from a quiet worker). Without it (no feed, or the
+subscription down) it reads with a blocking `XREAD`. Either way the reads go on a connection the
 request holds, from the last entry it took, so nothing is lost or taken twice.
 """
 
@@ -17,7 +17,7 @@ import time
 from collections.abc import AsyncGenerator
 from typing import Any
 
-from server.queue.events import Event, Started, from_wire
+from server.queue.events import Event, from_wire
 from server.queue.feed import Entry, EventFeed, Mailbox, entry_order
 from server.queue.messages import EVENT_FIELD, decode_event_value
 from server.redis_connect import OUTAGE_ERRORS
@@ -144,16 +144,13 @@ async def event_batches(reads: StreamReads, feed: EventFeed | None, box: Mailbox
                 yield None
                 continue
             failing_since = None
-            events = decode(entries)
             if feed is not None and generation is not None:
-                # the stream has what the subscription never brought (a `started` may be held back on
-                # purpose until the first token: `replies.held_event`)
-                if silent and caught_up == generation and any(not isinstance(e, Started) for e in events):
-                    feed.suspect()
+                if silent and entries and caught_up == generation:
+                    feed.suspect()  # the stream has what the subscription never brought
                 if len(entries) < READ_COUNT:
                     caught_up = generation
-            if events:
-                yield events
+            if entries:
+                yield decode(entries)
             elif generation is None or silent:
                 yield None
     finally:

@@ -28,17 +28,12 @@ from server.queue.messages import Job, encode_event
 
 RESPONSE_TTL_S = 600
 
-# KEYS[1] = response stream, KEYS[2] = running mark; ARGV = attempt, TTL, field, value, feed channel ('': none),
-# held value ('': none). The feed gets "stream\nentry id\nvalue": its gateway hands the event to the request
-# reading that stream. A held value is the stream's last entry (written unpublished, `held_event`), published
-# first under that entry's id. `pcall`: a Redis user without Pub/Sub rights (an ACL user's channels are
-# closed by default) still writes its events; its gateways cannot subscribe either, and read their streams.
+# KEYS[1] = response stream, KEYS[2] = running mark; ARGV = attempt, TTL, field, value, feed channel ('': none).
+# The feed gets "stream\nentry id\nvalue": its gateway hands the event to the request reading that stream.
+# `pcall`: a Redis user without Pub/Sub rights (an ACL user's channels are closed by default) still
+# writes its events; its gateways cannot subscribe either, and read their streams instead.
 _FENCED_EVENT = """
 if tonumber(redis.call('GET', KEYS[2]) or '0') > tonumber(ARGV[1]) then return 0 end
-if ARGV[5] ~= '' and ARGV[6] ~= '' then
-  local held = redis.call('XREVRANGE', KEYS[1], '+', '-', 'COUNT', 1)[1]
-  if held then redis.pcall('PUBLISH', ARGV[5], KEYS[1] .. '\\n' .. held[1] .. '\\n' .. ARGV[6]) end
-end
 local id = redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[4])
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 if ARGV[5] ~= '' then redis.pcall('PUBLISH', ARGV[5], KEYS[1] .. '\\n' .. id .. '\\n' .. ARGV[4]) end
@@ -90,34 +85,22 @@ def unmark_running(client: redis.Redis, request_id: str, attempt: int) -> bool:
     return bool(client.eval(_UNMARK_RUNNING, 1, keys.job_running(request_id), str(attempt)))
 
 
-def event(request_id: str, event: Event, feed: str | None = None, held: Event | None = None) -> list[Command]:
+def event(request_id: str, event: Event, feed: str | None = None) -> list[Command]:
     """Append one event to the request's response stream (which expires if nobody reads it), and
-    publish it on `feed` (the job's `feed`: its gateway's channel) when there is one; `held` first."""
-    return event_fields(request_id, to_wire(event), feed, held)
+    publish it on `feed` (the job's `feed`: its gateway's channel) when there is one."""
+    return event_fields(request_id, to_wire(event), feed)
 
 
-def event_fields(request_id: str, fields: dict[str, Any], feed: str | None = None,
-                 held: Event | None = None) -> list[Command]:
+def event_fields(request_id: str, fields: dict[str, Any], feed: str | None = None) -> list[Command]:
     """`event` for an event already in its wire form (tests write partial ones), fenced by its attempt."""
     ((field, value),) = encode_event(fields).items()
-    held_value = "" if held is None else next(iter(encode_event(to_wire(held)).values()))
     return [("EVAL", _FENCED_EVENT, 2, keys.response_stream(request_id), keys.job_running(request_id),
-             int(fields.get("attempt") or 0), RESPONSE_TTL_S, field, value, feed or "", held_value)]
+             int(fields.get("attempt") or 0), RESPONSE_TTL_S, field, value, feed or "")]
 
 
-def job_event(job: Job, event_: Event, *, held: Event | None = None) -> list[Command]:
+def job_event(job: Job, event_: Event) -> list[Command]:
     """`event` for one of `job`'s events: on its response stream and its gateway's feed."""
-    return event(job.id, event_, job.feed, held)
-
-
-def held_event(job: Job, event_: Event) -> list[Command]:
-    """`event` written to the job's response stream only, not published: the job's next event publishes
-    it first (`job_event(..., held=...)`, the stream's last entry until then). A request's `started`
-    written before the step that evaluates its prompt goes so: its gateway, and the client behind it,
-    wake once, for it and the first token together, not once during that step (on a host whose cores
-    the worker shares, each wake-up stretches the step). The stream has it at once, so the poison rule
-    reads it as before, and a gateway that reads the stream (a silent wait) finds it there."""
-    return event(job.id, event_, None)
+    return event(job.id, event_, job.feed)
 
 
 def error(job: Job, attempt: int, status: int, code: str | None, message: str, *,

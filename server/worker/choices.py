@@ -7,15 +7,13 @@ rest wait (`admit_waiting`) so that, however large its `n`, a slot is left for o
 
 from __future__ import annotations
 
-import dataclasses
-import time
 from collections import deque
 from dataclasses import dataclass, field
 from typing import Any
 
 from server.engine.batch_engine import BatchEngine, Finish, Output
 from server.engine.params import SamplingParams
-from server.queue.events import ChoiceFinished, Done, Failed, Started, TextDelta
+from server.queue.events import ChoiceFinished, Done, Failed, TextDelta
 from server.queue.messages import Job
 
 Waiting = tuple[str, list[int], SamplingParams]  # a choice's sequence id, prompt tokens and parameters
@@ -60,15 +58,6 @@ class Active:
     trace: dict[str, float] | None = None  # a traced job's stage marks (wall clock), sent with `done`
     batch_wait_ms: float = 0.0
     stream: str = ""  # where its entry is (the model's shared stream or this worker's own): acknowledged there
-    held: Started | None = None  # its `started`, written but not yet published (`replies.held_event`)
-    held_since: float = 0.0  # monotonic
-
-    def take_held(self) -> Started | None:
-        """The `started` its next event publishes first, with how long it was held; None after that."""
-        if self.held is None:
-            return None
-        held, self.held = self.held, None
-        return dataclasses.replace(held, held_ms=(time.monotonic() - self.held_since) * 1000.0)
 
     def add(self, index: int, out: Output) -> Choice:
         """Gather one step's output for choice `index`."""

@@ -32,7 +32,7 @@ from typing import Any
 
 import redis
 
-from server.engine.batch_engine import SHORT_PROMPT_TOKENS, BatchEngine, Output
+from server.engine.batch_engine import BatchEngine, Output
 from server.engine.embedder import Embedder
 from server.errors import SlmError
 from server.queue import keys, replies
@@ -307,14 +307,8 @@ class Worker:
         self.active[job.id] = act
         self.waiting.extend((seq_id, tokens, p) for seq_id, p in seqs[1:])
         self._admit_waiting()
-        # started, and what this worker's slots now hold (for cache-aware dispatch): written before the step;
-        # a prompt the next step finishes keeps its `started` off the feed until its first token (`held_event`)
-        event = Started(attempt, self.config.worker_id, len(tokens))
-        if self.engine.prompt_left(first_id) <= SHORT_PROMPT_TOKENS:
-            act.held, act.held_since = event, time.monotonic()
-            started = replies.held_event(job, event)
-        else:
-            started = replies.job_event(job, event)
+        # started, and what this worker's slots now hold (for cache-aware dispatch): written before the step
+        started = replies.job_event(job, Started(attempt, self.config.worker_id, len(tokens)))
         self.admissions.add(job.id, attempt, started + self.prefixes.admitted(slot, job))
 
     def _at_once(self, stream: str, entry_id: str, job: Job, attempt: int) -> None:
@@ -379,8 +373,7 @@ class Worker:
 
     @staticmethod
     def _event(act: Active, event: Event) -> list[Command]:
-        """One of an admitted request's events; its first also publishes its held `started`."""
-        return replies.job_event(act.job, event, held=act.take_held())
+        return replies.job_event(act.job, event)
 
     def _fail(self, stream: str, entry_id: str, job: Job, attempt: int, status: int, code: str | None, message: str,
               *, param: str | None = None, error_type: str = "service_unavailable") -> None:

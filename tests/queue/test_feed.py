@@ -7,7 +7,6 @@ from __future__ import annotations
 import asyncio
 import uuid
 from collections.abc import Iterator
-from dataclasses import dataclass
 from typing import Any
 
 import pytest
@@ -47,71 +46,26 @@ def client(redis_url: str) -> Iterator[redis.Redis]:
     c.close()
 
 
-@dataclass
-class Feed:
-    """A gateway's channel, subscribed, and one request whose keys go at the end."""
-
-    channel: str
-    sub: Any
-    rid: str
-
-
-@pytest.fixture
-def feed(client: redis.Redis) -> Iterator[Feed]:
+@pytest.mark.integration
+def test_an_event_is_published_with_its_stream_and_entry_id_unless_fenced_off(client: redis.Redis) -> None:
     channel = keys.event_feed(uuid.uuid4().hex)
+    rid = uuid.uuid4().hex
     sub = client.pubsub()
     sub.subscribe(channel)
-    rid = uuid.uuid4().hex
     try:
-        assert sub.get_message(timeout=5)["type"] == "subscribe"
-        yield Feed(channel, sub, rid)
+        assert sub.get_message(timeout=5)["type"] == "subscribe"  # type: ignore[index]
+        assert replies.mark_running(client, rid, 2, 60)
+        replies.send(client, replies.event(rid, TextDelta(1, text="late"), channel))  # an older attempt: fenced
+        replies.send(client, replies.event(rid, Started(2, "w", 3), channel))
+        # the first message is the second write's: the fenced one, refused in the same script, published nothing
+        message: Any = sub.get_message(timeout=5)
+        stored: Any = client.xrange(keys.response_stream(rid))
     finally:
         sub.close()
         client.delete(keys.response_stream(rid), keys.job_running(rid))
-
-
-@pytest.mark.integration
-def test_an_event_is_published_with_its_stream_and_entry_id_unless_fenced_off(client: redis.Redis,
-                                                                              feed: Feed) -> None:
-    channel, rid = feed.channel, feed.rid
-    assert replies.mark_running(client, rid, 2, 60)
-    replies.send(client, replies.event(rid, TextDelta(1, text="late"), channel))  # an older attempt: fenced
-    replies.send(client, replies.event(rid, Started(2, "w", 3), channel))
-    # the first message is the second write's: the fenced one, refused in the same script, published nothing
-    message: Any = feed.sub.get_message(timeout=5)
-    stored: Any = client.xrange(keys.response_stream(rid))
     stream, entry_id, value = message["data"].split(b"\n", 2)
     assert stream == keys.response_stream(rid).encode()
     ((stored_id, fields),) = stored
     assert entry_id == stored_id
     assert value == fields[b"e"]
     assert decode_event_value(value)["type"] == "started"
-
-
-@pytest.mark.integration
-def test_a_held_event_is_published_first_by_the_next_one_under_its_own_entry_id(client: redis.Redis,
-                                                                                feed: Feed) -> None:
-    channel, rid = feed.channel, feed.rid
-    assert replies.mark_running(client, rid, 1, 60)
-    replies.send(client, replies.event(rid, Started(1, "w", 3), None))  # `held_event`: on the stream only
-    held = Started(1, "w", 3, held_ms=6.5)
-    replies.send(client, replies.event(rid, TextDelta(1, text="hi"), channel, held))
-    messages: list[Any] = [feed.sub.get_message(timeout=5), feed.sub.get_message(timeout=5)]
-    (started_id, started_fields), (delta_id, delta_fields) = client.xrange(keys.response_stream(rid))
-    first, second = (m["data"].split(b"\n", 2) for m in messages)
-    # the held `started` under its stream entry's id, with how long it was held; then the delta as stored
-    assert first[:2] == [keys.response_stream(rid).encode(), started_id]
-    assert decode_event_value(first[2]) == {**decode_event_value(started_fields[b"e"]), "held_ms": 6.5}
-    assert second == [keys.response_stream(rid).encode(), delta_id, delta_fields[b"e"]]
-
-
-@pytest.mark.integration
-def test_a_fenced_off_event_publishes_nothing_it_held(client: redis.Redis, feed: Feed) -> None:
-    channel, rid = feed.channel, feed.rid
-    assert replies.mark_running(client, rid, 1, 60)
-    replies.send(client, replies.event(rid, Started(1, "w", 3), None))
-    assert replies.mark_running(client, rid, 2, 60)  # another worker took the request over
-    replies.send(client, replies.event(rid, TextDelta(1, text="late"), channel, Started(1, "w", 3, held_ms=1)))
-    replies.send(client, replies.event(rid, Started(2, "w2", 3), channel))
-    message: Any = feed.sub.get_message(timeout=5)
-    assert decode_event_value(message["data"].split(b"\n", 2)[2])["worker"] == "w2"  # the first: nothing late

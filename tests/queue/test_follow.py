@@ -183,37 +183,6 @@ async def test_events_the_feed_never_brings_still_arrive_and_the_subscription_is
     assert texts(seen) == ["x", "a"]
 
 
-async def test_a_held_started_found_by_a_silent_read_is_no_sign_of_a_dead_subscription(
-        queue: QueueClient, client: redis.Redis, monkeypatch: pytest.MonkeyPatch) -> None:
-    """A worker writes a short prompt's `started` unpublished and publishes it with the first token
-    (`replies.held_event`): the silent wait's read that finds it alone leaves the subscription be, and
-    the later publish of it is not taken twice."""
-    feed = queue.feed
-    assert feed is not None
-    rid = uuid.uuid4().hex
-    _, batches, seen = await started(queue, client, rid)  # attempt 1, published
-    held = Started(2, "w2", 3)
-    try:
-        await send(client, replies.event(rid, TextDelta(1, text="x"), queue.feed_channel))
-        while not texts(seen):  # once it has this, it has caught up under the live subscription
-            seen += await anext(batches) or []
-        before = feed.generation
-        suspected: list[bool] = []
-        monkeypatch.setattr(feed, "suspect", lambda: suspected.append(True))
-        await send(client, replies.event(rid, held, None))  # a redelivery's `started`, held back
-        while not any(isinstance(e, Started) and e.attempt == 2 for e in seen):
-            seen += await anext(batches) or []  # found by the read after a silent wait
-        await send(client, replies.event(rid, TextDelta(2, text="a"), queue.feed_channel,
-                                         Started(2, "w2", 3, held_ms=4.0))
-                   + replies.event(rid, Done(2, "stop"), queue.feed_channel))
-        seen += await collect(batches)
-    finally:
-        await batches.aclose()
-    assert suspected == [] and feed.generation == before
-    assert [e.attempt for e in seen if isinstance(e, Started)] == [1, 2]
-    assert texts(seen) == ["x", "a"]
-
-
 async def test_a_redis_user_without_pub_sub_rights_still_gets_every_event(tmp_path: Path) -> None:
     """An ACL user's channels are closed by default (Redis 7): its workers' publishes fail inside the
     event script without failing the event, and its gateway, unable to subscribe, reads the stream."""
