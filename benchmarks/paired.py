@@ -110,6 +110,9 @@ async def stream_one(client: httpx.AsyncClient, url: str, model: str, prompt: st
     return Sample(None if first is None else first - start, gaps, tokens, prompt_ms, None, kind)
 
 
+SHORT_C1_FACTOR = 4  # short-c1's one client sends this many times the requests: as many samples as short-c4
+
+
 @dataclass
 class Workload:
     name: str
@@ -123,7 +126,7 @@ class Workload:
 def workloads(requests_per_client: int, long_requests_per_client: int) -> list[Workload]:
     rpc, lrpc = requests_per_client, long_requests_per_client
     return [
-        Workload("short-c1", 1, 4 * rpc, 0, 0, "short"),  # as many samples a round as short-c4
+        Workload("short-c1", 1, SHORT_C1_FACTOR * rpc, 0, 0, "short"),
         Workload("short-c4", 4, rpc, 0, 0, "short"),
         Workload("short-c8", 8, rpc, 0, 0, "short"),
         Workload("long-c4", 0, 0, 4, lrpc, "long"),

@@ -6,7 +6,7 @@ from __future__ import annotations
 import statistics
 from typing import Any
 
-from benchmarks.paired import medians, ratios
+from benchmarks.paired import SHORT_C1_FACTOR, medians, ratios
 from server.bench import percentile
 from server.serving.stages import STAGES
 
@@ -78,7 +78,7 @@ def render(results: dict[str, Any]) -> str:
         f"{meta['loadavg_before']}, after {meta['loadavg_after']}. Model {meta['model']}, {meta['threads']} "
         f"threads, {meta['max_tokens']} max tokens, temperature 0, streaming, closed-loop clients; "
         f"{meta['rounds']} rounds, the contenders' order rotating per round; {meta['requests_per_client']} "
-        f"requests per short-chat client ({4 * meta['requests_per_client']} for short-c1's one), "
+        f"requests per short-chat client ({SHORT_C1_FACTOR * meta['requests_per_client']} for short-c1's one), "
         f"{meta['long_requests_per_client']} per long-prompt client "
         f"(~{meta['long_words']} words, each its own document). llama-cpp-python {meta['llama_cpp_python']}.",
     ]

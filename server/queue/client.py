@@ -225,10 +225,8 @@ class QueueClient:
         """The request's events as they come, in batches, `None` after each silent wait (`follow.py`),
         its mailbox taken now: for a job about to be queued, no first read of its stream (`queued`: the
         job is queued already, read it first)."""
-        return Follower(self._reads(request_id), self.feed, queued=queued)
-
-    def _reads(self, request_id: str) -> StreamReads:
-        return StreamReads(self.followers.connection_pool, keys.response_stream(request_id), self._read_timeout_s)
+        reads = StreamReads(self.followers.connection_pool, keys.response_stream(request_id), self._read_timeout_s)
+        return Follower(reads, self.feed, queued=queued)
 
     async def cancel(self, request_id: str) -> None:
         await self.commands.set(keys.cancel_flag(request_id), 1, ex=600)

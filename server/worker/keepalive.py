@@ -39,8 +39,10 @@ def heartbeat(client: redis.Redis, *, model: str, worker_id: str, model_file: st
 
 
 def cancelled(client: redis.Redis, request_ids: list[str]) -> list[str]:
-    """Those of `request_ids` whose cancel flag is set; one small command when none is (the usual answer),
-    whatever is held."""
+    """Those of `request_ids` whose cancel flag is set; no command for none, one small command when none is
+    flagged (the usual answer), whatever is held."""
+    if not request_ids:
+        return []
     flags = [keys.cancel_flag(r) for r in request_ids]
     if not client.exists(*flags):
         return []

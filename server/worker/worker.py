@@ -137,8 +137,7 @@ class Worker:
         next_beat = 0.0
         while not self._closed.wait(CANCEL_CHECK_INTERVAL_S):
             try:
-                held = self.holdings.snapshot()
-                flagged = keepalive.cancelled(self.redis, list(held)) if held else []
+                flagged = keepalive.cancelled(self.redis, list(self.holdings.snapshot()))
                 if flagged:
                     self.holdings.flag_cancelled(flagged)
                 now = time.monotonic()

@@ -72,3 +72,8 @@ def test_leaving_without_redis_is_logged_not_raised(caplog: pytest.LogCaptureFix
     gone = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
     keepalive.leave(gone, model="m", worker_id="w")  # nothing listens on port 1
     assert "could not deregister" in caplog.text
+
+
+def test_cancelled_sends_nothing_for_no_request() -> None:
+    gone = redis.Redis(host="127.0.0.1", port=1, socket_connect_timeout=0.2)
+    assert keepalive.cancelled(gone, []) == []  # nothing listens on port 1: a command would raise
