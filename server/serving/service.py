@@ -10,10 +10,8 @@ After the first byte a failure becomes one error frame then `[DONE]`.
 from __future__ import annotations
 
 import asyncio
-import base64
 import json
 import logging
-import struct
 import time
 import uuid
 from collections.abc import AsyncIterator, Callable
@@ -34,16 +32,13 @@ from server.errors import (
     UpstreamTimeoutError,
 )
 from server.metrics import Metrics
-from server.protocol import (
-    ChatCompletionRequest,
-    CompletionRequest,
-    EmbeddingRequest,
-)
+from server.protocol import ChatCompletionRequest, CompletionRequest, EmbeddingRequest
 from server.queue import priority as priorities
 from server.queue.client import QueueClient
 from server.registry import AnyEntry, HostedModel, LocalModel, Registry, RouterModel, env_key
 from server.serving.context import RequestContext
 from server.serving.dispatch import Plan, falls_through, plan_for, reported, traits_of
+from server.serving.embeddings import embeddings_body
 from server.serving.formatting import Shape
 from server.serving.presence import WorkerPresence
 from server.serving.queue_notices import notices_then
@@ -60,14 +55,7 @@ from server.serving.routing import (
     predict_hosted,
     predict_local,
 )
-from server.serving.streaming import (
-    Closing,
-    IsDisconnected,
-    shielded,
-    start_tracked,
-    stream,
-    whole,
-)
+from server.serving.streaming import Closing, IsDisconnected, start_tracked, stream, to_the_end, whole
 from server.serving.tracking import MeasuredTracker, Tracker
 from server.settings import Settings
 
@@ -176,15 +164,10 @@ class Service:
                                       param="dimensions")
         self._check_can_queue(model, entry)
         gen = await self.local.embedding(model, entry, req.input_list())
-        await _to_the_end(gen)
-        vectors: list[list[float]] = gen.result.extra.get("embeddings") or []
-        data = [{"object": "embedding", "index": i,
-                 "embedding": _base64_floats(v) if req.encoding_format == "base64" else v}
-                for i, v in enumerate(vectors)]
+        await to_the_end(gen)
         used = gen.result.prompt_tokens
         context.charge(used)
-        body = {"object": "list", "data": data, "model": model,
-                "usage": {"prompt_tokens": used, "total_tokens": used}}
+        body = embeddings_body(model, gen.result.extra.get("embeddings") or [], used, req.encoding_format)
         return Answer({"x-slm-model": model, "x-slm-backend": "local"}, body=body)
 
     async def count_tokens(self, req: ChatCompletionRequest) -> int:
@@ -205,7 +188,7 @@ class Service:
         refuse_for_local(req, model)
         self._check_can_queue(model, entry)
         gen = await self.local.tokenize(model, entry, req)
-        await _to_the_end(gen)
+        await to_the_end(gen)
         return gen.result.prompt_tokens
 
     def hosted_backend(self, model: str, entry: HostedModel) -> HostedBackend:
@@ -408,19 +391,4 @@ class Service:
     async def wait_closed(self) -> None:
         """Let the clean-ups still running finish (at shutdown, before the Redis clients close)."""
         await self.closing.wait()
-
-
-async def _to_the_end(gen: LocalGeneration) -> None:
-    """Run a job that streams no text (embeddings, a token count) to its `done`; its result holds the answer."""
-    try:
-        await gen.start()
-        async for _ in gen.deltas():
-            pass
-    finally:
-        await shielded(gen.close())
-
-
-def _base64_floats(vector: list[float]) -> str:
-    return base64.b64encode(struct.pack(f"<{len(vector)}f", *vector)).decode()
-
 

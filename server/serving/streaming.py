@@ -182,3 +182,13 @@ async def stream(
             track.disconnected()
             await shielded(gen.cancel())
         closing.later(gen)
+
+
+async def to_the_end(gen: Generation) -> None:
+    """Run a job that streams no text (embeddings, a token count) to its end; its result holds the answer."""
+    try:
+        await gen.start()
+        async for _ in gen.deltas():
+            pass
+    finally:
+        await shielded(gen.close())
