@@ -41,6 +41,11 @@ def entry_order(entry_id: bytes) -> tuple[int, int]:
     return int(ms), int(seq or 0)
 
 
+def _time_out(waiter: asyncio.Future[bool]) -> None:
+    if not waiter.done():
+        waiter.set_result(False)
+
+
 class Mailbox:
     """What the feed has for one request, taken in order by `take`."""
 
@@ -48,7 +53,7 @@ class Mailbox:
 
     def __init__(self) -> None:
         self._items: list[Entry] = []
-        self._waiter: asyncio.Future[None] | None = None
+        self._waiter: asyncio.Future[bool] | None = None  # True: woken; False: the wait ran out
 
     def put(self, entry: Entry) -> None:
         self._items.append(entry)
@@ -57,20 +62,22 @@ class Mailbox:
     def wake(self) -> None:
         waiter = self._waiter
         if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+            waiter.set_result(True)
 
     async def take(self, timeout_s: float) -> list[Entry] | None:
         """What arrived, waiting up to `timeout_s` for something or for a `wake` ([]: woken with nothing);
-        None if the wait ran out."""
+        None if the wait ran out. (A plain timer rather than `asyncio.timeout`: this wait is per token.)"""
         if not self._items:
-            self._waiter = asyncio.get_running_loop().create_future()
+            loop = asyncio.get_running_loop()
+            waiter = self._waiter = loop.create_future()
+            timer = loop.call_later(timeout_s, _time_out, waiter)
             try:
-                async with asyncio.timeout(timeout_s):
-                    await self._waiter
-            except TimeoutError:
-                return None
+                await waiter
             finally:
+                timer.cancel()
                 self._waiter = None
+            if not waiter.result() and not self._items:
+                return None
         items, self._items = self._items, []
         return items
 

@@ -48,8 +48,13 @@ class Job(BaseModel):
         return cls.model_validate_json(raw)
 
 
+# One encoder and one decoder for every event: they run for every token, on both sides of the queue.
+_ENCODER = json.JSONEncoder(separators=(",", ":"))
+_DECODER = json.JSONDecoder()
+
+
 def encode_event(event: dict[str, Any]) -> dict[Any, Any]:
-    return {EVENT_FIELD: json.dumps(event, separators=(",", ":"))}
+    return {EVENT_FIELD: _ENCODER.encode(event)}
 
 
 def decode_event(fields: dict[bytes, bytes]) -> dict[str, Any]:
@@ -58,5 +63,5 @@ def decode_event(fields: dict[bytes, bytes]) -> dict[str, Any]:
 
 def decode_event_value(value: bytes) -> dict[str, Any]:
     """An event from its field's value (as a stream entry or the event feed carries it)."""
-    event: dict[str, Any] = json.loads(value)
+    event: dict[str, Any] = _DECODER.decode(value.decode())  # ASCII: `encode_event` escapes the rest
     return event

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
+from functools import cached_property
 from typing import Any, Literal
 
 from server.backends.base import Result
@@ -15,8 +16,12 @@ class LastChunk(bytes):
     """The last chunk of a stream: sent together with the end of the response body."""
 
 
+# One encoder for every frame: `json.dumps` with options builds a new one per call, on the per-token path.
+_JSON = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+
+
 def sse(payload: dict[str, Any]) -> bytes:
-    return b"data: " + json.dumps(payload, separators=(",", ":"), ensure_ascii=False).encode() + b"\n\n"
+    return b"data: " + _JSON.encode(payload).encode() + b"\n\n"
 
 
 def usage(result: Result) -> dict[str, Any]:
@@ -115,10 +120,34 @@ class Shape:
             **extra,
         }
 
+    @cached_property
+    def _text_frame(self) -> tuple[bytes, bytes]:
+        """The bytes around a plain text chunk's JSON-encoded text (choice 0): the frame `chunk` makes,
+        cut where the text goes, so that a token's chunk is two joins and one string encoding."""
+        marker = "\x00"
+        framed = self._framed(text=marker).decode()
+        head, _, tail = framed.rpartition(_JSON.encode(marker))  # the last field a caller names
+        return head.encode(), tail.encode()
+
+    def text_chunk(self, text: str) -> bytes:
+        """`chunk(text=text)`, byte for byte, for the frame every token of a plain answer gets."""
+        head, tail = self._text_frame
+        return head + _JSON.encode(text).encode() + tail
+
     def chunk(self, *, text: str | None = None, role: bool = False, finish_reason: str | None = None,
               extra: dict[str, Any] | None = None, index: int = 0,
               logprobs: list[dict[str, Any]] | None = None, tool_calls: list[dict[str, Any]] | None = None,
               reasoning: str = "", refusal: str = "") -> bytes:
+        if (text is not None and index == 0 and not (role or finish_reason or extra or logprobs or tool_calls
+                                                     or reasoning or refusal)):
+            return self.text_chunk(text)
+        return self._framed(text=text, role=role, finish_reason=finish_reason, extra=extra, index=index,
+                            logprobs=logprobs, tool_calls=tool_calls, reasoning=reasoning, refusal=refusal)
+
+    def _framed(self, *, text: str | None = None, role: bool = False, finish_reason: str | None = None,
+                extra: dict[str, Any] | None = None, index: int = 0,
+                logprobs: list[dict[str, Any]] | None = None, tool_calls: list[dict[str, Any]] | None = None,
+                reasoning: str = "", refusal: str = "") -> bytes:
         lp = self._logprobs(logprobs) if logprobs else None
         if self.endpoint == "chat":
             delta: dict[str, Any] = {}

@@ -35,6 +35,8 @@ class Tracker:
         self.context = context
         self.transcript = context.transcript  # None unless SLM_LOG_PROMPTS
         self.result: Result | None = None  # the started generation's, for usage if it never finishes
+        self._ttft = metrics.ttft.labels(*self.labels)  # looked up once: `token` runs for every token
+        self._itl = metrics.itl.labels(*self.labels)
         metrics.in_flight.labels(*self.labels).inc()
 
     def started(self, result: Result) -> None:
@@ -48,9 +50,9 @@ class Tracker:
         if self.first is None:
             self.first = now
             self.first_wall = time.time()
-            self.m.ttft.labels(*self.labels).observe(now - self.arrived)
+            self._ttft.observe(now - self.arrived)
         elif self.last is not None:
-            self.m.itl.labels(*self.labels).observe(now - self.last)
+            self._itl.observe(now - self.last)
         self.last = now
 
     def timings(self, result: Result) -> dict[str, Any]:

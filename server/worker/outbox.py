@@ -1,11 +1,12 @@
 """Redis writes of a worker's decode thread, sent without waiting for their answers.
 
 The decode thread never waits on a Redis round trip to hand out tokens: `put` packs a step's
-commands into one `MULTI`/`EXEC` and writes it to a connection of the outbox's own, then returns to
-the next decode step. The answers are read later, without waiting, at the next `put` or `poll`
-(they are in the socket by then: a step takes milliseconds, a round trip a fraction of one). One
-connection, written in order, keeps the order: a request's final event and its `XACK` leave after
-all of its tokens.
+commands into one `MULTI`/`EXEC` (a lone command, as a step at one client has, goes as it is: it is
+atomic by itself, and leaves one answer to read rather than three) and writes it to a connection of
+the outbox's own, then returns to the next decode step. The answers are read later, without
+waiting, at the next `put` or `poll` (they are in the socket by then: a step takes milliseconds, a
+round trip a fraction of one). One connection, written in order, keeps the order: a request's final
+event and its `XACK` leave after all of its tokens.
 
 No thread of its own: a hand-off to a sending thread cost a wake-up and a GIL switch per step, CPU
 that on a small host is taken from llama.cpp's compute threads (benchmarks/RUNS.md, run 12).
@@ -48,11 +49,13 @@ class Outbox:
         try:
             self._read_ready()
             conn = self._connection()
-            conn.send_packed_command(conn.pack_commands([("MULTI",), *commands, ("EXEC",)]), check_health=False)
+            lone = len(commands) == 1
+            conn.send_packed_command(conn.pack_commands(commands if lone else [("MULTI",), *commands, ("EXEC",)]),
+                                     check_health=False)
         except redis.RedisError as exc:
             self._fail(exc)
             return
-        self._unanswered.append([float(len(commands) + 2), time.monotonic()])
+        self._unanswered.append([1.0 if lone else float(len(commands) + 2), time.monotonic()])
 
     def poll(self) -> None:
         """Read the answers already in, without waiting (a failure among them is kept in `error`)."""
@@ -111,6 +114,7 @@ class Outbox:
         if head[0] <= 0:
             self._unanswered.popleft()
             if isinstance(answer, list):  # EXEC's answers: an error there failed its command alone
+                # (a lone command's error answer is raised by `read_response` itself)
                 failed = next((a for a in answer if isinstance(a, ResponseError)), None)
                 if failed is not None:
                     raise failed

@@ -42,7 +42,7 @@ def test_an_error_answer_is_kept_and_nothing_is_written_until_reset(redis_url: s
     key = f"test:outbox:{uuid.uuid4().hex}"
     try:
         outbox.put([("SET", key, "not a stream")])
-        outbox.put([("XACK", key, keys.GROUP, "0-1")])  # WRONGTYPE, inside the EXEC
+        outbox.put([("XACK", key, keys.GROUP, "0-1")])  # WRONGTYPE, a lone command's answer
         assert outbox.flush(10)
         assert isinstance(outbox.error, redis.ResponseError)
         assert "WRONGTYPE" in str(outbox.error)
@@ -52,6 +52,36 @@ def test_an_error_answer_is_kept_and_nothing_is_written_until_reset(redis_url: s
         outbox.put([("SET", key, "written")])
         assert outbox.flush(10) and outbox.error is None
         assert client.get(key) == b"written"
+    finally:
+        outbox.close()
+        client.delete(key)
+
+
+def test_an_error_inside_a_transaction_is_kept_and_the_rest_of_it_written(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    outbox = Outbox(client)
+    key, other = f"test:outbox:{uuid.uuid4().hex}", f"test:outbox:{uuid.uuid4().hex}"
+    try:
+        outbox.put([("SET", key, "not a stream"), ("XACK", key, keys.GROUP, "0-1"), ("SET", other, "after")])
+        assert outbox.flush(10)
+        assert isinstance(outbox.error, redis.ResponseError) and "WRONGTYPE" in str(outbox.error)
+        assert client.get(other) == b"after"  # EXEC ran the rest: an error fails its own command only
+    finally:
+        outbox.close()
+        client.delete(key, other)
+
+
+def test_a_lone_command_and_transactions_keep_their_order(redis_url: str) -> None:
+    client = redis.Redis.from_url(redis_url)
+    outbox = Outbox(client)
+    key = f"test:outbox:{uuid.uuid4().hex}"
+    try:
+        for i in range(50):
+            batch = [("RPUSH", key, f"{i}.{j}") for j in range(i % 3 + 1)]  # one, two or three commands
+            outbox.put(batch)
+        assert outbox.flush(10) and outbox.error is None
+        expected = [f"{i}.{j}" for i in range(50) for j in range(i % 3 + 1)]
+        assert [v.decode() for v in client.lrange(key, 0, -1)] == expected
     finally:
         outbox.close()
         client.delete(key)

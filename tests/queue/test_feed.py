@@ -39,6 +39,18 @@ async def test_a_mailbox_hands_over_what_arrived_in_order_or_says_how_its_wait_e
     assert await waiting == [(b"2-0", b"c")]
 
 
+async def test_a_cancelled_wait_leaves_the_mailbox_as_it_was() -> None:
+    box = Mailbox()
+    waiting = asyncio.ensure_future(box.take(5))
+    await asyncio.sleep(0)  # let it start waiting
+    waiting.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        await waiting
+    box.put((b"3-0", b"d"))  # no waiter left behind to wake
+    assert await box.take(5) == [(b"3-0", b"d")]
+    assert await box.take(0) is None
+
+
 @pytest.fixture
 def client(redis_url: str) -> Iterator[redis.Redis]:
     c = redis.Redis.from_url(redis_url)
