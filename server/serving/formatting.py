@@ -125,7 +125,7 @@ class Shape:
         """The bytes around a plain text chunk's JSON-encoded text (choice 0): the frame `chunk` makes,
         cut where the text goes, so that a token's chunk is two joins and one string encoding."""
         marker = "\x00"
-        framed = self._framed(text=marker).decode()
+        framed = self.chunk(text=marker).decode()
         head, _, tail = framed.rpartition(_JSON.encode(marker))  # the last field a caller names
         return head.encode(), tail.encode()
 
@@ -138,16 +138,6 @@ class Shape:
               extra: dict[str, Any] | None = None, index: int = 0,
               logprobs: list[dict[str, Any]] | None = None, tool_calls: list[dict[str, Any]] | None = None,
               reasoning: str = "", refusal: str = "") -> bytes:
-        if (text is not None and index == 0 and not (role or finish_reason or extra or logprobs or tool_calls
-                                                     or reasoning or refusal)):
-            return self.text_chunk(text)
-        return self._framed(text=text, role=role, finish_reason=finish_reason, extra=extra, index=index,
-                            logprobs=logprobs, tool_calls=tool_calls, reasoning=reasoning, refusal=refusal)
-
-    def _framed(self, *, text: str | None = None, role: bool = False, finish_reason: str | None = None,
-                extra: dict[str, Any] | None = None, index: int = 0,
-                logprobs: list[dict[str, Any]] | None = None, tool_calls: list[dict[str, Any]] | None = None,
-                reasoning: str = "", refusal: str = "") -> bytes:
         lp = self._logprobs(logprobs) if logprobs else None
         if self.endpoint == "chat":
             delta: dict[str, Any] = {}

@@ -146,7 +146,9 @@ async def stream(
                 track.token(delta.text or delta.reasoning or delta.refusal)
                 text = filters[delta.index].feed(delta.text) if filters else delta.text
                 more = bool(delta.reasoning or delta.refusal or delta.tool_calls)
-                if text or delta.logprobs or more:
+                if delta.index == 0 and text and not (delta.logprobs or more):
+                    out.append(shape.text_chunk(text))  # most tokens: the frame made without a dict
+                elif text or delta.logprobs or more:
                     out.append(shape.chunk(text=text if text or not more else None, index=delta.index,
                                            logprobs=delta.logprobs, tool_calls=delta.tool_calls,
                                            reasoning=delta.reasoning, refusal=delta.refusal))

@@ -17,15 +17,15 @@ TEXTS = ["", "hi", " \"quoted\" \\ back", "\n\t\r\x01\x1f", "é 中 🎉", "\u20
 def test_a_text_chunk_is_the_general_frame(endpoint: str, model: str) -> None:
     shape = Shape(endpoint, "chatcmpl-1", 1733355000, model)  # type: ignore[arg-type]
     for text in TEXTS:
-        frame = shape.chunk(text=text)
-        assert frame == shape._framed(text=text)
+        frame = shape.text_chunk(text)
+        assert frame == shape.chunk(text=text)
         body = json.loads(frame.removeprefix(b"data: ").removesuffix(b"\n\n"))
         choice = body["choices"][0]
         assert (choice["delta"]["content"] if endpoint == "chat" else choice["text"]) == text
         assert body["model"] == model and choice["finish_reason"] is None
 
 
-def test_other_chunks_take_the_general_path() -> None:
+def test_other_chunks_keep_their_fields() -> None:
     shape = Shape("chat", "chatcmpl-1", 1, "m")
     role = json.loads(shape.chunk(role=True, text="")[6:])
     assert role["choices"][0]["delta"] == {"role": "assistant", "content": ""}
