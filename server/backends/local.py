@@ -9,10 +9,11 @@ or silence after that into a clear error rather than splicing two generations to
 from __future__ import annotations
 
 import contextlib
+import logging
 import time
 import uuid
 from collections import deque
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from typing import Any, Literal
 
 from redis.exceptions import RedisError
@@ -39,6 +40,8 @@ from server.queue.follow import Follower
 from server.queue.messages import Job, SamplingParams
 from server.registry import LocalModel
 
+log = logging.getLogger("slm.queue")
+
 Endpoint = Literal["chat", "completions"]
 
 
@@ -59,7 +62,7 @@ def error_from_event(event: Failed) -> SlmError:
 class LocalGeneration:
     def __init__(self, queue: QueueClient, job: Job, *, stall_timeout_s: float, lease_s: float,
                  heartbeat_ttl_s: float = 5.0, submitted: float | None = None,
-                 follower: Follower | None = None) -> None:
+                 follower: Follower | None = None, readmit: Callable[[], Awaitable[object]] | None = None) -> None:
         self.queue = queue
         self.job = job
         self.stall_timeout_s = stall_timeout_s
@@ -73,6 +76,10 @@ class LocalGeneration:
         self._follower = follower if follower is not None else queue.follow(job.id, queued=True)
         self._batches = self._follower.batches
         self._buffer: deque[Event] = deque()
+        # its admission again (idempotent: `QueueClient.submit`), run when Redis may have lost it (`_readmit`)
+        self._readmit = readmit
+        feed = self._follower.feed
+        self._admitted_under = feed.generation if feed is not None else 0
         self._attempt = 0
         self._worker = ""  # the worker that started the current attempt
         self._handed_out = False
@@ -97,8 +104,9 @@ class LocalGeneration:
                     if time.time() > self.job.deadline + 2.0:
                         raise QueueTimeoutError("No worker started the request before its deadline.",
                                                 retry_after=1)
+                    await self._readmit_if_resubscribed()
                 elif now - self._last_event > (self.stall_timeout_s if self._handed_out else self.redelivery_wait_s):
-                    if await self._still_evaluating_prompt():
+                    if await self._readmit_if_unheld() or await self._still_evaluating_prompt():
                         self._last_event = now
                         continue
                     raise GenerationError("The worker stopped responding.", code="worker_lost")
@@ -122,6 +130,38 @@ class LocalGeneration:
                 self.result.queue_ms = (time.time() - self.job.enqueued_at) * 1000.0
                 self.result.prompt_tokens = event.prompt_tokens
             return event
+
+    async def _readmit_if_resubscribed(self) -> None:
+        """A job not started yet is lost if Redis failed over before it reached the replica (replication
+        is asynchronous): nothing would ever start it. Once the event feed has subscribed again (its
+        connection was lost: an outage, maybe a failover), the job's admission runs once more. Where the
+        job survived, its admitted mark makes that a no-op; where it was lost, it is queued again."""
+        feed = self._follower.feed
+        if self._readmit is None or feed is None or not feed.live or feed.generation == self._admitted_under:
+            return
+        try:
+            await self._readmit()
+        except ServiceUnavailableError:
+            return  # Redis is not back yet: at the next silent tick
+        self._admitted_under = feed.generation
+        log.info("request %s: admitted again after the queue's connection was lost", self.job.id)
+
+    async def _readmit_if_unheld(self) -> bool:
+        """Silence after `started`, before any text, and no worker's running mark: no worker holds the
+        request any more. Its worker may beat its heartbeat all the same (Redis failed over and lost the
+        job, or the worker dropped it in an outage), so the heartbeat alone would have this wait last to
+        the end. Its admission runs again: where the job survived that is a no-op (the lapse of its lease
+        redelivers it), where it was lost it is queued again. True: wait on (until the job's deadline)."""
+        if self._readmit is None or self._handed_out or time.time() > self.job.deadline:
+            return False
+        try:
+            if await self.queue.held(self.job.id):
+                return False
+            await self._readmit()
+        except (RedisError, OSError, ServiceUnavailableError):
+            return False
+        log.info("request %s: no worker holds it after its start; admitted again", self.job.id)
+        return True
 
     async def _next_read(self) -> Event | None:
         batch = await anext(self._batches)
@@ -215,13 +255,18 @@ class LocalBackend:
     async def submit(self, job: Job, entry: LocalModel, fairness: Fairness | None = None) -> LocalGeneration:
         submitted = time.time()  # before the XADD: the worker's `read` mark can never precede it
         follower = self.queue.follow(job.id)  # before the XADD too: its events reach a mailbox already there
+
+        def admit() -> Awaitable[str]:
+            return self.queue.submit(job, max_queue=entry.max_queue, fairness=fairness)
+
         try:
-            await self.queue.submit(job, max_queue=entry.max_queue, fairness=fairness)
+            await admit()
         except BaseException:
             await follower.close()
             raise
         return LocalGeneration(self.queue, job, stall_timeout_s=self.stall_timeout_s, lease_s=self.lease_s,
-                               heartbeat_ttl_s=self.heartbeat_ttl_s, submitted=submitted, follower=follower)
+                               heartbeat_ttl_s=self.heartbeat_ttl_s, submitted=submitted, follower=follower,
+                               readmit=admit)
 
     async def generation(self, endpoint: Endpoint, model: str, entry: LocalModel,
                          req: ChatCompletionRequest | CompletionRequest, payload: dict[str, Any],

@@ -122,6 +122,12 @@ class QueueClient:
         score = await self.commands.zscore(keys.worker_heartbeats(model), worker_id)
         return score is not None and float(score) >= time.time() - ttl_s
 
+    async def held(self, request_id: str) -> bool:
+        """Whether a worker's running mark for the request is there (set at admission, kept for the
+        request's life): gone, no worker holds it, as after a failover that lost it, or an outage in
+        which its worker dropped it."""
+        return bool(await self.commands.exists(keys.job_running(request_id)))
+
     async def queue_depths(self, models: list[str]) -> dict[str, int]:
         """Queued + running per model: its shared stream and its workers' own streams."""
         pipe = self.commands.pipeline(transaction=False)
