@@ -39,11 +39,7 @@ async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
 async def started(redis_url: str, r: aioredis.Redis) -> AsyncIterator[tuple[Job, LocalGeneration]]:
     """A job submitted through the backend, started by worker w1 (which beats its heartbeat throughout)."""
     queue = QueueClient(redis_url)
-    backend = LocalBackend(queue, queue_timeout_s=30, stall_timeout_s=STALL_S, lease_s=LEASE_S, heartbeat_ttl_s=0.5)
-    now = time.time()
-    job = Job(id=uuid.uuid4().hex, model=f"m{uuid.uuid4().hex[:8]}", kind="chat", enqueued_at=now,
-              deadline=now + 30, params=SamplingParams(), messages=[{"role": "user", "content": "hi"}])
-    gen = await backend.submit(job, LocalModel(gguf="unused.gguf"))
+    job, gen = await submitted(queue)
     beating = asyncio.create_task(heartbeat(r, job.model))
     try:
         await r.set(keys.job_running(job.id), 1, ex=600)
@@ -57,6 +53,15 @@ async def started(redis_url: str, r: aioredis.Redis) -> AsyncIterator[tuple[Job,
 
 
 STARTED = {"type": "started", "attempt": 1, "worker": "w1", "prompt_tokens": 3}
+
+
+async def submitted(queue: QueueClient) -> tuple[Job, LocalGeneration]:
+    """A new job for a model of its own, submitted through the local backend."""
+    backend = LocalBackend(queue, queue_timeout_s=30, stall_timeout_s=STALL_S, lease_s=LEASE_S, heartbeat_ttl_s=0.5)
+    now = time.time()
+    job = Job(id=uuid.uuid4().hex, model=f"m{uuid.uuid4().hex[:8]}", kind="chat", enqueued_at=now,
+              deadline=now + 30, params=SamplingParams(), messages=[{"role": "user", "content": "hi"}])
+    return job, await backend.submit(job, LocalModel(gguf="unused.gguf"))
 
 
 async def heartbeat(r: aioredis.Redis, model: str) -> None:
@@ -139,11 +144,7 @@ async def test_a_job_its_worker_holds_is_left_to_it(
 async def test_a_job_lost_before_its_start_is_queued_again_once_the_feed_is_back(
         redis_url: str, r: aioredis.Redis) -> None:
     queue = QueueClient(redis_url)
-    backend = LocalBackend(queue, queue_timeout_s=30, stall_timeout_s=STALL_S, lease_s=LEASE_S, heartbeat_ttl_s=0.5)
-    now = time.time()
-    job = Job(id=uuid.uuid4().hex, model=f"m{uuid.uuid4().hex[:8]}", kind="chat", enqueued_at=now,
-              deadline=now + 30, params=SamplingParams(), messages=[{"role": "user", "content": "hi"}])
-    gen = await backend.submit(job, LocalModel(gguf="unused.gguf"))
+    job, gen = await submitted(queue)
     assert queue.feed is not None
     feed = queue.feed
 
