@@ -49,13 +49,12 @@ class Outbox:
         try:
             self._read_ready()
             conn = self._connection()
-            lone = len(commands) == 1
-            conn.send_packed_command(conn.pack_commands(commands if lone else [("MULTI",), *commands, ("EXEC",)]),
-                                     check_health=False)
+            sent = commands if len(commands) == 1 else [("MULTI",), *commands, ("EXEC",)]
+            conn.send_packed_command(conn.pack_commands(sent), check_health=False)
         except redis.RedisError as exc:
             self._fail(exc)
             return
-        self._unanswered.append([1.0 if lone else float(len(commands) + 2), time.monotonic()])
+        self._unanswered.append([float(len(sent)), time.monotonic()])  # one answer per command sent
 
     def poll(self) -> None:
         """Read the answers already in, without waiting (a failure among them is kept in `error`)."""
