@@ -25,6 +25,11 @@ from server.redis_connect import OUTAGE_ERRORS
 READ_BLOCK_MS = 250
 READ_COUNT = 256
 OUTAGE_GRACE_S = 3.0  # a stream's reads may fail this long in a row before its request gives up
+# after a failed read the next one waits: none after the first failure (a connection dropped for a
+# moment), then this, doubled per failure up to the cap (a Redis that is away refuses at once: retried
+# without a pause, a failover's 2-3 s cost thousands of reads per request)
+RETRY_FIRST_S = 0.02
+RETRY_MAX_S = 0.25
 READ_FAILURES: tuple[type[Exception], ...] = (*OUTAGE_ERRORS, TimeoutError)  # TimeoutError: our read deadline
 
 _FIELD = EVENT_FIELD.encode()
@@ -118,10 +123,13 @@ async def event_batches(reads: StreamReads, feed: EventFeed | None, box: Mailbox
     """Yield the request's events as they come, what each read returned together; `None` after
     each silent wait (a tick). A read that fails for want of Redis is a silent one too, for up to
     `OUTAGE_GRACE_S` in a row (a link that drops for a moment, a failover under way: reading on from
-    the last entry, on a fresh connection, loses and repeats nothing); a longer outage raises.
+    the last entry, on a fresh connection, loses and repeats nothing), retried at once the first
+    time and after a growing pause (`RETRY_FIRST_S` to `RETRY_MAX_S`) from then on, each pause after
+    its tick; a longer outage raises.
     `box`: its mailbox on `feed` (a `Follower`'s); `caught_up`: the subscription under which nothing of
     the stream is unread (-1: none, read it first)."""
     failing_since: float | None = None
+    pause_s = 0.0  # before the next read: grows while reads fail
     try:
         while True:
             silent = False
@@ -142,8 +150,11 @@ async def event_batches(reads: StreamReads, feed: EventFeed | None, box: Mailbox
                 if now - failing_since > OUTAGE_GRACE_S:
                     raise
                 yield None
+                if pause_s:
+                    await asyncio.sleep(pause_s)
+                pause_s = min(RETRY_MAX_S, max(RETRY_FIRST_S, pause_s * 2))
                 continue
-            failing_since = None
+            failing_since, pause_s = None, 0.0
             if feed is not None and generation is not None:
                 if silent and entries and caught_up == generation:
                     feed.suspect()  # the stream has what the subscription never brought

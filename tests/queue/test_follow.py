@@ -6,6 +6,7 @@ channel the feed never heard."""
 from __future__ import annotations
 
 import asyncio
+import socket
 import uuid
 from collections.abc import AsyncGenerator, AsyncIterator, Iterator
 from pathlib import Path
@@ -13,6 +14,8 @@ from typing import Any
 
 import pytest
 import redis
+from redis.asyncio.retry import Retry
+from redis.backoff import NoBackoff
 
 from server.queue import follow, keys, replies
 from server.queue.client import QueueClient
@@ -247,3 +250,32 @@ async def test_a_message_of_another_publisher_on_the_channel_is_ignored(queue: Q
     seen += await finish(queue, client, rid, batches)
     assert texts(seen) == ["0", "1", "2"]
     assert feed.live and feed.generation == generation  # the subscription lived on
+
+
+async def test_reads_of_a_redis_that_is_away_are_paced_until_the_outage_grace_runs_out() -> None:
+    """Reads that fail at once (during a failover the sentinels name no master for 2-3 s; here a port
+    nothing listens on, connected without retries) back off rather than spin (thousands of reads per
+    request across a failover before), ticking after each, and give up after the grace."""
+    with socket.socket() as probe:  # a port nothing listens on once this closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    away = redis.asyncio.Redis(host="127.0.0.1", port=port, socket_connect_timeout=1.0,
+                               retry=Retry(NoBackoff(), 0))
+    reads = CountedReads(away.connection_pool, keys.response_stream(uuid.uuid4().hex), 1.0)
+    batches = follow.event_batches(reads, None, None, -1)
+    ticks = 0
+    loop = asyncio.get_running_loop()
+    began = loop.time()
+    try:
+        with pytest.raises(follow.READ_FAILURES):
+            async with asyncio.timeout(follow.OUTAGE_GRACE_S + 5):
+                while True:
+                    assert await anext(batches) is None
+                    ticks += 1
+    finally:
+        await batches.aclose()
+        await away.aclose()
+    assert loop.time() - began >= follow.OUTAGE_GRACE_S
+    assert ticks == reads.count - 1  # every failed read ticked, except the one past the grace
+    most = 2 + follow.OUTAGE_GRACE_S / follow.RETRY_FIRST_S  # were every pause the shortest
+    assert 3 <= reads.count <= most, reads.count
