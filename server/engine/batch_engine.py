@@ -102,7 +102,9 @@ class BatchEngine:
         self._short_only_run = 0  # consecutive steps that left long prompts out
         self.prefill_chunk = model.options.prefill_chunk
         self._admissions = 0
-        self.copies = 0  # prefixes copied from a busy slot into a free one
+        self.copies = 0  # prefixes copied from another slot into the one a prompt takes
+        self.moves = 0  # kept prefixes copied out of the way of a prompt, into a free slot off the layout
+        self._moved: list[tuple[int, int]] = []  # those moves (from, to) not yet taken by `take_moves`
         self._last_order: list[int] = []  # the sequence ids of the last step's batch, in batch order
         self._kv_cells = 0  # llama.cpp's cells in use after the last decode (see `kv_usage`)
 
@@ -123,6 +125,12 @@ class BatchEngine:
 
     def _count_cells(self) -> None:
         self._kv_cells = sum(self.model.seq_cells(s.seq_id) for s in self._slots)
+
+    def take_moves(self) -> list[tuple[int, int]]:
+        """The kept caches that admissions moved out of their way since the last call, in order, as
+        (slot copied from, slot copied into): the slot a prompt takes is not always where its cache was."""
+        moved, self._moved = self._moved, []
+        return moved
 
     def request_ids(self) -> list[str]:
         return list(self._by_id)
@@ -175,6 +183,12 @@ class BatchEngine:
             raise InvalidRequestError(f"Invalid output constraint: {exc}.", param="response_format") from None
         placed = place(self._slots, tokens)
         slot, common = placed.slot, placed.cached
+        if placed.keep_in is not None:  # the slot's kept cache moves out of the way first
+            self.model.seq_copy(slot.seq_id, placed.keep_in.seq_id)
+            placed.keep_in.kv_tokens = slot.kv_tokens[:]
+            placed.keep_in.last_used = slot.last_used
+            self.moves += 1
+            self._moved.append((slot.seq_id, placed.keep_in.seq_id))
         if placed.copy_from is not None:
             self.model.seq_copy(placed.copy_from.seq_id, slot.seq_id)
             slot.kv_tokens = placed.copy_from.kv_tokens[:]

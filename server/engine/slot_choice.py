@@ -2,18 +2,23 @@
 
 A slot is one sequence of the llama.cpp context, with a KV stream of its own (a non-unified cache), and it
 keeps its cache after its request ends, so a later prompt sharing a prefix evaluates only the rest. Two
-things decide where a prompt goes:
+things decide where a prompt goes, the layout first:
 
-- the cache: the free slot holding the longest prefix of the prompt when that prefix is worth it, else an
-  empty slot, else the least recently used, so a new conversation does not overwrite another's kept
-  prefix for a few template tokens; and a prefix held by a busy slot is copied into a free one when it
-  saves at least `MIN_COPY_TOKENS` over the best free slot's own;
 - the layout: llama.cpp decodes only consecutive streams in one pass, so busy slots 0, 2, 4 and 6 cost
-  four passes over the model a step where 0-3 cost one (`benchmarks/seq_runs.py`). Among slots equal for
-  the cache, the one leaving the busy slots in the fewest runs of consecutive ids comes first, then the
-  narrower span (a gap the next admission can close), then the least recently used: a split costs every
-  running sequence a pass each step, a reused slot only the tail of a finished sequence beyond the
-  shared prefix.
+  four passes over the model a step where 0-3 cost one (`benchmarks/seq_runs.py`: a step of four
+  sequences in two runs takes 1.45x one run). A split costs every running sequence a pass each step for as
+  long as it lasts, so a prompt takes only a free slot that leaves the busy slots in the fewest runs of
+  consecutive ids (`tidy`). Before, a kept prefix came first: clients repeating one short prompt left it
+  in slots scattered among others' kept documents, and four of them then decoded in two runs (run 23 in
+  `benchmarks/RUNS.md`: 25.9 against 18.4 ms a step at four clients);
+- the cache, among the tidy slots: the one holding the longest prefix of the prompt when that prefix is
+  worth it, else an empty slot, else the least recently used, so a new conversation does not overwrite
+  another's kept prefix for a few template tokens; then the narrower span (a gap the next admission can
+  close), then the least recently used. A longer prefix held by any other slot, busy or free, is copied
+  into the tidy slot when it saves at least `MIN_COPY_TOKENS` over the slot's own; and a prefix of at
+  least `MIN_COPY_TOKENS` that the tidy slot would lose is first copied out to a free slot off the
+  layout holding less, so neither the layout nor another conversation's cache is given up (a copy moves a
+  whole KV stream: milliseconds, against a pass per step or a prompt evaluated again).
 """
 
 from __future__ import annotations
@@ -40,7 +45,8 @@ class Slot(Generic[S]):
 class Placement(Generic[S]):
     slot: Slot[S]
     cached: int  # prompt tokens its cache holds once placed (after the copy, if any)
-    copy_from: Slot[S] | None = None  # a busy slot whose cache is to be copied into `slot` first
+    copy_from: Slot[S] | None = None  # a slot whose cache is to be copied into `slot` first
+    keep_in: Slot[S] | None = None  # a free slot that `slot`'s kept cache is copied into before anything else
 
 
 def common_prefix(a: list[int], b: list[int]) -> int:
@@ -91,23 +97,42 @@ def place(slots: list[Slot[S]], tokens: list[int]) -> Placement[S]:
     free = [s for s in slots if s.seq is None]
     limit = len(tokens) - 1  # the last prompt token is always evaluated: its logits start the answer
     held = {slot.seq_id: common_prefix(slot.kv_tokens, tokens) for slot in slots}
+    layouts = {slot.seq_id: layout(slots, slot) for slot in free}
+    fewest = min(runs for runs, _span in layouts.values())
+    tidy = [s for s in free if layouts[s.seq_id][0] == fewest]
 
     def fresh(slot: Slot[S]) -> tuple[bool, tuple[int, int], int]:  # a slot taken without its prefix
-        return bool(slot.kv_tokens), layout(slots, slot), slot.last_used
+        return bool(slot.kv_tokens), layouts[slot.seq_id], slot.last_used
 
-    def reused(slot: Slot[S]) -> tuple[int, int, int, int]:
-        runs, span = layout(slots, slot)
-        return held[slot.seq_id], -runs, -span, -slot.last_used
+    def reused(slot: Slot[S]) -> tuple[int, int, int]:
+        return held[slot.seq_id], -layouts[slot.seq_id][1], -slot.last_used
 
-    best = max(free, key=reused)
+    best = max(tidy, key=reused)
     common = min(held[best.seq_id], limit)
     if common < MIN_COPY_TOKENS and 2 * common < len(tokens) and common < len(best.kv_tokens):
         # a few shared tokens (the chat template's opening) are not worth another conversation's kept
         # prefix: take an empty slot, else a kept one (by layout, then the least recently used)
-        best = min(free, key=fresh)
+        best = min(tidy, key=fresh)
         common = min(held[best.seq_id], limit)
     donor = max(slots, key=lambda s: held[s.seq_id])
     shared = min(held[donor.seq_id], limit)
-    if donor.seq is None or shared < common + MIN_COPY_TOKENS:
-        return Placement(best, common)
-    return Placement(min(free, key=fresh), shared, copy_from=donor)
+    if donor in tidy or shared < common + MIN_COPY_TOKENS:
+        placed = Placement(best, common)
+    else:
+        placed = Placement(min(tidy, key=fresh), shared, copy_from=donor)
+    return _keep_elsewhere(placed, [s for s in free if layouts[s.seq_id][0] > fewest], held)
+
+
+def _keep_elsewhere(placed: Placement[S], untidy: list[Slot[S]], held: dict[int, int]) -> Placement[S]:
+    """`placed`, with the kept prefix its slot would lose (a whole one of `MIN_COPY_TOKENS` or more) copied
+    first into the free slot off the layout that holds the least (empty first), when it holds less."""
+    slot = placed.slot
+    kept = len(slot.kv_tokens)
+    lost = kept if placed.copy_from is not None else kept - min(held[slot.seq_id], placed.cached)
+    if lost < MIN_COPY_TOKENS:
+        return placed
+    spares = [s for s in untidy if s is not placed.copy_from and len(s.kv_tokens) < kept]
+    if not spares:
+        return placed
+    spare = min(spares, key=lambda s: (len(s.kv_tokens), s.last_used))
+    return Placement(slot, placed.cached, placed.copy_from, keep_in=spare)

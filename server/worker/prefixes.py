@@ -19,6 +19,15 @@ class SlotPrefixes:
         self.ttl_s = max(2, int(ttl_s))
         self.slots: dict[int, list[affinity.Prefix]] = {}
 
+    def moved(self, source: int, target: int) -> None:
+        """The engine copied slot `source`'s cache into `target` (out of a new prompt's way,
+        `BatchEngine.take_moves`): `target` now holds what `source` held, and `target`'s own is gone."""
+        held = self.slots.pop(source, None)
+        if held is None:
+            self.slots.pop(target, None)
+        else:
+            self.slots[target] = held
+
     def admitted(self, slot: int, job: Job) -> list[Command]:
         """The slot now holds `job`'s prompt: the commands that publish what every slot holds."""
         self.slots[slot] = affinity.fingerprints(job)

@@ -308,6 +308,8 @@ class Worker:
         self._admit_waiting()
         # started, and what this worker's slots now hold (for cache-aware dispatch): written before the step
         started = replies.job_event(job, Started(attempt, self.config.worker_id, len(tokens)))
+        for source, target in self.engine.take_moves():  # kept caches the admissions moved aside
+            self.prefixes.moved(source, target)
         self.admissions.add(job.id, attempt, started + self.prefixes.admitted(slot, job))
 
     def _at_once(self, stream: str, entry_id: str, job: Job, attempt: int) -> None:

@@ -84,3 +84,32 @@ def test_the_busy_slot_is_not_copied_for_a_short_common_prefix(engine: BatchEngi
     engine.cancel("long")
     while engine.active():
         engine.step()
+
+
+def test_a_kept_document_in_the_way_of_the_layout_moves_to_another_slot_and_still_serves_its_follow_up() -> None:
+    """Four slots: the document's conversation left its prefix in slot 0, short chats in 1 and 2, and slot 1
+    is busy again. A new conversation takes slot 0 (beside the busy one; 3 would split the batch into two
+    runs), so the document moves to slot 3 first; the document's follow-up then has its prefix copied back
+    beside the busy slot, and its greedy text is what it was, evaluated from scratch."""
+    engine = smollm2_engine(parallel=4)
+    try:
+        follow_up = chat("How many boats are there in section 4?")
+        reference, _ = run_one(engine, "ref", follow_up)
+        doc_tokens = len(engine.chat_tokens([{"role": "system", "content": DOC}]))
+        poem = [{"role": "user", "content": "Write a long poem about rivers."}]
+        run_one(engine, "filler-1", poem)
+        run_one(engine, "filler-2", [{"role": "system", "content": "Answer in French."},
+                                     {"role": "user", "content": "Name a fruit."}])
+        start_generating(engine, "busy", poem)
+        assert engine.request_ids() == ["busy"] and engine.busy_runs() == 1
+        run_one(engine, "new", [{"role": "system", "content": "Be brief."},
+                                {"role": "user", "content": "Write a list of trees."}])
+        assert (engine.moves, engine.copies) == (1, 0)
+        assert engine.take_moves() == [(0, 3)] and engine.take_moves() == []
+        text, fin = run_one(engine, "again", follow_up)
+        assert engine.copies == 1  # from slot 3, off the layout, into the one beside the busy slot
+        assert fin.cached_tokens >= doc_tokens - 8, (fin.cached_tokens, doc_tokens)
+        assert text == reference, "the moved cache changed the greedy text"
+        assert engine.request_ids() == ["busy"]
+    finally:
+        engine.close()

@@ -161,19 +161,65 @@ def test_a_gap_in_the_busy_slots_is_closed_rather_than_widened() -> None:
     assert layout(table, second.slot) == (1, 4)
 
 
-def test_a_longer_kept_prefix_still_beats_a_better_layout() -> None:
+def test_a_short_kept_prefix_off_the_layout_does_not_split_the_busy_slots() -> None:
+    """Slot 6 holds the whole prompt, but taking it would make 0-2 and 6 two runs, a pass more every step
+    while they decode; evaluating 35 more prompt tokens in slot 3 costs less."""
     table = slots({0, 1, 2}, {3: PROMPT[:5], 6: [*PROMPT, 9]})
     chosen = place(table, [*PROMPT, 1])
-    assert (chosen.slot.seq_id, chosen.cached) == (6, len(PROMPT))
+    assert (chosen.slot.seq_id, chosen.cached, chosen.copy_from, chosen.keep_in) == (3, 5, None, None)
+    assert layout(table, chosen.slot) == (1, 4)
 
 
-def test_a_new_conversation_takes_an_empty_slot_before_a_kept_one_beside_the_busy_ones() -> None:
-    other = list(range(500, 540))  # another conversation's kept prefix, next to the busy slot
+def test_a_long_kept_prefix_off_the_layout_is_copied_into_the_slot_beside_the_busy_ones() -> None:
+    long_prompt = list(range(1000, 1000 + 2 * MIN_COPY_TOKENS))
+    table = slots({0, 1, 2}, {3: long_prompt[:5], 6: [*long_prompt, 9]})
+    chosen = place(table, [*long_prompt, 1])
+    assert (chosen.slot.seq_id, chosen.cached, chosen.copy_from) == (3, len(long_prompt), table[6])
+    assert chosen.keep_in is None  # slot 3's five tokens are not worth a copy
+
+
+def test_clients_of_one_short_prompt_left_among_kept_documents_start_in_one_run() -> None:
+    """What short chats after a mixed load leave: the prompt in slots 3, 4, 6 and 7 (each with an answer
+    after it), documents of other requests in 2 and 5. Four clients send the prompt at once: the first takes
+    a slot holding it, the others the slots beside it, never a gap; a document in the way moves out to a
+    slot off the layout rather than being lost."""
+    document = list(range(3000, 3000 + 4 * MIN_COPY_TOKENS))
+    held = {i: [*PROMPT, 50 + i] for i in (0, 1, 3, 4, 6, 7)}
+    table = slots(set(), {**held, 2: [*document, 2], 5: [*document, 5]},
+                  last_used={0: 1, 1: 2, 2: 3, 5: 4, 6: 5, 7: 6, 4: 7, 3: 8})
+    placements = []
+    for client in range(4):
+        chosen = place(table, [*PROMPT, 1])
+        placements.append(chosen)
+        if chosen.keep_in is not None:  # as the engine does: the kept cache first, then the prompt
+            chosen.keep_in.kv_tokens = chosen.slot.kv_tokens[:]
+        chosen.slot.kv_tokens = [*PROMPT, 1]
+        chosen.slot.seq = f"client {client}"
+    assert layout(table) == (1, 4), [p.slot.seq_id for p in placements]
+    assert placements[0].cached == len(PROMPT)
+    moved = [p for p in placements if p.keep_in is not None]
+    assert all(p.keep_in is not None and p.keep_in.seq is None for p in moved)
+    assert sum(s.kv_tokens[:len(document)] == document for s in table) == 2  # both documents kept
+
+
+def test_a_new_conversation_beside_the_busy_ones_moves_a_long_kept_prefix_out_of_its_way() -> None:
+    other = list(range(500, 500 + 2 * MIN_COPY_TOKENS))  # another conversation's kept prefix, beside the busy slot
     table = slots({0}, {1: other})
     chosen = place(table, PROMPT)
-    assert chosen.slot.seq_id == 2 and chosen.cached == 0  # empty, and beside slot 1 is not beside the busy one
-    table = slots({0}, {1: other, **{i: other for i in range(2, 8)}}, last_used={1: 5, 2: 1, 3: 2})
-    assert place(table, PROMPT).slot.seq_id == 1  # all kept: the one beside the busy slot
+    assert (chosen.slot.seq_id, chosen.cached) == (1, 0)
+    assert chosen.keep_in is not None and chosen.keep_in.seq_id in range(2, 8) and not chosen.keep_in.kv_tokens
+    short = slots({0}, {1: other[:40]})  # not worth a copy: overwritten
+    assert place(short, PROMPT).slot.seq_id == 1 and place(short, PROMPT).keep_in is None
+    full = slots({0}, {i: other for i in range(1, 8)}, last_used={1: 5, 2: 1, 3: 2})
+    chosen = place(full, PROMPT)  # every slot keeps as much: none to move it to
+    assert chosen.slot.seq_id == 1 and chosen.keep_in is None
+
+
+def test_with_nothing_busy_a_new_conversation_still_takes_an_empty_slot() -> None:
+    other = list(range(500, 500 + 2 * MIN_COPY_TOKENS))
+    table = slots(set(), {0: other, 1: other})
+    chosen = place(table, PROMPT)
+    assert chosen.slot.seq_id == 2 and chosen.keep_in is None and chosen.copy_from is None
 
 
 def test_a_busy_slots_longer_prefix_is_copied_into_the_free_slot_beside_it() -> None:

@@ -36,3 +36,15 @@ def test_each_slot_publishes_its_request_and_a_new_one_replaces_it() -> None:
     short = Job(id="s", model="m", kind="chat", enqueued_at=0, deadline=1, messages=[{"role": "user", "content": "Hi"}])
     assert published(prefixes.admitted(1, short)) == digests("heron")
     assert published(prefixes.admitted(0, short)) == set()
+
+
+def test_a_cache_moved_aside_is_published_where_it_went() -> None:
+    """The engine moved slot 0's cache into slot 2 (out of a new prompt's way): slot 2's old request is gone,
+    slot 0's is still held, and slot 0 now holds the new one."""
+    prefixes = SlotPrefixes("w1", ttl_s=5)
+    prefixes.admitted(0, job("wren"))
+    prefixes.admitted(2, job("alder"))
+    prefixes.moved(0, 2)
+    assert published(prefixes.admitted(0, job("heron"))) == digests("wren") | digests("heron")
+    prefixes.moved(5, 2)  # a slot with nothing published (the engine's own) moved over slot 2's
+    assert published(prefixes.admitted(0, job("heron"))) == digests("heron")
