@@ -15,10 +15,12 @@ things decide where a prompt goes, the layout first:
   worth it, else an empty slot, else the least recently used, so a new conversation does not overwrite
   another's kept prefix for a few template tokens; then the narrower span (a gap the next admission can
   close), then the least recently used. A longer prefix held by any other slot, busy or free, is copied
-  into the tidy slot when it saves at least `MIN_COPY_TOKENS` over the slot's own; and a prefix of at
-  least `MIN_COPY_TOKENS` that the tidy slot would lose is first copied out to a free slot off the
-  layout holding less, so neither the layout nor another conversation's cache is given up (a copy moves a
-  whole KV stream: milliseconds, against a pass per step or a prompt evaluated again).
+  into the tidy slot when it saves at least `MIN_COPY_TOKENS` over the slot's own; and another
+  conversation's kept prefix of at least `MIN_COPY_TOKENS` that the tidy slot would lose is first copied
+  out to an empty slot off the layout, when there is one, so neither the layout nor that cache is given up
+  (a copy moves a whole KV stream: milliseconds, against a pass per step or a prompt evaluated again).
+  Only to an empty slot: moving it over a kept one would give up that one's cache instead (run 23 in
+  `benchmarks/RUNS.md`: moves onto the slots of a repeated short prompt cost the mixed load its cache).
 """
 
 from __future__ import annotations
@@ -124,15 +126,13 @@ def place(slots: list[Slot[S]], tokens: list[int]) -> Placement[S]:
 
 
 def _keep_elsewhere(placed: Placement[S], untidy: list[Slot[S]], held: dict[int, int]) -> Placement[S]:
-    """`placed`, with the kept prefix its slot would lose (a whole one of `MIN_COPY_TOKENS` or more) copied
-    first into the free slot off the layout that holds the least (empty first), when it holds less."""
+    """`placed`, with its slot's kept prefix copied first into an empty slot off the layout when that prefix
+    is another conversation's (it shares fewer than `MIN_COPY_TOKENS` with the prompt) of at least
+    `MIN_COPY_TOKENS`: what the old placement kept by taking the empty slot (and splitting the batch), kept
+    by one copy. Only into an empty slot: a kept one may hold what another conversation comes back for,
+    and a tail after a shared prefix (a finished answer) is given up as before."""
     slot = placed.slot
-    kept = len(slot.kv_tokens)
-    lost = kept if placed.copy_from is not None else kept - min(held[slot.seq_id], placed.cached)
-    if lost < MIN_COPY_TOKENS:
+    if len(slot.kv_tokens) < MIN_COPY_TOKENS or held[slot.seq_id] >= MIN_COPY_TOKENS:
         return placed
-    spares = [s for s in untidy if s is not placed.copy_from and len(s.kv_tokens) < kept]
-    if not spares:
-        return placed
-    spare = min(spares, key=lambda s: (len(s.kv_tokens), s.last_used))
-    return Placement(slot, placed.cached, placed.copy_from, keep_in=spare)
+    spare = next((s for s in untidy if not s.kv_tokens), None)
+    return placed if spare is None else Placement(slot, placed.cached, placed.copy_from, keep_in=spare)

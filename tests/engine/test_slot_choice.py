@@ -179,10 +179,10 @@ def test_a_long_kept_prefix_off_the_layout_is_copied_into_the_slot_beside_the_bu
 
 
 def test_clients_of_one_short_prompt_left_among_kept_documents_start_in_one_run() -> None:
-    """What short chats after a mixed load leave: the prompt in slots 3, 4, 6 and 7 (each with an answer
-    after it), documents of other requests in 2 and 5. Four clients send the prompt at once: the first takes
-    a slot holding it, the others the slots beside it, never a gap; a document in the way moves out to a
-    slot off the layout rather than being lost."""
+    """What short chats after a mixed load leave: the prompt in slots 0, 1, 3, 4, 6 and 7 (each with an
+    answer after it), documents of other requests in 2 and 5. Four clients send the prompt at once: the
+    first takes a slot holding it, the others the slots beside it, never a gap. With no empty slot, a
+    document in the way is given up rather than moved over a slot holding the prompt."""
     document = list(range(3000, 3000 + 4 * MIN_COPY_TOKENS))
     held = {i: [*PROMPT, 50 + i] for i in (0, 1, 3, 4, 6, 7)}
     table = slots(set(), {**held, 2: [*document, 2], 5: [*document, 5]},
@@ -192,14 +192,15 @@ def test_clients_of_one_short_prompt_left_among_kept_documents_start_in_one_run(
         chosen = place(table, [*PROMPT, 1])
         placements.append(chosen)
         if chosen.keep_in is not None:  # as the engine does: the kept cache first, then the prompt
+            assert not chosen.keep_in.kv_tokens
             chosen.keep_in.kv_tokens = chosen.slot.kv_tokens[:]
         chosen.slot.kv_tokens = [*PROMPT, 1]
         chosen.slot.seq = f"client {client}"
     assert layout(table) == (1, 4), [p.slot.seq_id for p in placements]
     assert placements[0].cached == len(PROMPT)
-    moved = [p for p in placements if p.keep_in is not None]
-    assert all(p.keep_in is not None and p.keep_in.seq is None for p in moved)
-    assert sum(s.kv_tokens[:len(document)] == document for s in table) == 2  # both documents kept
+    assert all(p.keep_in is None for p in placements)
+    assert sum(s.kv_tokens[:len(document)] == document for s in table) >= 1
+    assert sum(s.kv_tokens[:len(PROMPT)] == PROMPT for s in table) >= 6
 
 
 def test_a_new_conversation_beside_the_busy_ones_moves_a_long_kept_prefix_out_of_its_way() -> None:
