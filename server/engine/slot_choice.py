@@ -15,7 +15,7 @@ things decide where a prompt goes, the layout first:
   worth it, else an empty slot, else the least recently used, so a new conversation does not overwrite
   another's kept prefix for a few template tokens; then the narrower span (a gap the next admission can
   close), then the least recently used. A longer prefix held by any other slot, busy or free, is copied
-  into the tidy slot when it saves at least `MIN_COPY_TOKENS` over the slot's own; and another
+  into the tidy slot when it saves at least `COPY_IN_TOKENS` over the slot's own; and another
   conversation's kept prefix of at least `MIN_COPY_TOKENS` that the tidy slot would lose is first copied
   out to an empty slot off the layout, when there is one, so neither the layout nor that cache is given up
   (a copy moves a whole KV stream: milliseconds, against a pass per step or a prompt evaluated again).
@@ -28,9 +28,13 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-# A busy slot's prefix is copied into a free slot only when it saves at least this many tokens over the best
-# free slot's own prefix (a copy moves the whole KV stream of a sequence; a few tokens are cheaper to evaluate).
+# Another conversation's kept prefix of at least this many tokens is worth keeping: a new prompt sharing fewer
+# with it takes an empty slot before it, and moves it to an empty slot rather than lose it.
 MIN_COPY_TOKENS = 64
+# A prefix held elsewhere is copied into the slot a prompt takes when it saves at least this many tokens over
+# the slot's own: a copy of SmolLM2's 2,048-cell stream adds 3.3 ms to a step here (`benchmarks/RUNS.md`, runs
+# 23-25), evaluating the bench's 48-token chat prompt in a step with three decoding sequences ~20 ms.
+COPY_IN_TOKENS = 16
 
 S = TypeVar("S")
 
@@ -118,7 +122,7 @@ def place(slots: list[Slot[S]], tokens: list[int]) -> Placement[S]:
         common = min(held[best.seq_id], limit)
     donor = max(slots, key=lambda s: held[s.seq_id])
     shared = min(held[donor.seq_id], limit)
-    if donor in tidy or shared < common + MIN_COPY_TOKENS:
+    if donor in tidy or shared < common + COPY_IN_TOKENS:
         placed = Placement(best, common)
     else:
         placed = Placement(min(tidy, key=fresh), shared, copy_from=donor)

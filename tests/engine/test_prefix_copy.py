@@ -76,9 +76,12 @@ def test_a_follow_up_right_after_a_hang_up_reuses_the_cancelled_prefix(engine: B
 
 
 def test_the_busy_slot_is_not_copied_for_a_short_common_prefix(engine: BatchEngine) -> None:
-    start_generating(engine, "long", [{"role": "user", "content": "Write a poem about rivers."}])
+    """The two prompts share the template's opening and no more, as every free slot does."""
+    start_generating(engine, "long", [{"role": "system", "content": "Be brief."},
+                                      {"role": "user", "content": "Write a poem about rivers."}])
     copies = engine.copies
-    _, fin = run_one(engine, "other", [{"role": "user", "content": "Write a list of fruits."}])
+    _, fin = run_one(engine, "other", [{"role": "system", "content": "Answer in French."},
+                                       {"role": "user", "content": "Write a list of fruits."}])
     assert engine.copies == copies
     assert fin.cached_tokens < 64
     engine.cancel("long")

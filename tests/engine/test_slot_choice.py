@@ -8,7 +8,7 @@ from __future__ import annotations
 import random
 
 from server.engine.batch_engine import BatchEngine
-from server.engine.slot_choice import MIN_COPY_TOKENS, Slot, common_prefix, layout, place, split_passes
+from server.engine.slot_choice import COPY_IN_TOKENS, MIN_COPY_TOKENS, Slot, common_prefix, layout, place, split_passes
 from server.queue.messages import SamplingParams
 from tests.engine_helpers import smollm2_engine
 
@@ -161,13 +161,20 @@ def test_a_gap_in_the_busy_slots_is_closed_rather_than_widened() -> None:
     assert layout(table, second.slot) == (1, 4)
 
 
-def test_a_short_kept_prefix_off_the_layout_does_not_split_the_busy_slots() -> None:
+def test_a_kept_prefix_off_the_layout_is_copied_beside_the_busy_ones_rather_than_splitting_them() -> None:
     """Slot 6 holds the whole prompt, but taking it would make 0-2 and 6 two runs, a pass more every step
-    while they decode; evaluating 35 more prompt tokens in slot 3 costs less."""
+    while they decode: slot 3 takes the prompt, with slot 6's cache copied in (35 tokens saved)."""
     table = slots({0, 1, 2}, {3: PROMPT[:5], 6: [*PROMPT, 9]})
     chosen = place(table, [*PROMPT, 1])
-    assert (chosen.slot.seq_id, chosen.cached, chosen.copy_from, chosen.keep_in) == (3, 5, None, None)
+    assert (chosen.slot.seq_id, chosen.cached, chosen.copy_from, chosen.keep_in) == (3, len(PROMPT), table[6], None)
     assert layout(table, chosen.slot) == (1, 4)
+
+
+def test_a_prefix_off_the_layout_saving_a_few_tokens_is_not_copied() -> None:
+    few = 5 + COPY_IN_TOKENS - 1
+    table = slots({0, 1, 2}, {3: PROMPT[:5], 6: PROMPT[:few]})
+    chosen = place(table, [*PROMPT, 1])
+    assert (chosen.slot.seq_id, chosen.cached, chosen.copy_from, chosen.keep_in) == (3, 5, None, None)
 
 
 def test_a_long_kept_prefix_off_the_layout_is_copied_into_the_slot_beside_the_busy_ones() -> None:
