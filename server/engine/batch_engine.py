@@ -103,8 +103,7 @@ class BatchEngine:
         self.prefill_chunk = model.options.prefill_chunk
         self._admissions = 0
         self.copies = 0  # prefixes copied from another slot into the one a prompt takes
-        self.moves = 0  # kept prefixes copied out of the way of a prompt, into a free slot off the layout
-        self._moved: list[tuple[int, int]] = []  # those moves (from, to) not yet taken by `take_moves`
+        self._moved: list[tuple[int, int]] = []  # kept caches copied out of a prompt's way, not yet taken
         self._last_order: list[int] = []  # the sequence ids of the last step's batch, in batch order
         self._kv_cells = 0  # llama.cpp's cells in use after the last decode (see `kv_usage`)
 
@@ -187,7 +186,6 @@ class BatchEngine:
             self.model.seq_copy(slot.seq_id, placed.keep_in.seq_id)
             placed.keep_in.kv_tokens = slot.kv_tokens[:]
             placed.keep_in.last_used = slot.last_used
-            self.moves += 1
             self._moved.append((slot.seq_id, placed.keep_in.seq_id))
         if placed.copy_from is not None:
             self.model.seq_copy(placed.copy_from.seq_id, slot.seq_id)

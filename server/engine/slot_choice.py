@@ -16,7 +16,7 @@ things decide where a prompt goes, the layout first:
   another's kept prefix for a few template tokens; then the narrower span (a gap the next admission can
   close), then the least recently used. A longer prefix held by any other slot, busy or free, is copied
   into the tidy slot when it saves at least `COPY_IN_TOKENS` over the slot's own; and another
-  conversation's kept prefix of at least `MIN_COPY_TOKENS` that the tidy slot would lose is first copied
+  conversation's kept prefix of at least `KEPT_PREFIX_TOKENS` that the tidy slot would lose is first copied
   out to an empty slot off the layout, when there is one, so neither the layout nor that cache is given up
   (a copy moves a whole KV stream: milliseconds, against a pass per step or a prompt evaluated again).
   Only to an empty slot: moving it over a kept one would give up that one's cache instead (run 23 in
@@ -30,7 +30,7 @@ from typing import Generic, TypeVar
 
 # Another conversation's kept prefix of at least this many tokens is worth keeping: a new prompt sharing fewer
 # with it takes an empty slot before it, and moves it to an empty slot rather than lose it.
-MIN_COPY_TOKENS = 64
+KEPT_PREFIX_TOKENS = 64
 # A prefix held elsewhere is copied into the slot a prompt takes when it saves at least this many tokens over
 # the slot's own: a copy of SmolLM2's 2,048-cell stream adds 3.3 ms to a step here (`benchmarks/RUNS.md`, runs
 # 23-25), evaluating the bench's 48-token chat prompt in a step with three decoding sequences ~20 ms.
@@ -115,7 +115,7 @@ def place(slots: list[Slot[S]], tokens: list[int]) -> Placement[S]:
 
     best = max(tidy, key=reused)
     common = min(held[best.seq_id], limit)
-    if common < MIN_COPY_TOKENS and 2 * common < len(tokens) and common < len(best.kv_tokens):
+    if common < KEPT_PREFIX_TOKENS and 2 * common < len(tokens) and common < len(best.kv_tokens):
         # a few shared tokens (the chat template's opening) are not worth another conversation's kept
         # prefix: take an empty slot, else a kept one (by layout, then the least recently used)
         best = min(tidy, key=fresh)
@@ -131,12 +131,11 @@ def place(slots: list[Slot[S]], tokens: list[int]) -> Placement[S]:
 
 def _keep_elsewhere(placed: Placement[S], untidy: list[Slot[S]], held: dict[int, int]) -> Placement[S]:
     """`placed`, with its slot's kept prefix copied first into an empty slot off the layout when that prefix
-    is another conversation's (it shares fewer than `MIN_COPY_TOKENS` with the prompt) of at least
-    `MIN_COPY_TOKENS`: what the old placement kept by taking the empty slot (and splitting the batch), kept
-    by one copy. Only into an empty slot: a kept one may hold what another conversation comes back for,
-    and a tail after a shared prefix (a finished answer) is given up as before."""
+    is another conversation's (it shares fewer than `KEPT_PREFIX_TOKENS` with the prompt) of at least
+    `KEPT_PREFIX_TOKENS`. Only into an empty slot: a kept one may hold what another conversation comes back
+    for; and the tail after a shared prefix (a finished answer) is given up, as a reused slot always gave it."""
     slot = placed.slot
-    if len(slot.kv_tokens) < MIN_COPY_TOKENS or held[slot.seq_id] >= MIN_COPY_TOKENS:
+    if len(slot.kv_tokens) < KEPT_PREFIX_TOKENS or held[slot.seq_id] >= KEPT_PREFIX_TOKENS:
         return placed
     spare = next((s for s in untidy if not s.kv_tokens), None)
     return placed if spare is None else Placement(slot, placed.cached, placed.copy_from, keep_in=spare)

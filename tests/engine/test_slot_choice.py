@@ -8,7 +8,15 @@ from __future__ import annotations
 import random
 
 from server.engine.batch_engine import BatchEngine
-from server.engine.slot_choice import COPY_IN_TOKENS, MIN_COPY_TOKENS, Slot, common_prefix, layout, place, split_passes
+from server.engine.slot_choice import (
+    COPY_IN_TOKENS,
+    KEPT_PREFIX_TOKENS,
+    Slot,
+    common_prefix,
+    layout,
+    place,
+    split_passes,
+)
 from server.queue.messages import SamplingParams
 from tests.engine_helpers import smollm2_engine
 
@@ -178,7 +186,7 @@ def test_a_prefix_off_the_layout_saving_a_few_tokens_is_not_copied() -> None:
 
 
 def test_a_long_kept_prefix_off_the_layout_is_copied_into_the_slot_beside_the_busy_ones() -> None:
-    long_prompt = list(range(1000, 1000 + 2 * MIN_COPY_TOKENS))
+    long_prompt = list(range(1000, 1000 + 2 * KEPT_PREFIX_TOKENS))
     table = slots({0, 1, 2}, {3: long_prompt[:5], 6: [*long_prompt, 9]})
     chosen = place(table, [*long_prompt, 1])
     assert (chosen.slot.seq_id, chosen.cached, chosen.copy_from) == (3, len(long_prompt), table[6])
@@ -190,7 +198,7 @@ def test_clients_of_one_short_prompt_left_among_kept_documents_start_in_one_run(
     answer after it), documents of other requests in 2 and 5. Four clients send the prompt at once: the
     first takes a slot holding it, the others the slots beside it, never a gap. With no empty slot, a
     document in the way is given up rather than moved over a slot holding the prompt."""
-    document = list(range(3000, 3000 + 4 * MIN_COPY_TOKENS))
+    document = list(range(3000, 3000 + 4 * KEPT_PREFIX_TOKENS))
     held = {i: [*PROMPT, 50 + i] for i in (0, 1, 3, 4, 6, 7)}
     table = slots(set(), {**held, 2: [*document, 2], 5: [*document, 5]},
                   last_used={0: 1, 1: 2, 2: 3, 5: 4, 6: 5, 7: 6, 4: 7, 3: 8})
@@ -211,7 +219,7 @@ def test_clients_of_one_short_prompt_left_among_kept_documents_start_in_one_run(
 
 
 def test_a_new_conversation_beside_the_busy_ones_moves_a_long_kept_prefix_out_of_its_way() -> None:
-    other = list(range(500, 500 + 2 * MIN_COPY_TOKENS))  # another conversation's kept prefix, beside the busy slot
+    other = list(range(500, 500 + 2 * KEPT_PREFIX_TOKENS))  # another conversation's kept prefix, beside the busy slot
     table = slots({0}, {1: other})
     chosen = place(table, PROMPT)
     assert (chosen.slot.seq_id, chosen.cached) == (1, 0)
@@ -224,14 +232,14 @@ def test_a_new_conversation_beside_the_busy_ones_moves_a_long_kept_prefix_out_of
 
 
 def test_with_nothing_busy_a_new_conversation_still_takes_an_empty_slot() -> None:
-    other = list(range(500, 500 + 2 * MIN_COPY_TOKENS))
+    other = list(range(500, 500 + 2 * KEPT_PREFIX_TOKENS))
     table = slots(set(), {0: other, 1: other})
     chosen = place(table, PROMPT)
     assert chosen.slot.seq_id == 2 and chosen.keep_in is None and chosen.copy_from is None
 
 
 def test_a_busy_slots_longer_prefix_is_copied_into_the_free_slot_beside_it() -> None:
-    long_prompt = list(range(1000, 1000 + 2 * MIN_COPY_TOKENS))
+    long_prompt = list(range(1000, 1000 + 2 * KEPT_PREFIX_TOKENS))
     table = slots({5}, {5: long_prompt})
     chosen = place(table, [*long_prompt, 1])
     assert chosen.copy_from is table[5] and chosen.cached == len(long_prompt)
