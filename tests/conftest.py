@@ -9,12 +9,13 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import pytest
+import redis.asyncio as aioredis
 
 from server.embedded_redis import EmbeddedRedis, free_port
 
@@ -74,6 +75,14 @@ def redis_url() -> Iterator[str]:
         return
     with EmbeddedRedis() as server:
         yield server.url
+
+
+@pytest.fixture
+async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
+    """An asyncio client of the session's Redis, closed after the test."""
+    client = aioredis.Redis.from_url(redis_url)
+    yield client
+    await client.aclose()
 
 
 @dataclass

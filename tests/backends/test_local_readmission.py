@@ -29,21 +29,14 @@ READMITTED = "no worker holds it after its start; admitted again"
 
 
 @pytest.fixture
-async def r(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
-async def started(redis_url: str, r: aioredis.Redis) -> AsyncIterator[tuple[Job, LocalGeneration]]:
+async def started(redis_url: str, redis_client: aioredis.Redis) -> AsyncIterator[tuple[Job, LocalGeneration]]:
     """A job submitted through the backend, started by worker w1 (which beats its heartbeat throughout)."""
     queue = QueueClient(redis_url)
     job, gen = await submitted(queue)
-    beating = asyncio.create_task(heartbeat(r, job.model))
+    beating = asyncio.create_task(heartbeat(redis_client, job.model))
     try:
-        await r.set(keys.job_running(job.id), 1, ex=600)
-        await r.xadd(keys.response_stream(job.id), encode_event(STARTED))
+        await redis_client.set(keys.job_running(job.id), 1, ex=600)
+        await redis_client.xadd(keys.response_stream(job.id), encode_event(STARTED))
         await gen.start()
         yield job, gen
     finally:
@@ -97,52 +90,52 @@ async def text_of(gen: LocalGeneration) -> str:
 
 
 async def test_a_job_redis_lost_is_queued_again_though_its_worker_lives(
-        r: aioredis.Redis, started: tuple[Job, LocalGeneration]) -> None:
+        redis_client: aioredis.Redis, started: tuple[Job, LocalGeneration]) -> None:
     job, gen = started
-    [first] = await queued(r, job)
+    [first] = await queued(redis_client, job)
     reading = asyncio.create_task(text_of(gen))
     # the failover: the new master never had the job, its admitted mark nor its running mark
-    await r.delete(keys.request_stream(job.model), keys.job_admitted(job.id), keys.job_running(job.id))
+    await redis_client.delete(keys.request_stream(job.model), keys.job_admitted(job.id), keys.job_running(job.id))
 
     async def queued_again() -> bool:
-        return bool(await queued(r, job))
+        return bool(await queued(redis_client, job))
     await wait_for(queued_again, what="the job queued again")
-    [again] = await queued(r, job)
+    [again] = await queued(redis_client, job)
     assert again != first and not reading.done()
-    await answer(r, job, "hello")
+    await answer(redis_client, job, "hello")
     assert await asyncio.wait_for(reading, 10) == "hello"
 
 
 async def test_a_job_still_queued_is_not_queued_twice(
-        r: aioredis.Redis, started: tuple[Job, LocalGeneration], caplog: pytest.LogCaptureFixture) -> None:
+        redis_client: aioredis.Redis, started: tuple[Job, LocalGeneration], caplog: pytest.LogCaptureFixture) -> None:
     job, gen = started
-    [first] = await queued(r, job)
+    [first] = await queued(redis_client, job)
     reading = asyncio.create_task(text_of(gen))
     # its worker dropped it in an outage (its running mark taken back); the job and its admitted mark stay
-    await r.delete(keys.job_running(job.id))
+    await redis_client.delete(keys.job_running(job.id))
     with caplog.at_level(logging.INFO, logger="slm.queue"):
 
         async def admitted_again() -> bool:
             return any(READMITTED in record.getMessage() for record in caplog.records)
         await wait_for(admitted_again, what="the admission run again")
-    assert await queued(r, job) == [first] and not reading.done()  # a no-op: the lease's lapse redelivers it
-    await answer(r, job, "once")
+    assert await queued(redis_client, job) == [first] and not reading.done()  # a no-op: the lease's lapse redelivers it
+    await answer(redis_client, job, "once")
     assert await asyncio.wait_for(reading, 10) == "once"
 
 
 async def test_a_job_its_worker_holds_is_left_to_it(
-        r: aioredis.Redis, started: tuple[Job, LocalGeneration], caplog: pytest.LogCaptureFixture) -> None:
+        redis_client: aioredis.Redis, started: tuple[Job, LocalGeneration], caplog: pytest.LogCaptureFixture) -> None:
     job, gen = started
     reading = asyncio.create_task(text_of(gen))
     with caplog.at_level(logging.INFO, logger="slm.queue"):
         done, _ = await asyncio.wait({reading}, timeout=4 * (STALL_S + 2 * LEASE_S))  # a long prompt's silence
         assert not done and not any(READMITTED in record.getMessage() for record in caplog.records)
-    await answer(r, job, "held")
+    await answer(redis_client, job, "held")
     assert await asyncio.wait_for(reading, 10) == "held"
 
 
 async def test_a_job_lost_before_its_start_is_queued_again_once_the_feed_is_back(
-        redis_url: str, r: aioredis.Redis) -> None:
+        redis_url: str, redis_client: aioredis.Redis) -> None:
     queue = QueueClient(redis_url)
     job, gen = await submitted(queue)
     assert queue.feed is not None
@@ -156,13 +149,13 @@ async def test_a_job_lost_before_its_start_is_queued_again_once_the_feed_is_back
         starting = asyncio.create_task(gen.start())
         # a failover before the job reached the replica: the job and its admitted mark are gone, and the
         # feed's connection with the old master
-        await r.delete(keys.request_stream(job.model), keys.job_admitted(job.id))
-        await r.client_kill_filter(_type="pubsub")
+        await redis_client.delete(keys.request_stream(job.model), keys.job_admitted(job.id))
+        await redis_client.client_kill_filter(_type="pubsub")
 
         async def queued_again() -> bool:
-            return feed.generation > generation and bool(await queued(r, job))
+            return feed.generation > generation and bool(await queued(redis_client, job))
         await wait_for(queued_again, what="the job queued again under a new subscription")
-        await answer(r, job, "after")
+        await answer(redis_client, job, "after")
         await asyncio.wait_for(starting, 10)
         assert await asyncio.wait_for(text_of(gen), 10) == "after"
     finally:

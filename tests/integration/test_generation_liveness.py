@@ -26,13 +26,6 @@ LEASE_S = 0.1  # the wait before the first token: STALL_S + 2 * LEASE_S = 0.4 s
 
 
 @pytest.fixture
-async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
-    client = aioredis.Redis.from_url(redis_url)
-    yield client
-    await client.aclose()
-
-
-@pytest.fixture
 async def queue(redis_url: str) -> AsyncIterator[QueueClient]:
     client = QueueClient(redis_url)
     yield client
