@@ -13,7 +13,11 @@ A worker computes the same fingerprints for every request it admits and publishe
 slots hold (`keys.worker_prefixes`, a set refreshed with its heartbeat). Admission (`ADMIT`, one Lua
 script: atomic, one round trip, as before) adds the job to the own stream of the live, undrained worker
 holding the job's longest published prefix when that worker has a free slot (slots less its pending
-entries on the shared stream less its own stream's length), else to the model's shared stream.
+entries on the shared stream less its own stream's length), else to the model's shared stream; but when
+a free worker's free slots all keep other conversations (the slot it took would lose one) while another
+worker has a slot keeping nothing to spare, a job no worker holds goes to that one's own stream: a burst
+of new conversations then fills empty slots before it overwrites a conversation whose next turn may be
+on its way (with the shared stream, whichever worker read first took it).
 
 A worker reads its own stream before the shared one (`server/worker/intake.py`). What waits in a
 worker's own stream longer than `STEAL_AFTER_S` (its worker frozen, dead, or filled by the shared
@@ -35,6 +39,7 @@ PROMPT_CHUNK_CHARS = 1024  # a completion prompt's prefixes: whole chunks of thi
 PUBLISHED_PER_SLOT = 16  # a slot's longest prefixes a worker publishes
 MATCHED_PER_JOB = 32  # a job's longest prefixes the gateway looks for
 STEAL_AFTER_S = 0.5  # an entry waiting this long in another worker's own stream may be taken by anyone
+SLOT_KINDS = ("chat", "completion")  # the jobs that take a slot (and may overwrite what it keeps)
 
 
 @dataclass(frozen=True)
@@ -81,8 +86,11 @@ def held(slots: dict[int, list[Prefix]]) -> set[str]:
 # KEYS: shared stream, the model's dispatch workers (set), heartbeats (zset), the job's admitted mark.
 # ARGV: max backlog, field, payload, own-stream prefix, worker-info prefix, prefixes prefix, heartbeat ttl,
 #       group, mark ttl, holder only (1: the fair queue's gateways place a job here only on a holder with a
-#       free slot), then the job's prefix digests shortest first. Returns {stream, entry id}; false when full,
-#       or (holder only) when no holder can take it.
+#       free slot), takes a slot (1: a chat or completion, with dispatch on), then the job's prefix digests
+#       shortest first. Returns {stream, entry id}; false when full, or (holder only) when no worker takes it.
+# A job no free worker holds a prefix of goes to the shared stream, unless a live worker's free slots all keep
+# other conversations (`kept`, `worker/prefixes.py`: the one it took would lose its cache) while another's
+# has a slot keeping nothing to spare: then to that one's own stream (the most such slots wins).
 # Idempotent: a retried admission whose reply was lost finds its mark and queues nothing twice.
 ADMIT = """
 local prior = redis.call('GET', KEYS[4])
@@ -93,7 +101,7 @@ for _, w in ipairs(members) do depth = depth + redis.call('XLEN', ARGV[4] .. w) 
 if depth >= tonumber(ARGV[1]) then return false end
 local target = KEYS[1]
 local holder = nil
-if #ARGV > 10 and #members > 1 then
+if ARGV[11] == '1' and #members > 1 then
   local now = redis.call('TIME')
   local oldest = tonumber(now[1]) - tonumber(ARGV[7])
   local busy = {}
@@ -102,23 +110,27 @@ if #ARGV > 10 and #members > 1 then
     for _, c in ipairs(summary[4]) do busy[c[1]] = tonumber(c[2]) end
   end
   local best = 0
+  local roomy, most_empty, crowded = nil, 0, false
   for _, w in ipairs(members) do
     local beat = redis.call('ZSCORE', KEYS[3], w)
-    local info = redis.call('HMGET', ARGV[5] .. w, 'slots', 'draining')
+    local info = redis.call('HMGET', ARGV[5] .. w, 'slots', 'draining', 'kept')
     if beat and tonumber(beat) >= oldest and info[1] and info[2] ~= '1' then
-      for i = #ARGV, 11 + best, -1 do
-        if redis.call('SISMEMBER', ARGV[6] .. w, ARGV[i]) == 1 then
-          local own = ARGV[4] .. w
-          if tonumber(info[1]) - (busy[w] or 0) - redis.call('XLEN', own) > 0 then
-            best = i - 10
-            target = own
+      local used = (busy[w] or 0) + redis.call('XLEN', ARGV[4] .. w)
+      if tonumber(info[1]) - used > 0 then
+        for i = #ARGV, 12 + best, -1 do
+          if redis.call('SISMEMBER', ARGV[6] .. w, ARGV[i]) == 1 then
+            best = i - 11
             holder = w
+            break
           end
-          break
         end
+        local empty = tonumber(info[1]) - math.max(tonumber(info[3] or '0'), used)
+        if empty > most_empty then roomy, most_empty = w, empty elseif empty <= 0 then crowded = true end
       end
     end
   end
+  if holder == nil and crowded then holder = roomy end
+  if holder ~= nil then target = ARGV[4] .. holder end
 end
 if holder == nil and ARGV[10] == '1' then return false end
 local id = redis.call('XADD', target, '*', ARGV[2], ARGV[3])

@@ -187,7 +187,8 @@ class QueueClient:
             # in one round trip: the fair one finds the holder's admitted mark and queues nothing twice
             affinity_args = [max_queue, field, payload, keys.worker_stream(model, ""), keys.worker_info(""),
                              keys.worker_prefixes(""), self.heartbeat_ttl_s, keys.GROUP, ADMITTED_TTL_S,
-                             0 if fairness is None else 1, *prefixes]
+                             0 if fairness is None else 1,
+                             int(self.cache_aware and job.kind in affinity.SLOT_KINDS), *prefixes]
             affinity_keys = [stream, keys.dispatch_workers(model), keys.worker_heartbeats(model), mark]
             if fairness is None:
                 entry: Any = await self._admit(keys=affinity_keys, args=affinity_args) or None

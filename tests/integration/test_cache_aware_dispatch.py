@@ -123,10 +123,13 @@ def last_id(setup: Setup, stream: str) -> str:
     return str(setup.redis.xinfo_stream(stream)["last-generated-id"].decode())
 
 
-def own_stream(setup: Setup, pid: int) -> str:
+def worker_id(setup: Setup, pid: int) -> str:
     members = [w.decode() for w in setup.redis.smembers(keys.dispatch_workers("tiny"))]
-    worker_id = next(w for w in members if f"-{pid}-" in w)
-    return keys.worker_stream("tiny", worker_id)
+    return next(w for w in members if f"-{pid}-" in w)
+
+
+def own_stream(setup: Setup, pid: int) -> str:
+    return keys.worker_stream("tiny", worker_id(setup, pid))
 
 
 def test_follow_ups_land_on_the_worker_holding_their_prefix_and_a_burst_spreads(setup: Setup) -> None:
@@ -134,11 +137,18 @@ def test_follow_ups_land_on_the_worker_holding_their_prefix_and_a_burst_spreads(
     with ThreadPoolExecutor(4) as pool:  # a burst of four new conversations: both workers take some
         firsts = list(pool.map(lambda n: ask(setup, first_turn(n)), names))
     assert {t.worker_pid for t in firsts} == set(setup.workers), [t.worker_pid for t in firsts]
+    # each worker tells the gateway how many of its slots keep a conversation: a new one is steered to
+    # a slot keeping nothing before one that would overwrite these
+    for pid in setup.workers:
+        kept = setup.redis.hget(keys.worker_info(worker_id(setup, pid)), "kept")
+        assert kept is not None and int(kept) == min(sum(t.worker_pid == pid for t in firsts), SLOTS), firsts
     shared_last = last_id(setup, keys.request_stream("tiny"))
     with ThreadPoolExecutor(4) as pool:  # each next turn: the worker that served the first, its prefix reused
         seconds = list(pool.map(lambda i: ask(setup, next_turn(first_turn(names[i]), firsts[i].text)), range(4)))
     # A worker that took three of the burst (one finished before the other worker woke) kept two of them: its
-    # two slots. Every conversation it still holds comes back to it and finds its prefix.
+    # two slots. Every conversation it still holds comes back to it and finds its prefix; the one it lost goes
+    # to the other worker's slot keeping nothing, not to the shared stream, where this worker could read it
+    # before the turns it holds and overwrite one of them (seen once in a full run before `kept`).
     for pid in setup.workers:
         served = [i for i, first in enumerate(firsts) if first.worker_pid == pid]
         back = [i for i in served if seconds[i].worker_pid == pid

@@ -95,12 +95,14 @@ class Model:
         return f"{self.name}-{name}"
 
     def worker(self, name: str, *, slots: int = 2, holds: list[Any] | None = None, beat_age_s: float = 0.0,
-               draining: bool = False) -> None:
+               draining: bool = False, kept: int | None = None) -> None:
+        """`kept`: its slots keeping a conversation (default: one if it `holds` one, else none)."""
         worker_id = self.id(name)
         self.r.xgroup_create(keys.worker_stream(self.name, worker_id), keys.GROUP, id="0", mkstream=True)
         self.r.sadd(keys.dispatch_workers(self.name), worker_id)
         self.r.zadd(keys.worker_heartbeats(self.name), {worker_id: time.time() - beat_age_s})
-        self.r.hset(keys.worker_info(worker_id), mapping={"slots": slots, "draining": int(draining)})
+        kept = (1 if holds else 0) if kept is None else kept
+        self.r.hset(keys.worker_info(worker_id), mapping={"slots": slots, "draining": int(draining), "kept": kept})
         digests = [p.digest for p in affinity.fingerprints(chat_job(self.name, holds))] if holds else []
         if digests:
             self.r.sadd(keys.worker_prefixes(worker_id), *digests)
@@ -146,6 +148,38 @@ def test_a_new_conversation_goes_to_the_shared_stream(model: Model) -> None:
     model.worker("a", holds=conversation())
     model.worker("b")
     assert model.submit(conversation(DOC.replace("Wren", "Kestrel"))) == model.shared
+
+
+def test_a_new_conversation_takes_a_slot_keeping_nothing_before_one_keeping_another(model: Model) -> None:
+    """Worker a's free slots both keep conversations (their next turns may be on their way); b keeps one of
+    its two. On the shared stream a could take a new conversation and overwrite one of its own: it goes to b."""
+    model.worker("a", holds=conversation(), kept=2)
+    model.worker("b", holds=conversation(DOC.replace("Wren", "Alder")), kept=1)
+    assert model.submit(conversation(DOC.replace("Wren", "Kestrel"))) == model.own("b")
+    assert model.submit([{"role": "user", "content": "Hi"}]) == model.own("b")  # a short chat takes a slot too
+    assert model.submit(conversation(DOC.replace("Wren", "Heron"))) == model.shared  # b's slots are spoken for
+    # a follow-up still goes to the worker holding it
+    assert model.submit(follow_up(conversation())) == model.own("a")
+
+
+def test_the_worker_with_the_most_slots_keeping_nothing_takes_it(model: Model) -> None:
+    model.worker("a", kept=2)
+    model.worker("b", slots=4, kept=3)
+    model.worker("c", slots=4, kept=1)
+    assert model.submit(conversation(DOC.replace("Wren", "Kestrel"))) == model.own("c")
+
+
+def test_with_no_slot_at_risk_or_none_to_spare_a_new_conversation_goes_to_the_shared_stream(model: Model) -> None:
+    model.worker("a", kept=1)  # a slot keeping nothing: no kept conversation is at risk
+    model.worker("b", kept=0)
+    assert model.submit(conversation(DOC.replace("Wren", "Kestrel"))) == model.shared
+    model.worker("c", kept=2)  # now c's are at risk, but nobody has a free slot keeping nothing
+    model.busy("a", 2)
+    model.busy("b", 2)
+    assert model.submit(conversation(DOC.replace("Wren", "Heron"))) == model.shared
+    model.worker("d", kept=0)  # and with dispatch off, never steered
+    assert model.submit(conversation(DOC.replace("Wren", "Tern")), cache_aware=False) == model.shared
+    assert model.submit(conversation(DOC.replace("Wren", "Tern"))) == model.own("d")
 
 
 def test_a_holder_without_a_free_slot_is_passed_over(model: Model) -> None:

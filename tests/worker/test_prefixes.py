@@ -48,3 +48,20 @@ def test_a_cache_moved_aside_is_published_where_it_went() -> None:
     assert published(prefixes.admitted(0, job("heron"))) == digests("wren") | digests("heron")
     prefixes.moved(5, 2)  # a slot with nothing published (the engine's own) moved over slot 2's
     assert published(prefixes.admitted(0, job("heron"))) == digests("heron")
+
+
+def kept(commands: list[tuple[object, ...]]) -> object:
+    (hset,) = [words for words in commands if words[0] == "HSET"]
+    assert hset[1:3] == (keys.worker_info("w1"), "kept")
+    assert ("EXPIRE", keys.worker_info("w1"), 5) in commands  # gone with the heartbeat when the worker is
+    return hset[3]
+
+
+def test_how_many_slots_keep_a_conversation_is_published_with_them() -> None:
+    prefixes = SlotPrefixes("w1", ttl_s=5)
+    assert kept(prefixes.admitted(0, job("wren"))) == 1
+    assert kept(prefixes.admitted(1, job("alder"))) == 2
+    short = Job(id="s", model="m", kind="chat", enqueued_at=0, deadline=1, messages=[{"role": "user", "content": "Hi"}])
+    assert kept(prefixes.admitted(1, short)) == 1  # a prompt too short to find again keeps nothing worth steering for
+    prefixes.moved(0, 3)
+    assert kept(prefixes.admitted(0, short)) == 1  # wren's, moved aside, is still kept
