@@ -38,7 +38,7 @@ from server.errors import ContextLengthError, InvalidRequestError
 PREFILL_CHUNK_WHILE_DECODING = 512
 # A prompt with at most this many tokens left is short: a step that can finish one takes nothing of longer
 # prompts, so a short chat that arrives while a long document is being read gets its first token in a fast
-# step (the document goes on in the next).
+# step (the document goes on in the next), whether or not other sequences are decoding.
 SHORT_PROMPT_TOKENS = 128
 SHORT_ONLY_STEPS = 4  # at most this many such steps in a row: a long prompt is never starved by short ones
 
@@ -105,6 +105,7 @@ class BatchEngine:
         self.copies = 0  # prefixes copied from another slot into the one a prompt takes
         self._moved: list[tuple[int, int]] = []  # kept caches copied out of a prompt's way, not yet taken
         self._last_order: list[int] = []  # the sequence ids of the last step's batch, in batch order
+        self._last_batch: dict[str, int] = {}  # the last step's tokens per request
         self._kv_cells = 0  # llama.cpp's cells in use after the last decode (see `kv_usage`)
 
     # -- capacity -------------------------------------------------------------------------------
@@ -221,6 +222,11 @@ class BatchEngine:
         """Passes over the model the last step's batch order costs (`slot_choice.split_passes`)."""
         return split_passes(self._last_order)
 
+    @property
+    def last_batch(self) -> dict[str, int]:
+        """How many tokens each request had in the last step's batch (a prompt's chunk, or its one next token)."""
+        return dict(self._last_batch)
+
     def cancel(self, request_id: str) -> None:
         slot = self._by_id.get(request_id)
         if slot is not None and slot.seq is not None:
@@ -247,19 +253,23 @@ class BatchEngine:
         # chunks is not queued behind it
         prefilling = sorted((s for s in self._slots if s.seq is not None and s.seq.pending and not s.seq.cancelled),
                             key=lambda s: (len(s.seq.pending), s.seq.t_admit) if s.seq else (0, 0.0))
-        short_only = False
+        # a step that can finish a short prompt takes nothing of a long one: beside decoding sequences, and
+        # with nothing decoding when a long prompt waits too (else the short one's first token would wait for
+        # a whole chunk of the long one)
+        short_only = (bool(prefilling) and prefilling[0].seq is not None
+                      and len(prefilling[0].seq.pending) <= SHORT_PROMPT_TOKENS
+                      and self._short_only_run < SHORT_ONLY_STEPS
+                      and (bool(decoding) or any(s.seq is not None and len(s.seq.pending) > SHORT_PROMPT_TOKENS
+                                                 for s in prefilling)))
         if decoding:
             budget = min(budget, self.prefill_chunk)
-            short_only = (bool(prefilling) and prefilling[0].seq is not None
-                          and len(prefilling[0].seq.pending) <= SHORT_PROMPT_TOKENS
-                          and self._short_only_run < SHORT_ONLY_STEPS)
             if short_only:
                 budget = min(budget, SHORT_PROMPT_TOKENS)
         self._short_only_run = self._short_only_run + 1 if short_only else 0
         for slot in prefilling:
             seq = slot.seq
             assert seq is not None
-            if budget <= 0 or (short_only and len(seq.pending) > budget):
+            if budget <= 0 or (short_only and len(seq.pending) > min(budget, SHORT_PROMPT_TOKENS)):
                 break
             if seq.t_batched is None:
                 seq.t_batched = time.perf_counter()
@@ -272,6 +282,7 @@ class BatchEngine:
         chosen.sort(key=lambda c: c[0].seq_id)
         self._batch.n_tokens = self._write_batch(chosen)
         self._last_order = [slot.seq_id for slot, _tokens, _logits in chosen]
+        self._last_batch = {slot.seq.request_id: len(tokens) for slot, tokens, _logits in chosen if slot.seq}
         return involved
 
     def _write_batch(self, chosen: list[tuple[_Slot, list[int], bool]]) -> int:

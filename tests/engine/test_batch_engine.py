@@ -108,6 +108,26 @@ def test_a_short_prompt_is_not_queued_behind_a_long_one(engine: BatchEngine) -> 
     assert engine.free_slots() == engine.parallel
 
 
+def test_with_nothing_decoding_a_short_prompt_does_not_share_its_step_with_a_long_one(engine: BatchEngine) -> None:
+    """A long document and a short chat wait with nothing decoding (a document being read in chunks, a chat
+    arriving): the short one's first step is its own, not one with a chunk of the document in it."""
+    document = engine.chat_tokens([{"role": "user", "content": "Summarise: " + "the road bends north. " * 120}])
+    engine.add("long", document, SamplingParams(temperature=0, max_tokens=4))  # cached by no other test
+    engine.add("short", engine.chat_tokens([{"role": "user", "content": "Name a tree."}]),
+               SamplingParams(temperature=0, max_tokens=4))
+    outputs = engine.step()
+    assert [o.request_id for o in outputs if o.first_token] == ["short"]
+    assert set(engine.last_batch) == {"short"}  # before: the short chat and 500-odd tokens of the document
+    firsts: list[str] = []
+    while "long" not in firsts:
+        firsts += [o.request_id for o in engine.step() if o.first_token]
+        assert "long" in engine.last_batch  # then the document goes on at once, beside the short one's tokens
+    for request_id in engine.request_ids():
+        engine.cancel(request_id)
+    engine.step()
+    assert engine.free_slots() == engine.parallel
+
+
 def test_short_prompts_arriving_every_step_never_starve_a_long_one(engine: BatchEngine) -> None:
     engine.add("running", engine.chat_tokens([{"role": "user", "content": "Write a long story."}]),
                SamplingParams(temperature=0, max_tokens=300))
