@@ -20,10 +20,10 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import llama_cpp
-import numpy as np
 
 from server.engine.chat_template import ChatTemplate, default_template
 from server.engine.llama_model import LlamaModel
+from server.engine.logprobs import token_logprobs
 from server.engine.params import SamplingParams
 from server.engine.sampling import GrammarError, SamplerChain
 from server.engine.slot_choice import Slot, layout, place, split_passes
@@ -339,7 +339,7 @@ class BatchEngine:
             seq.n_generated += 1
             out.tokens = 1
             if seq.top_logprobs is not None:
-                out.logprobs = [self._logprobs(seq.logit_index, token, seq.top_logprobs)]
+                out.logprobs = [token_logprobs(self.model, seq.logit_index, token, seq.top_logprobs)]
             out.text = seq.text.push(self.model.piece(token))
             if seq.text.stopped:
                 outputs.append(self._merge(out, self._finish(slot, "stop")))
@@ -350,27 +350,6 @@ class BatchEngine:
                 seq.next_token = token
                 outputs.append(out)
         return outputs
-
-    def _logprobs(self, index: int, token: int, top: int) -> dict[str, Any]:
-        """OpenAI's logprob entry for the sampled token, from the raw logits of that position."""
-        logits = np.ctypeslib.as_array(llama_cpp.llama_get_logits_ith(self.model.ctx, index),
-                                       shape=(self.model.n_vocab,))
-        peak = float(logits.max())
-        log_norm = peak + float(np.log(np.exp(logits - peak).sum()))
-
-        def entry(tok: int) -> dict[str, Any]:
-            data = self.model.piece(tok)
-            return {"token": data.decode("utf-8", errors="replace"), "logprob": float(logits[tok]) - log_norm,
-                    "bytes": list(data)}
-
-        result = entry(token)
-        if top > 0:
-            best = np.argpartition(logits, -top)[-top:]
-            best = best[np.argsort(logits[best])[::-1]]
-            result["top_logprobs"] = [entry(int(t)) for t in best]
-        else:
-            result["top_logprobs"] = []
-        return result
 
     @staticmethod
     def _merge(out: Output, fin: Output) -> Output:
