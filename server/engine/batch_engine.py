@@ -104,8 +104,8 @@ class BatchEngine:
         self._admissions = 0
         self.copies = 0  # prefixes copied from another slot into the one a prompt takes
         self._moved: list[tuple[int, int]] = []  # kept caches copied out of a prompt's way, not yet taken
-        self._last_order: list[int] = []  # the sequence ids of the last step's batch, in batch order
-        self._last_batch: dict[str, int] = {}  # the last step's tokens per request
+        # the last step's batch, in batch order: each sequence's id, its request and how many tokens it had
+        self._last_step: list[tuple[int, str, int]] = []
         self._kv_cells = 0  # llama.cpp's cells in use after the last decode (see `kv_usage`)
 
     # -- capacity -------------------------------------------------------------------------------
@@ -220,12 +220,12 @@ class BatchEngine:
     @property
     def last_passes(self) -> int:
         """Passes over the model the last step's batch order costs (`slot_choice.split_passes`)."""
-        return split_passes(self._last_order)
+        return split_passes([seq_id for seq_id, _request, _tokens in self._last_step])
 
     @property
     def last_batch(self) -> dict[str, int]:
         """How many tokens each request had in the last step's batch (a prompt's chunk, or its one next token)."""
-        return dict(self._last_batch)
+        return {request_id: tokens for _seq_id, request_id, tokens in self._last_step}
 
     def cancel(self, request_id: str) -> None:
         slot = self._by_id.get(request_id)
@@ -281,8 +281,8 @@ class BatchEngine:
                 involved.append(slot)
         chosen.sort(key=lambda c: c[0].seq_id)
         self._batch.n_tokens = self._write_batch(chosen)
-        self._last_order = [slot.seq_id for slot, _tokens, _logits in chosen]
-        self._last_batch = {slot.seq.request_id: len(tokens) for slot, tokens, _logits in chosen if slot.seq}
+        self._last_step = [(slot.seq_id, slot.seq.request_id if slot.seq else "", len(tokens))
+                           for slot, tokens, _logits in chosen]
         return involved
 
     def _write_batch(self, chosen: list[tuple[_Slot, list[int], bool]]) -> int:

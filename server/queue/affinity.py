@@ -100,7 +100,7 @@ local depth = redis.call('XLEN', KEYS[1])
 for _, w in ipairs(members) do depth = depth + redis.call('XLEN', ARGV[4] .. w) end
 if depth >= tonumber(ARGV[1]) then return false end
 local target = KEYS[1]
-local holder = nil
+local chosen = nil
 if ARGV[11] == '1' and #members > 1 then
   local now = redis.call('TIME')
   local oldest = tonumber(now[1]) - tonumber(ARGV[7])
@@ -120,7 +120,7 @@ if ARGV[11] == '1' and #members > 1 then
         for i = #ARGV, 12 + best, -1 do
           if redis.call('SISMEMBER', ARGV[6] .. w, ARGV[i]) == 1 then
             best = i - 11
-            holder = w
+            chosen = w
             break
           end
         end
@@ -129,10 +129,10 @@ if ARGV[11] == '1' and #members > 1 then
       end
     end
   end
-  if holder == nil and crowded then holder = roomy end
-  if holder ~= nil then target = ARGV[4] .. holder end
+  if chosen == nil and crowded then chosen = roomy end
+  if chosen ~= nil then target = ARGV[4] .. chosen end
 end
-if holder == nil and ARGV[10] == '1' then return false end
+if chosen == nil and ARGV[10] == '1' then return false end
 local id = redis.call('XADD', target, '*', ARGV[2], ARGV[3])
 redis.call('SET', KEYS[4], target, 'EX', ARGV[9])
 return {target, id}
