@@ -255,12 +255,10 @@ class BatchEngine:
                             key=lambda s: (len(s.seq.pending), s.seq.t_admit) if s.seq else (0, 0.0))
         # a step that can finish a short prompt takes nothing of a long one: beside decoding sequences, and
         # with nothing decoding when a long prompt waits too (else the short one's first token would wait for
-        # a whole chunk of the long one)
-        short_only = (bool(prefilling) and prefilling[0].seq is not None
-                      and len(prefilling[0].seq.pending) <= SHORT_PROMPT_TOKENS
-                      and self._short_only_run < SHORT_ONLY_STEPS
-                      and (bool(decoding) or any(s.seq is not None and len(s.seq.pending) > SHORT_PROMPT_TOKENS
-                                                 for s in prefilling)))
+        # a whole chunk of the long one); `prefilling` is shortest first, so its ends say both
+        pending = [len(s.seq.pending) for s in prefilling if s.seq is not None]
+        short_only = (bool(pending) and pending[0] <= SHORT_PROMPT_TOKENS and self._short_only_run < SHORT_ONLY_STEPS
+                      and (bool(decoding) or pending[-1] > SHORT_PROMPT_TOKENS))
         if decoding:
             budget = min(budget, self.prefill_chunk)
             if short_only:

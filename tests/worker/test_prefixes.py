@@ -17,6 +17,9 @@ def job(name: str) -> Job:
                messages=[{"role": "system", "content": f"{name}: {DOC}"}, {"role": "user", "content": "Hi"}])
 
 
+SHORT = Job(id="s", model="m", kind="chat", enqueued_at=0, deadline=1, messages=[{"role": "user", "content": "Hi"}])
+
+
 def published(commands: list[tuple[object, ...]]) -> set[object]:
     assert commands[0] == ("DEL", keys.worker_prefixes("w1"))
     added = [words for words in commands if words[0] == "SADD"]
@@ -33,9 +36,8 @@ def test_each_slot_publishes_its_request_and_a_new_one_replaces_it() -> None:
     assert published(prefixes.admitted(0, job("wren"))) == digests("wren")
     assert published(prefixes.admitted(1, job("alder"))) == digests("wren") | digests("alder")
     assert published(prefixes.admitted(0, job("heron"))) == digests("alder") | digests("heron")
-    short = Job(id="s", model="m", kind="chat", enqueued_at=0, deadline=1, messages=[{"role": "user", "content": "Hi"}])
-    assert published(prefixes.admitted(1, short)) == digests("heron")
-    assert published(prefixes.admitted(0, short)) == set()
+    assert published(prefixes.admitted(1, SHORT)) == digests("heron")
+    assert published(prefixes.admitted(0, SHORT)) == set()
 
 
 def test_a_cache_moved_aside_is_published_where_it_went() -> None:
@@ -61,7 +63,6 @@ def test_how_many_slots_keep_a_conversation_is_published_with_them() -> None:
     prefixes = SlotPrefixes("w1", ttl_s=5)
     assert kept(prefixes.admitted(0, job("wren"))) == 1
     assert kept(prefixes.admitted(1, job("alder"))) == 2
-    short = Job(id="s", model="m", kind="chat", enqueued_at=0, deadline=1, messages=[{"role": "user", "content": "Hi"}])
-    assert kept(prefixes.admitted(1, short)) == 1  # a prompt too short to find again keeps nothing worth steering for
+    assert kept(prefixes.admitted(1, SHORT)) == 1  # a prompt too short to find again keeps nothing worth steering for
     prefixes.moved(0, 3)
-    assert kept(prefixes.admitted(0, short)) == 1  # wren's, moved aside, is still kept
+    assert kept(prefixes.admitted(0, SHORT)) == 1  # wren's, moved aside, is still kept
