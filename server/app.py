@@ -118,7 +118,7 @@ def create_app(settings: Settings, registry: Registry, *, on_reload: list[OnRelo
         metrics = Metrics()
         _declare_models(metrics, registry)
         queue = QueueClient(redis_target, timeout_s=settings.redis_timeout_s, cache_aware=settings.cache_aware_dispatch,
-                            heartbeat_ttl_s=settings.heartbeat_ttl_s)
+                            heartbeat_ttl_s=settings.heartbeat_ttl_s, local_events=settings.local_events)
         service = Service(settings, registry, queue, metrics)
         app.state.service = service
         if any(isinstance(entry, HostedModel) for entry in registry.models.values()):

@@ -101,6 +101,11 @@ class Settings(BaseSettings):
         default=True, description="Send a request to the worker of its model that holds its prompt's prefix (a "
         "conversation's earlier turns) when that worker has a free slot, else to any (`server/queue/affinity.py`).")
 
+    local_events: bool = Field(
+        default=True, description="Take the events of workers on this host (same network namespace) straight "
+        "from them on a local socket, Redis keeping the record, rather than through Redis's Pub/Sub alone "
+        "(`server/queue/local_feed.py`). Workers elsewhere publish on Redis either way.")
+
     # stored responses (server/responses/store.py): Redis also holds the queue, so they are bounded in time
     # and size. A day covers an agent's working session and a redeploy (OpenAI keeps 30 days on disks of its
     # own); 256 MiB holds thousands of whole conversations of small-context models (one is at most a few

@@ -45,7 +45,8 @@ WANTED_TTL_S = 10
 
 class QueueClient:
     def __init__(self, redis: str | RedisTarget, *, timeout_s: float = 1.0, max_connections: int = 1024,
-                 cache_aware: bool = True, heartbeat_ttl_s: float = 5.0, feed: bool = True) -> None:
+                 cache_aware: bool = True, heartbeat_ttl_s: float = 5.0, feed: bool = True,
+                 local_events: bool = True) -> None:
         target = RedisTarget(url=redis) if isinstance(redis, str) else redis
         self.cache_aware = cache_aware  # SLM_CACHE_AWARE_DISPATCH: follow-up turns to the worker holding their prefix
         self.heartbeat_ttl_s = heartbeat_ttl_s
@@ -75,7 +76,7 @@ class QueueClient:
         # where a published message is a plain reply (RESP3 would route each through redis-py's push handler)
         self.feed = EventFeed(target.async_client(socket_timeout=None, socket_connect_timeout=timeout_s,
                                                   max_connections=4, protocol=2),
-                              keys.event_feed(uuid.uuid4().hex)) if feed else None
+                              keys.event_feed(uuid.uuid4().hex), local=local_events) if feed else None
         self._admit = self.commands.register_script(affinity.ADMIT)
         self._position = self.commands.register_script(fair.POSITION)
         self._groups: set[str] = set()

@@ -13,6 +13,9 @@ catches up from it with a plain `XREAD` when it starts following (before which i
 in the stream), whenever the subscription was lost and made again (`generation` changes), and after
 each silent wait (`follow.event_batches`). Entries are ordered by id, so whatever arrives both ways
 is taken once. While the subscription is down, requests fall back to blocking reads of their streams.
+
+Workers on the gateway's own host hand events over without Redis (`local_feed.py`): the feed binds its
+local socket with its first mailbox, and what arrives there goes into the same mailboxes.
 """
 
 from __future__ import annotations
@@ -25,6 +28,8 @@ from typing import Any
 
 import redis.asyncio as aioredis
 from redis.exceptions import RedisError
+
+from server.queue.local_feed import LocalReceiver
 
 log = logging.getLogger("slm.queue")
 
@@ -85,8 +90,10 @@ class Mailbox:
 class EventFeed:
     """One subscription to `channel`, started when a request first follows it; `close` ends it."""
 
-    def __init__(self, client: aioredis.Redis, channel: str) -> None:
+    def __init__(self, client: aioredis.Redis, channel: str, *, local: bool = True) -> None:
         self.channel = channel
+        # `local`: events from workers on this host come straight to a socket of ours as well
+        self._local = LocalReceiver(channel, self._hand) if local else None
         self._client = client  # its own (RESP2): `close` closes it
         self._pool: Any = client.connection_pool
         self._boxes: dict[bytes, Mailbox] = {}  # by response stream key, as the feed names it
@@ -103,6 +110,8 @@ class EventFeed:
         """A mailbox for the events of response stream `stream`, from now on."""
         if self._task is None or self._task.done():
             self._start()
+            if self._local is not None and not self._local.bound and not self._local.start():
+                self._local = None
         box = Mailbox()
         self._boxes[stream.encode()] = box
         return box
@@ -127,6 +136,8 @@ class EventFeed:
         self._start()
 
     async def close(self) -> None:
+        if self._local is not None:
+            self._local.close()
         task, self._task = self._task, None
         if task is not None:
             task.cancel()
@@ -180,6 +191,12 @@ class EventFeed:
             box = boxes.get(parts[0]) if len(parts) == 3 else None  # not ours: another publisher's
             if box is not None:
                 box.put((parts[1], parts[2]))
+
+    def _hand(self, stream: bytes, entry_id: bytes, value: bytes) -> None:
+        """An event a worker on this host handed over."""
+        box = self._boxes.get(stream)
+        if box is not None:
+            box.put((entry_id, value))
 
     def _lost(self) -> None:
         self._live.clear()

@@ -33,6 +33,8 @@ RETRY_MAX_S = 0.25
 READ_FAILURES: tuple[type[Exception], ...] = (*OUTAGE_ERRORS, TimeoutError)  # TimeoutError: our read deadline
 
 _FIELD = EVENT_FIELD.encode()
+# entry ids below this first part are a worker's numbering (`attempt-n`); above, Redis's clock (milliseconds)
+NUMBERED_BELOW = 1 << 32
 
 
 class StreamReads:
@@ -44,6 +46,7 @@ class StreamReads:
         self.read_timeout_s = read_timeout_s
         self.last: bytes = b"0-0"
         self._last_order = (0, 0)
+        self._held: list[Entry] = []  # pushed entries waiting for one before them (`take_pushed`)
         self._conn: Any = None
 
     async def read(self, block_ms: int | None) -> list[Entry]:
@@ -75,7 +78,8 @@ class StreamReads:
         return self.take(found)
 
     def take(self, entries: list[Entry]) -> list[Entry]:
-        """Those of `entries` after the last one taken (the feed and a read may both bring one)."""
+        """Those of `entries` (read from the stream: the record, in order) after the last one taken (the
+        feed and a read may both bring one), and then what was held that follows them."""
         fresh: list[Entry] = []
         for entry in entries:
             order = entry_order(entry[0])
@@ -83,7 +87,37 @@ class StreamReads:
                 self._last_order = order
                 self.last = entry[0]
                 fresh.append(entry)
+        return fresh + self.take_pushed([]) if self._held else fresh
+
+    def take_pushed(self, entries: list[Entry]) -> list[Entry]:
+        """Those of `entries` (pushed: by the feed or a worker's local hand-off, each in order, the two
+        interleaved) that come next, in order. A numbered entry (`attempt-n`, `replies.event`) is taken
+        only right after its predecessor (n - 1 of its attempt, or anything of an earlier one when n is 1);
+        one that arrived first is held until it comes, or until a read of the stream passes them both."""
+        pending = sorted(self._held + entries, key=lambda entry: entry_order(entry[0])) if self._held else entries
+        self._held = []
+        fresh: list[Entry] = []
+        for entry in pending:
+            order = entry_order(entry[0])
+            if order <= self._last_order:
+                continue
+            if order[0] < NUMBERED_BELOW and not self._next(order):
+                self._held.append(entry)
+                continue
+            self._last_order = order
+            self.last = entry[0]
+            fresh.append(entry)
         return fresh
+
+    @property
+    def holding(self) -> bool:
+        """Whether pushed entries wait for one before them."""
+        return bool(self._held)
+
+    def _next(self, order: tuple[int, int]) -> bool:
+        attempt, number = order
+        last_attempt, last_number = self._last_order
+        return number == last_number + 1 if attempt == last_attempt else number == 1
 
     async def close(self, *, drop: bool = False) -> None:
         conn, self._conn = self._conn, None
@@ -136,11 +170,14 @@ async def event_batches(reads: StreamReads, feed: EventFeed | None, box: Mailbox
             if box is not None and feed is not None and feed.live and caught_up == feed.generation:
                 arrived = await box.take(READ_BLOCK_MS / 1000)
                 if arrived:
-                    fresh = reads.take(arrived)
+                    fresh = reads.take_pushed(arrived)
                     if fresh:
                         yield decode(fresh)
-                    continue
-                silent = arrived is None  # else woken with nothing: the subscription changed
+                    if not reads.holding:
+                        continue
+                    # one came before an earlier one: that went by Redis (written before it was published),
+                    # so the stream has it now
+                silent = arrived is None  # else woken with nothing (the subscription changed) or holding
             generation = feed.generation if feed is not None and feed.live else None
             try:
                 entries = await reads.read(None if generation is not None else READ_BLOCK_MS)

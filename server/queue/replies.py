@@ -9,6 +9,12 @@ An event is also published on the event feed its job names (`Job.feed`, one chan
 waiting request without a read per request per token; the stream stays the record that a request
 catches up from (on registering, after a lost subscription, after a silent wait).
 
+A worker numbers the events of each attempt from 1 and writes event number n of attempt a as stream
+entry `a-n` (an explicit id, in place of Redis's clock): a later attempt's entries sort after an
+earlier one's, and the same event has the same id however it reaches the gateway. A worker on the
+gateway's own host hands events over directly (`worker/local_feed.py`) and writes their entries
+here unpublished, a step's text deltas a little later, several steps in one write (`Outbox`).
+
 Writes are fenced by the request's running mark (`slm:running:{id}`, the attempt the last worker to
 admit it set): an event, or an ack that names its request, of an older attempt than the mark is
 dropped by Redis itself. A worker cut off from Redis may still have writes in flight (in its kernel's
@@ -18,6 +24,7 @@ they land on nothing. The check and the write are one script, so no takeover fal
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import redis
@@ -28,13 +35,16 @@ from server.queue.messages import Job, encode_event
 
 RESPONSE_TTL_S = 600
 
-# KEYS[1] = response stream, KEYS[2] = running mark; ARGV = attempt, TTL, field, value, feed channel ('': none).
+# KEYS[1] = response stream, KEYS[2] = running mark; ARGV = attempt, TTL, field, value, feed channel ('': none),
+# entry id ('*': Redis's), event type (read by the outbox, not here).
 # The feed gets "stream\nentry id\nvalue": its gateway hands the event to the request reading that stream.
-# `pcall`: a Redis user without Pub/Sub rights (an ACL user's channels are closed by default) still
+# An explicit id at or below the stream's last is an entry written already: nothing is written again.
+# `pcall` on PUBLISH: a Redis user without Pub/Sub rights (an ACL user's channels are closed by default) still
 # writes its events; its gateways cannot subscribe either, and read their streams instead.
 _FENCED_EVENT = """
 if tonumber(redis.call('GET', KEYS[2]) or '0') > tonumber(ARGV[1]) then return 0 end
-local id = redis.call('XADD', KEYS[1], '*', ARGV[3], ARGV[4])
+local id = redis.pcall('XADD', KEYS[1], ARGV[6], ARGV[3], ARGV[4])
+if type(id) == 'table' then return 0 end
 redis.call('EXPIRE', KEYS[1], ARGV[2])
 if ARGV[5] ~= '' then redis.pcall('PUBLISH', ARGV[5], KEYS[1] .. '\\n' .. id .. '\\n' .. ARGV[4]) end
 return 1
@@ -85,27 +95,54 @@ def unmark_running(client: redis.Redis, request_id: str, attempt: int) -> bool:
     return bool(client.eval(_UNMARK_RUNNING, 1, keys.job_running(request_id), str(attempt)))
 
 
-def event(request_id: str, event: Event, feed: str | None = None) -> list[Command]:
+def event(request_id: str, event: Event, feed: str | None = None, number: int = 0) -> list[Command]:
     """Append one event to the request's response stream (which expires if nobody reads it), and
-    publish it on `feed` (the job's `feed`: its gateway's channel) when there is one."""
-    return event_fields(request_id, to_wire(event), feed)
+    publish it on `feed` (the job's `feed`: its gateway's channel) when there is one. `number`: the
+    event's place in its attempt (from 1), its entry id `attempt-number`; 0: an id of Redis's clock."""
+    return event_fields(request_id, to_wire(event), feed, number)
 
 
-def event_fields(request_id: str, fields: dict[str, Any], feed: str | None = None) -> list[Command]:
+def event_fields(request_id: str, fields: dict[str, Any], feed: str | None = None, number: int = 0) -> list[Command]:
     """`event` for an event already in its wire form (tests write partial ones), fenced by its attempt."""
     ((field, value),) = encode_event(fields).items()
+    attempt = int(fields.get("attempt") or 0)
+    entry = f"{attempt}-{number}" if number > 0 else "*"
     return [("EVAL", _FENCED_EVENT, 2, keys.response_stream(request_id), keys.job_running(request_id),
-             int(fields.get("attempt") or 0), RESPONSE_TTL_S, field, value, feed or "")]
+             attempt, RESPONSE_TTL_S, field, value, feed or "", entry, str(fields.get("type", "")))]
 
 
-def job_event(job: Job, event_: Event) -> list[Command]:
-    """`event` for one of `job`'s events: on its response stream and its gateway's feed."""
-    return event(job.id, event_, job.feed)
+def job_event(job: Job, event_: Event, number: int) -> list[Command]:
+    """`event` for one of `job`'s events, number `number` of its attempt: on its response stream and its
+    gateway's feed."""
+    return event(job.id, event_, job.feed, number)
 
 
 def error(job: Job, attempt: int, status: int, code: str | None, message: str, *,
-          param: str | None = None, error_type: str = "service_unavailable") -> list[Command]:
-    return job_event(job, Failed(attempt, status, code, message, param, error_type))
+          param: str | None = None, error_type: str = "service_unavailable", number: int = 1) -> list[Command]:
+    """A request's error event (by default the first of its attempt: one refused before it started)."""
+    return job_event(job, Failed(attempt, status, code, message, param, error_type), number)
+
+
+@dataclass(frozen=True)
+class Handover:
+    """An event command as the outbox hands it to a gateway on this host (`worker/local_feed.py`)."""
+
+    feed: str  # the gateway's channel
+    stream: str  # the request's response stream
+    frame: bytes  # "stream\nentry id\nvalue", as the feed publishes it
+    kind: str  # the event's type ("delta": its entry may be written late)
+    unpublished: Command  # the command that writes its entry without publishing it
+
+
+def handover(words: Command) -> Handover | None:
+    """The event that an `event` command writes, for a direct hand-off; None for any other command, an
+    event without a feed or without an explicit entry id (the gateway could not order it)."""
+    if len(words) != 12 or words[1] is not _FENCED_EVENT or not words[9] or words[10] == "*":
+        return None
+    value = words[8]
+    frame = b"\n".join((str(words[3]).encode(), str(words[10]).encode(),
+                         value if isinstance(value, bytes) else str(value).encode()))
+    return Handover(words[9], str(words[3]), frame, words[11], (*words[:9], "", *words[10:]))
 
 
 def ack(stream: str, entry_id: str, *, request_id: str = "", attempt: int = 0) -> list[Command]:

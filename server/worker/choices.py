@@ -58,6 +58,12 @@ class Active:
     trace: dict[str, float] | None = None  # a traced job's stage marks (wall clock), sent with `done`
     batch_wait_ms: float = 0.0
     stream: str = ""  # where its entry is (the model's shared stream or this worker's own): acknowledged there
+    events: int = 0  # how many events of this attempt were written (the next one is number events + 1)
+
+    def number(self) -> int:
+        """The next event's number in this attempt (its entry id's second part, `replies.event`)."""
+        self.events += 1
+        return self.events
 
     def add(self, index: int, out: Output) -> Choice:
         """Gather one step's output for choice `index`."""

@@ -11,6 +11,9 @@ event and its `XACK` leave after all of its tokens.
 No thread of its own: a hand-off to a sending thread cost a wake-up and a GIL switch per step, CPU
 that on a small host is taken from llama.cpp's compute threads (benchmarks/RUNS.md, run 12).
 
+Events for a gateway on this host are handed to it directly (`handovers.py`), their stream entries
+written here unpublished, a run of text deltas' entries late and in one go.
+
 A failed write or an error answer is kept (`error`) for the decode thread to raise, which abandons
 what it holds (the gateway then redelivers or times out those requests); so is an answer that has
 not come within the connection's socket timeout (a Redis cut off: the worker stops within that
@@ -28,23 +31,50 @@ import redis
 from redis.exceptions import ResponseError
 
 from server.queue.replies import Command
+from server.worker.handovers import Handovers
 
 log = logging.getLogger("slm.worker")
 
 DEFAULT_TIMEOUT_S = 5.0
 
 
+class _Sent:
+    """One transaction written, its answers not all read."""
+
+    __slots__ = ("left", "sent_at", "started")
+
+    def __init__(self, left: int, sent_at: float, started: list[tuple[int, str]]) -> None:
+        self.left = left  # answers still to read
+        self.sent_at = sent_at
+        self.started = started  # the `started` it writes: (place among its commands, response stream)
+
+
 class Outbox:
-    def __init__(self, client: redis.Redis) -> None:
+    def __init__(self, client: redis.Redis, handovers: Handovers | None = None) -> None:
         self._pool = client.connection_pool
         self._timeout_s = float(self._pool.connection_kwargs.get("socket_timeout") or DEFAULT_TIMEOUT_S)
         self._conn: Any = None  # a pool connection, held while answers are outstanding on it
-        self._unanswered: deque[list[float]] = deque()  # per transaction: [answers left, sent at]
+        self._unanswered: deque[_Sent] = deque()
         self._error: redis.RedisError | None = None
+        self._handovers = handovers  # events for gateways on this host; None: all through Redis
 
     def put(self, commands: list[Command]) -> None:
-        """Write `commands` as one transaction (nothing while a failure is kept)."""
+        """Hand over what goes to a gateway on this host, and write the rest (with entries that waited) as
+        one transaction (nothing while a failure is kept)."""
         if not commands or self._error is not None:
+            return
+        if self._handovers is None:
+            self._write(commands, [])
+            return
+        try:
+            self._read_ready()  # answers confirm requests' `started`: their events may be handed over now
+        except redis.RedisError as exc:
+            self._fail(exc)
+            return
+        self._write(*self._handovers.route(commands))
+
+    def _write(self, commands: list[Command], started: list[tuple[int, str]]) -> None:
+        if not commands:
             return
         try:
             self._read_ready()
@@ -54,10 +84,13 @@ class Outbox:
         except redis.RedisError as exc:
             self._fail(exc)
             return
-        self._unanswered.append([float(len(sent)), time.monotonic()])  # one answer per command sent
+        self._unanswered.append(_Sent(len(sent), time.monotonic(), started))  # one answer per command sent
 
     def poll(self) -> None:
-        """Read the answers already in, without waiting (a failure among them is kept in `error`)."""
+        """Write the deferred entries that waited long enough; read the answers already in, without waiting
+        (a failure among them is kept in `error`)."""
+        if self._handovers is not None and self._error is None and self._handovers.due():
+            self._write(self._handovers.take_waiting(), [])
         if self._unanswered and self._error is None:
             try:
                 self._read_ready()
@@ -74,7 +107,10 @@ class Outbox:
         self._error = None
 
     def flush(self, timeout_s: float) -> bool:
-        """Wait for every answer (or a failure); False if that took longer than `timeout_s`."""
+        """Write what waited, then wait for every answer (or a failure); False if that took longer than
+        `timeout_s`."""
+        if self._handovers is not None and self._error is None:
+            self._write(self._handovers.take_waiting(), [])
         deadline = time.monotonic() + timeout_s
         try:
             while self._unanswered and self._error is None:
@@ -91,6 +127,8 @@ class Outbox:
 
     def close(self) -> None:
         self._drop()
+        if self._handovers is not None:
+            self._handovers.close()
 
     # -- internals ------------------------------------------------------------------------------
     def _connection(self) -> Any:
@@ -101,7 +139,7 @@ class Outbox:
     def _read_ready(self) -> None:
         while self._unanswered:
             if not self._conn.can_read(timeout=0):
-                if time.monotonic() - self._unanswered[0][1] > self._timeout_s:
+                if time.monotonic() - self._unanswered[0].sent_at > self._timeout_s:
                     raise redis.TimeoutError("redis did not answer the worker's writes in time")
                 return
             self._read_one()
@@ -109,14 +147,19 @@ class Outbox:
     def _read_one(self) -> None:
         head = self._unanswered[0]
         answer = self._conn.read_response(disable_decoding=True, timeout=self._timeout_s)
-        head[0] -= 1
-        if head[0] <= 0:
+        head.left -= 1
+        if head.left <= 0:
             self._unanswered.popleft()
             if isinstance(answer, list):  # EXEC's answers: an error there failed its command alone
                 # (a lone command's error answer is raised by `read_response` itself)
                 failed = next((a for a in answer if isinstance(a, ResponseError)), None)
                 if failed is not None:
                     raise failed
+            if head.started and self._handovers is not None:
+                answers = answer if isinstance(answer, list) else [answer]
+                for place, stream in head.started:
+                    if answers[place] == 1:  # written, not fenced off
+                        self._handovers.confirm(stream)
 
     def _fail(self, exc: redis.RedisError) -> None:
         log.warning("sending to redis failed (%s)", type(exc).__name__)
@@ -125,6 +168,8 @@ class Outbox:
 
     def _drop(self) -> None:
         self._unanswered.clear()
+        if self._handovers is not None:
+            self._handovers.clear()
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.disconnect()

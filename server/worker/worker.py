@@ -37,6 +37,7 @@ from server.engine.embedder import Embedder
 from server.errors import SlmError
 from server.queue import keys, replies
 from server.queue.events import Done, Event, Started
+from server.queue.local_feed import LocalSender
 from server.queue.messages import Job
 from server.queue.replies import Command
 from server.redis_connect import OUTAGE_ERRORS
@@ -45,6 +46,7 @@ from server.worker.admissions import Admissions
 from server.worker.choices import Active, Choice, Waiting, admit_waiting, final_event, sequences
 from server.worker.cohort import Cohort
 from server.worker.grammar import constrained
+from server.worker.handovers import Handovers
 from server.worker.holdings import Holdings
 from server.worker.intake import Intake, IntakeConfig, Taken
 from server.worker.outbox import Outbox
@@ -88,7 +90,7 @@ class Worker:
         self.stopping = False  # set by a signal handler or the keep-alive thread: plain flag, no lock
         self.holdings = Holdings()
         self.cohort = Cohort()
-        self.outbox = Outbox(client)
+        self.outbox = Outbox(client, Handovers(LocalSender()))  # events for a gateway on this host: handed to it
         self.intake = Intake(client, IntakeConfig(config.model, config.worker_id, config.lease_s,
                                                   config.max_deliveries, config.log_prompts, config.dlq_maxlen,
                                                   config.dlq_ttl_s, config.heartbeat_ttl_s, fair=config.fair,
@@ -307,7 +309,7 @@ class Worker:
         self.waiting.extend((seq_id, tokens, p) for seq_id, p in seqs[1:])
         self._admit_waiting()
         # started, and what this worker's slots now hold (for cache-aware dispatch): written before the step
-        started = replies.job_event(job, Started(attempt, self.config.worker_id, len(tokens)))
+        started = replies.job_event(job, Started(attempt, self.config.worker_id, len(tokens)), act.number())
         for source, target in self.engine.take_moves():  # kept caches the admissions moved aside
             self.prefixes.moved(source, target)
         self.admissions.add(job.id, attempt, started + self.prefixes.admitted(slot, job))
@@ -320,9 +322,9 @@ class Worker:
             self._fail(stream, entry_id, job, attempt, exc.status, exc.code, exc.message, param=exc.param,
                        error_type=exc.type)
             return
-        started = replies.job_event(job, Started(attempt, self.config.worker_id, used))
+        started = replies.job_event(job, Started(attempt, self.config.worker_id, used), 1)
         done = replies.job_event(job, Done(attempt, "stop", usage={"prompt_tokens": used, "completion_tokens": 0},
-                                           timings={}, embeddings=vectors))
+                                           timings={}, embeddings=vectors), 2)
         self._settle(job.id, stream, entry_id, started + done)
 
     def _admit_waiting(self) -> None:
@@ -374,7 +376,7 @@ class Worker:
 
     @staticmethod
     def _event(act: Active, event: Event) -> list[Command]:
-        return replies.job_event(act.job, event)
+        return replies.job_event(act.job, event, act.number())
 
     def _fail(self, stream: str, entry_id: str, job: Job, attempt: int, status: int, code: str | None, message: str,
               *, param: str | None = None, error_type: str = "service_unavailable") -> None:

@@ -218,3 +218,31 @@ def test_worker_sigterm_finishes_what_it_holds_then_exits(cluster: Cluster) -> N
     assert worker.wait(60) == 0
     assert r.xpending(keys.request_stream("tiny"), keys.GROUP)["pending"] == 0
     assert r.zcard(keys.worker_heartbeats("tiny")) == 0
+
+
+def _publishes(client: redis.Redis) -> int:
+    return int(client.info("commandstats").get("cmdstat_publish", {}).get("calls", 0))
+
+
+def test_a_worker_on_the_gateways_host_hands_tokens_over_without_publishing_them(cluster: Cluster) -> None:
+    """Same host (network namespace): a request's events between its `started` and its `done` reach the
+    gateway on its local socket, their entries written unpublished; a gateway with SLM_LOCAL_EVENTS=false
+    binds none, and every event is published as before. The answer is the same either way."""
+    cluster.spawn("worker", "--model", "tiny")
+    local_url, _ = cluster.gateway()
+    cluster.env["SLM_LOCAL_EVENTS"] = "false"
+    remote_url, _ = cluster.gateway()
+    wait_until(lambda: ready(local_url, 1) and ready(remote_url, 1), timeout_s=60, what="the worker")
+    client = redis.Redis.from_url(cluster.redis.url)
+    try:
+        counts = []
+        answers = []
+        for url in (local_url, remote_url):
+            before = _publishes(client)
+            answers.append(ask(url, True))
+            counts.append(_publishes(client) - before)
+    finally:
+        client.close()
+    assert answers[0] == answers[1] and answers[0][0]
+    assert counts[0] == 2  # its `started` and its `done` alone
+    assert counts[1] >= 3  # `started`, a delta or more, `done`

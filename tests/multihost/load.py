@@ -133,7 +133,7 @@ def recovery_s(outcomes: list[Outcome], fault_at: float) -> float:
 
 
 _EVAL = re.compile(r'"2" "slm:resp:([^"]+)" "slm:running:[^"]+" "(\d+)"')
-_XADD = re.compile(r'"XADD" "slm:resp:([^"]+)" "\*" "e" "(.*)"$')
+_XADD = re.compile(r'"XADD" "slm:resp:([^"]+)" "(?:\*|\d+-\d+)" "e" "(.*)"$')
 _ATTEMPT = re.compile(r'\\"attempt\\":(\d+)')
 
 

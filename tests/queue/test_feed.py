@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import asyncio
 import uuid
-from collections.abc import Iterator
 from typing import Any
 
 import pytest
@@ -49,13 +48,6 @@ async def test_a_cancelled_wait_leaves_the_mailbox_as_it_was() -> None:
     box.put((b"3-0", b"d"))  # no waiter left behind to wake
     assert await box.take(5) == [(b"3-0", b"d")]
     assert await box.take(0) is None
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
-    yield c
-    c.close()
 
 
 @pytest.mark.integration

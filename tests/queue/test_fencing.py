@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import time
 import uuid
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 from typing import Any
 
 import pytest
@@ -16,13 +16,6 @@ from server.queue import keys, replies
 from server.queue.client import QueueClient
 from server.queue.events import Started, TextDelta
 from server.queue.messages import Job, SamplingParams, decode_event
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
-    yield c
-    c.close()
 
 
 def attempts_written(client: redis.Redis, request_id: str) -> list[int]:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import asyncio
 import socket
 import uuid
-from collections.abc import AsyncGenerator, AsyncIterator, Iterator
+from collections.abc import AsyncGenerator
 from pathlib import Path
 from typing import Any
 
@@ -36,20 +36,6 @@ class CountedReads(follow.StreamReads):
     async def read(self, block_ms: int | None) -> list[Entry]:
         self.count += 1
         return await super().read(block_ms)
-
-
-@pytest.fixture
-async def queue(redis_url: str) -> AsyncIterator[QueueClient]:
-    client = QueueClient(redis_url, timeout_s=0.5)
-    yield client
-    await client.close()
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
-    yield c
-    c.close()
 
 
 def following(queue: QueueClient, request_id: str) -> tuple[CountedReads, AsyncGenerator[list[Event] | None, None]]:
