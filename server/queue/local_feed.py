@@ -118,12 +118,14 @@ class LocalReceiver:
             sock.close()
 
     def _readable(self) -> None:
+        """Every datagram queued now (a step of each worker that wrote since the last read)."""
         sock = self._sock
-        deliver = self._deliver
-        while sock is not None:
+        if sock is None:
+            return
+        while True:
             try:
-                data = sock.recv(MAX_DATAGRAM + 1)
+                data = sock.recv(MAX_DATAGRAM)
             except BlockingIOError:
                 return
             for stream, entry_id, value in frames(data):
-                deliver(stream, entry_id, value)
+                self._deliver(stream, entry_id, value)

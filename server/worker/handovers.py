@@ -57,16 +57,15 @@ class Handovers:
         sent = {feed for feed, events in frames.items() if self._sender.send(feed, events)}
         out: list[Command] = []
         deltas_only = True
-        for words, handover in zip(commands, eligible, strict=True):
-            if handover is not None and handover.feed in sent:
-                out.append(handover.unpublished)
-                deltas_only = deltas_only and handover.kind == "delta"
+        for words, handover, handed in zip(commands, handovers, eligible, strict=True):
+            if handed is not None and handed.feed in sent:
+                out.append(handed.unpublished)
+                deltas_only = deltas_only and handed.kind == "delta"
             else:
                 out.append(words)
                 deltas_only = False
-        for handover in handovers:
-            if handover is not None and handover.kind in FINAL:
-                self._confirmed.discard(handover.stream)
+                if handover is not None and handover.kind in FINAL:
+                    self._confirmed.discard(handover.stream)  # the request ends: nothing more to hand over
         if deltas_only:
             if not self._waiting:
                 self._waiting_since = time.monotonic()
