@@ -10,26 +10,35 @@ from typing import Any
 
 CALL_OPEN = "<tool_call>"
 CALL_CLOSE = "</tool_call>"
+_DECODER = json.JSONDecoder()
 
 
 def parse_calls(text: str) -> list[dict[str, Any]] | None:
-    """The calls in an answer, or None when the answer is not (only) calls."""
+    """The calls in an answer, or None when the answer is not (only) calls. Each call's JSON is read whole
+    before its closing tag is looked for: a string argument may hold the tags themselves."""
     stripped = text.strip()
     if not stripped.startswith(CALL_OPEN):
         return None
     calls: list[dict[str, Any]] = []
-    parts = stripped.split(CALL_OPEN)[1:]
-    for i, part in enumerate(parts):
-        if CALL_CLOSE not in part and i == len(parts) - 1 and calls:
-            break  # a last call cut off by max_tokens: keep the complete ones
-        body = part.split(CALL_CLOSE, 1)[0].strip()
+    at = 0
+    while at >= 0:
+        start = at + len(CALL_OPEN)
+        start += len(stripped[start:]) - len(stripped[start:].lstrip())
         try:
-            data = json.loads(body)
+            data, end = _DECODER.raw_decode(stripped, start)
         except ValueError:
+            if calls and CALL_CLOSE not in stripped[start:]:
+                break  # a last call cut off by max_tokens: keep the complete ones
             return None
         if not isinstance(data, dict) or not isinstance(data.get("name"), str):
             return None
+        rest = stripped[end:].lstrip()
+        if rest and not rest.startswith(CALL_CLOSE):
+            return None  # more than the call inside its tags
+        if not rest and calls:
+            break  # a last call cut off before its closing tag: keep the complete ones
         calls.append({"name": data["name"], "arguments": json.dumps(data.get("arguments", {}))})
+        at = stripped.find(CALL_OPEN, end)
     return calls or None
 
 

@@ -11,8 +11,7 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llama_cpp.llama_grammar import json_schema_to_gbnf
-
+from server.engine.json_grammar import schema_to_gbnf
 from server.errors import InvalidRequestError
 from server.schema_limits import Budget, check_schema
 from server.tool_format import CALL_CLOSE, CALL_OPEN
@@ -65,7 +64,7 @@ def call_grammar(tools: list[dict[str, Any]], choice: Any, *, parallel: bool) ->
     ]
     schema = variants[0] if len(variants) == 1 else {"oneOf": variants}
     try:
-        body = str(json_schema_to_gbnf(json.dumps(schema), prop_order=["name", "arguments"]))
+        body = schema_to_gbnf(json.dumps(schema), prop_order=["name", "arguments"])
     except Exception as exc:  # the converter raises several kinds for schemas it cannot handle
         raise InvalidRequestError(f"A tool's parameters cannot be enforced: {exc}", param="tools") from None
     body = body.replace("root ::=", "call ::=", 1)

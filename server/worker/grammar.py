@@ -6,8 +6,9 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from llama_cpp.llama_grammar import JSON_GBNF, json_schema_to_gbnf
+from llama_cpp.llama_grammar import JSON_GBNF
 
+from server.engine.json_grammar import schema_to_gbnf
 from server.engine.params import SamplingParams
 from server.engine.tools import call_grammar, with_tools
 from server.errors import InvalidRequestError
@@ -41,6 +42,6 @@ def grammar_for(response_format: dict[str, Any]) -> str | None:
     schema = spec.get("schema", {"type": "object"})
     check_schema(schema, "response_format.json_schema.schema")  # the gateway checked; a guard for any other
     try:
-        return str(json_schema_to_gbnf(json.dumps(schema)))
+        return schema_to_gbnf(json.dumps(schema))
     except Exception as exc:
         raise InvalidRequestError(f"The JSON schema cannot be enforced: {exc}", param="response_format") from None
