@@ -22,8 +22,7 @@ def parse_calls(text: str) -> list[dict[str, Any]] | None:
     calls: list[dict[str, Any]] = []
     at = 0
     while at >= 0:
-        start = at + len(CALL_OPEN)
-        start += len(stripped[start:]) - len(stripped[start:].lstrip())
+        start = len(stripped) - len(stripped[at + len(CALL_OPEN):].lstrip())  # the call's JSON, past any space
         try:
             data, end = _DECODER.raw_decode(stripped, start)
         except ValueError:
