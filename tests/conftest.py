@@ -15,6 +15,7 @@ from pathlib import Path
 
 import httpx
 import pytest
+import redis
 import redis.asyncio as aioredis
 
 from server.embedded_redis import EmbeddedRedis, free_port
@@ -83,6 +84,14 @@ async def redis_client(redis_url: str) -> AsyncIterator[aioredis.Redis]:
     client = aioredis.Redis.from_url(redis_url)
     yield client
     await client.aclose()
+
+
+@pytest.fixture
+def client(redis_url: str) -> Iterator[redis.Redis]:
+    """A plain client of the session's Redis, closed after the test (a file may name its own `client`)."""
+    c = redis.Redis.from_url(redis_url)
+    yield c
+    c.close()
 
 
 @dataclass

@@ -110,7 +110,7 @@ class EventFeed:
         """A mailbox for the events of response stream `stream`, from now on."""
         if self._task is None or self._task.done():
             self._start()
-            if self._local is not None and not self._local.bound and not self._local.start():
+            if self._local is not None and not self._local.start():
                 self._local = None
         box = Mailbox()
         self._boxes[stream.encode()] = box
@@ -182,18 +182,17 @@ class EventFeed:
         return self.generation
 
     async def _deliver(self, conn: Any) -> None:
-        boxes = self._boxes
+        hand = self._hand
         while True:
             message: Any = await conn.read_response(disable_decoding=True, timeout=math.inf)
             if not isinstance(message, list) or len(message) != 3 or message[0] != b"message":
                 continue
             parts = message[2].split(b"\n", 2)
-            box = boxes.get(parts[0]) if len(parts) == 3 else None  # not ours: another publisher's
-            if box is not None:
-                box.put((parts[1], parts[2]))
+            if len(parts) == 3:  # else not ours: another publisher's
+                hand(parts[0], parts[1], parts[2])
 
     def _hand(self, stream: bytes, entry_id: bytes, value: bytes) -> None:
-        """An event a worker on this host handed over."""
+        """An event for the request following `stream`, if one is (published, or handed over locally)."""
         box = self._boxes.get(stream)
         if box is not None:
             box.put((entry_id, value))

@@ -4,7 +4,7 @@ decode step, beside the Redis stream, which stays the record.
 Through Redis alone a token woke Redis, then the gateway (the feed's `PUBLISH`), then the client; on a small
 host each of those runs on the cores that llama.cpp computes on (benchmarks/RUNS.md, "The step gap at one
 client"). Handed over here, it wakes the gateway alone, and the worker writes the stream entries it handed
-over unpublished, a run of text deltas in one write every `worker/outbox.py`'s `DEFER_S`.
+over unpublished, a run of text deltas in one write (`worker/handovers.py`).
 
 A gateway binds an abstract Unix datagram socket named after its feed channel (`address`). Abstract names
 belong to a network namespace: a worker on another host (or in another container's namespace) finds no such
@@ -95,7 +95,10 @@ class LocalReceiver:
         return self._sock is not None
 
     def start(self) -> bool:
-        """Bind and read from now on (on the running loop); False (and nothing bound) if that failed."""
+        """Bind and read from now on (on the running loop), unless bound already; False (and nothing bound)
+        if that failed."""
+        if self._sock is not None:
+            return True
         sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)
         try:
             sock.bind(address(self.channel))

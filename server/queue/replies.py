@@ -12,8 +12,8 @@ catches up from (on registering, after a lost subscription, after a silent wait)
 A worker numbers the events of each attempt from 1 and writes event number n of attempt a as stream
 entry `a-n` (an explicit id, in place of Redis's clock): a later attempt's entries sort after an
 earlier one's, and the same event has the same id however it reaches the gateway. A worker on the
-gateway's own host hands events over directly (`worker/local_feed.py`) and writes their entries
-here unpublished, a step's text deltas a little later, several steps in one write (`Outbox`).
+gateway's own host hands events over directly (`queue/local_feed.py`) and writes their entries
+unpublished, a step's text deltas a little later, several steps in one write (`worker/handovers.py`).
 
 Writes are fenced by the request's running mark (`slm:running:{id}`, the attempt the last worker to
 admit it set): an event, or an ack that names its request, of an older attempt than the mark is
@@ -125,7 +125,7 @@ def error(job: Job, attempt: int, status: int, code: str | None, message: str, *
 
 @dataclass(frozen=True)
 class Handover:
-    """An event command as the outbox hands it to a gateway on this host (`worker/local_feed.py`)."""
+    """An event command as the worker hands it to a gateway on this host (`worker/handovers.py`)."""
 
     feed: str  # the gateway's channel
     stream: str  # the request's response stream

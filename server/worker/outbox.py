@@ -63,21 +63,21 @@ class Outbox:
         one transaction (nothing while a failure is kept)."""
         if not commands or self._error is not None:
             return
-        if self._handovers is None:
-            self._write(commands, [])
-            return
         try:
             self._read_ready()  # answers confirm requests' `started`: their events may be handed over now
         except redis.RedisError as exc:
             self._fail(exc)
             return
-        self._write(*self._handovers.route(commands))
+        if self._handovers is None:
+            self._write(commands, [])
+        else:
+            self._write(*self._handovers.route(commands))
 
     def _write(self, commands: list[Command], started: list[tuple[int, str]]) -> None:
+        """Send `commands` as one transaction (the answers already in are read by the callers first)."""
         if not commands:
             return
         try:
-            self._read_ready()
             conn = self._connection()
             sent = commands if len(commands) == 1 else [("MULTI",), *commands, ("EXEC",)]
             conn.send_packed_command(conn.pack_commands(sent), check_health=False)

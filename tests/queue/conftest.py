@@ -1,21 +1,13 @@
-"""Shared by the queue's tests: a plain client of the session's real Redis, and a gateway's queue client on it
-(with its event feed; a file that needs another kind defines its own `queue`)."""
+"""Shared by the queue's tests: a gateway's queue client on the session's Redis, with its event feed (a file
+that needs another kind defines its own `queue`; the plain `client` is the root conftest's)."""
 
 from __future__ import annotations
 
-from collections.abc import AsyncIterator, Iterator
+from collections.abc import AsyncIterator
 
 import pytest
-import redis
 
 from server.queue.client import QueueClient
-
-
-@pytest.fixture
-def client(redis_url: str) -> Iterator[redis.Redis]:
-    c = redis.Redis.from_url(redis_url)
-    yield c
-    c.close()
 
 
 @pytest.fixture
