@@ -198,15 +198,17 @@ class Server:
     leader: int  # the session leader's pid: every process of the contender
     worker_match: str | None = None  # a command-line fragment that picks its model worker (ours)
     metrics_url: str | None = None  # ours with SLM_TRACE_STAGES: the TTFT stage histogram is read from here
+    worker_metrics_url: str | None = None  # ours with SLM_TRACE_STEPS: its worker's step phases
 
 
 STAGE_SERIES = re.compile(r'slm_ttft_stage_seconds_(sum|count)\{model="[^"]*",stage="([^"]+)"\} (\S+)')
+STEP_SERIES = re.compile(r'slm_worker_step_seconds_(sum|count)\{model="[^"]*",phase="([^"]+)"\} (\S+)')
 
 
-def stage_totals(metrics_url: str) -> dict[str, tuple[float, float]]:
-    """Per stage: (sum of seconds, count) from the gateway's /metrics."""
+def stage_totals(metrics_url: str, series: re.Pattern[str] = STAGE_SERIES) -> dict[str, tuple[float, float]]:
+    """Per stage (or, with STEP_SERIES, per step phase): (sum of seconds, count) from a /metrics page."""
     found: dict[str, dict[str, float]] = {}
-    for match in STAGE_SERIES.finditer(httpx.get(metrics_url, timeout=10).text):
+    for match in series.finditer(httpx.get(metrics_url, timeout=10).text):
         found.setdefault(match.group(2), {})[match.group(1)] = float(match.group(3))
     return {stage: (v.get("sum", 0.0), v.get("count", 0.0)) for stage, v in found.items()}
 
@@ -217,7 +219,7 @@ def stage_means_ms(before: dict[str, tuple[float, float]], after: dict[str, tupl
     for stage, (total, count) in after.items():
         total0, count0 = before.get(stage, (0.0, 0.0))
         if count > count0:
-            means[stage] = round((total - total0) / (count - count0) * 1000.0, 2)
+            means[stage] = round((total - total0) / (count - count0) * 1000.0, 3)
     return means
 
 
@@ -251,6 +253,7 @@ def measure(server: Server, model: str, work: Workload, prompt: str, long_words:
     pids = group_pids(server.leader)
     workers = group_pids(server.leader, server.worker_match) if server.worker_match else None
     stages0 = stage_totals(server.metrics_url) if server.metrics_url else None
+    steps0 = stage_totals(server.worker_metrics_url, STEP_SERIES) if server.worker_metrics_url else None
     cpu0 = cpu_seconds(pids)
     worker0 = cpu_seconds(workers) if workers is not None else None
     samples, duration = asyncio.run(run_workload(server.url, model, work, prompt, long_words, max_tokens, numbers))
@@ -259,6 +262,8 @@ def measure(server: Server, model: str, work: Workload, prompt: str, long_words:
     figures = summarise(samples, work.report_kind, duration, cpu, worker_cpu)
     if server.metrics_url and stages0 is not None:  # all requests' stages (mixed: short and long together)
         figures["stages_ms"] = stage_means_ms(stages0, stage_totals(server.metrics_url))
+    if server.worker_metrics_url and steps0 is not None:  # the decode loop's phases, per step
+        figures["steps_ms"] = stage_means_ms(steps0, stage_totals(server.worker_metrics_url, STEP_SERIES))
     return figures
 
 

@@ -9,6 +9,7 @@ from typing import Any
 from benchmarks.paired import SHORT_C1_FACTOR, medians, ratios
 from server.bench import percentile
 from server.serving.stages import STAGES
+from server.worker.step_timer import PHASES
 
 OURS, PEER = "ours", "llama_server"
 LABELS = {
@@ -43,6 +44,11 @@ def paired_summary(rounds: dict[str, Any]) -> dict[str, Any]:
         if stages:
             entry["stages_ms"] = {stage: round(statistics.median(s.get(stage, 0.0) for s in stages), 2)
                                   for stage in STAGES}
+        for side in (OURS, "baseline"):
+            steps = [row["steps_ms"] for row in per_side.get(side, []) if row.get("steps_ms")]
+            if steps:
+                entry.setdefault("steps_ms", {})[side] = {
+                    phase: round(statistics.median(s.get(phase, 0.0) for s in steps), 3) for phase in PHASES}
         out[workload] = entry
     return out
 
@@ -119,6 +125,18 @@ def render(results: dict[str, Any]) -> str:
                   "| workload | " + " | ".join(STAGES) + " |", "|---|" + "---|" * len(STAGES)]
         for workload, stages in staged.items():
             lines.append(f"| {workload} | " + " | ".join(_fmt(stages[s], 1) for s in STAGES) + " |")
+    stepped = {w: e["steps_ms"] for w, e in summary.items() if e.get("steps_ms")}
+    if stepped:
+        lines += ["", "## Where our decode loop's time per step went (SLM_TRACE_STEPS; mean ms per step, median "
+                      "over rounds)", "",
+                  "`emit` is the write of a step's events in wall time, `emit_cpu` the decode thread's own CPU in "
+                  "it (the rest: processes the write woke, run on its core first); `between` is the loop from "
+                  "one step's events to the next step (`server/worker/step_timer.py`).", "",
+                  "| workload | server | " + " | ".join(PHASES) + " |", "|---|---|" + "---|" * len(PHASES)]
+        for workload, sides in stepped.items():
+            for side, phases in sides.items():
+                lines.append(f"| {workload} | {LABELS.get(side, side)} | "
+                             + " | ".join(_fmt(phases[p], 3) for p in PHASES) + " |")
     hop = results.get("overhead") or {}
     if hop.get("rows"):
         lines += ["", f"## Queue hop: a 1-token answer at concurrency 1, {meta['overhead_requests']} rounds", "",

@@ -5,7 +5,8 @@ answers at temperature 0, closed-loop clients. The contenders, all started and w
 
   (a) llama-cpp-python in this process (`Llama.create_chat_completion(stream=True)`), queue hop only;
   (b) our server: `python -m server serve` with a temporary registry (smollm2 only, parallel 8), with
-      SLM_TRACE_STAGES=true so the report shows where its time to first token went (BENCH_TRACE=0: off);
+      SLM_TRACE_STAGES=true so the report shows where its time to first token went, and SLM_TRACE_STEPS=true
+      (its worker's /metrics on a port of its own) where its decode loop's time per step went (BENCH_TRACE=0: off);
   (c) llama-cpp-python's server: `python -m llama_cpp.server` (the `bench` extra), queue hop only (it
       serialises requests);
   (d) llama.cpp's C++ `llama-server --parallel 8`: `.bench/llama-server`, built by
@@ -228,13 +229,19 @@ def start_ours(path: Path, tmp: Path, stack: contextlib.ExitStack, tree: Path = 
                 "SLM_LOG_LEVEL": "WARNING", "PYTHONUNBUFFERED": "1",
                 # `tree` first; what PYTHONPATH already held after it (tools/gpu-bench.sh's carried packages)
                 "PYTHONPATH": os.pathsep.join(filter(None, [str(tree), os.environ.get("PYTHONPATH", "")]))})
+    worker_metrics = None
     if TRACE:
         env["SLM_TRACE_STAGES"] = "true"
+        env["SLM_TRACE_STEPS"] = "true"  # a tree without it ignores it: its worker's page has no step phases
+        worker_port = free_port()
+        env["SLM_WORKER_PORT"] = str(worker_port)
+        worker_metrics = f"http://127.0.0.1:{worker_port}/metrics"
     base = f"http://127.0.0.1:{port}"
     pid = running(stack, name, [sys.executable, "-m", "server", "serve"], base + "/ready", tmp / f"{name}.log",
                   env=env, cwd=tree)
     return _http(base + "/v1", stack, Server(base + "/v1", pid, worker_match="server\x00worker",
-                                             metrics_url=base + "/metrics" if TRACE else None))
+                                             metrics_url=base + "/metrics" if TRACE else None,
+                                             worker_metrics_url=worker_metrics))
 
 
 def start_llama_cpp_server(path: Path, tmp: Path, stack: contextlib.ExitStack) -> Contender:

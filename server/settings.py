@@ -97,6 +97,12 @@ class Settings(BaseSettings):
         "queue, worker intake, tokenize, batch, prefill, back): the slm_ttft_stage_seconds histogram and one "
         "`slm.trace` log line per request. Off by default: it is for finding where latency goes.")
 
+    trace_steps: bool = Field(
+        default=False, description="Time every decode step of a worker, phase by phase (the step itself, writing its "
+        "events in wall and in the decode thread's own CPU time, the rest of the loop up to the next step): the "
+        "slm_worker_step_seconds histogram on the worker's /metrics (`server/worker/step_timer.py`). Off by "
+        "default: it is for finding where the time per token goes.")
+
     cache_aware_dispatch: bool = Field(
         default=True, description="Send a request to the worker of its model that holds its prompt's prefix (a "
         "conversation's earlier turns) when that worker has a free slot, else to any (`server/queue/affinity.py`).")

@@ -30,9 +30,14 @@ from server.registry import LocalModel, load_registry, resolve_gguf
 from server.reload import file_digest
 from server.residency.measure import process_rss
 from server.settings import Settings
+from server.worker.step_timer import StepTimer
 from server.worker.worker import Worker, WorkerConfig
 
 log = logging.getLogger("slm.worker")
+
+# a step of a small model on a CPU takes milliseconds, its phases around it tens of microseconds
+STEP_BUCKETS = (0.00002, 0.00005, 0.0001, 0.0002, 0.0003, 0.0005, 0.00075, 0.001, 0.002, 0.003, 0.005, 0.0075,
+                0.01, 0.015, 0.02, 0.03, 0.05, 0.1, 0.25, 1.0, 5.0)
 
 
 class WorkerMetrics:
@@ -48,7 +53,13 @@ class WorkerMetrics:
                               registry=self.registry)
         self.rss = Gauge("slm_worker_resident_memory_bytes", "The worker's resident memory (RSS).", ["model"],
                          registry=self.registry)
+        self.steps = Histogram("slm_worker_step_seconds", "The decode loop's time per step, phase by phase "
+                               "(SLM_TRACE_STEPS; server/worker/step_timer.py).", ["model", "phase"],
+                               buckets=STEP_BUCKETS, registry=self.registry)
         self.model = model
+
+    def observe_step(self, phase: str, seconds: float) -> None:
+        self.steps.labels(self.model, phase).observe(seconds)
 
 
 def _serve_http(port: int, host: str, worker: Worker, metrics: WorkerMetrics) -> ThreadingHTTPServer:
@@ -157,6 +168,8 @@ def run_worker(settings: Settings, model: str) -> int:
         worker.orphan_check = lambda: os.getppid() != supervisor
 
     worker.embedder = worker_embedder
+    if settings.trace_steps:
+        worker.step_timer = StepTimer(metrics.observe_step)
     if os.environ.get("SLM_WORKER_WATCH_REGISTRY", "1") != "0":
         worker.entry_changed = _entry_watch(settings, model, entry)
 

@@ -51,6 +51,7 @@ from server.worker.holdings import Holdings
 from server.worker.intake import Intake, IntakeConfig, Taken
 from server.worker.outbox import Outbox
 from server.worker.prefixes import SlotPrefixes
+from server.worker.step_timer import StepTimer
 
 log = logging.getLogger("slm.worker")
 
@@ -101,6 +102,7 @@ class Worker:
         self.last_tick = time.monotonic()
         self.orphan_check: Callable[[], bool] = lambda: False
         self.entry_changed: Callable[[], bool] = lambda: False
+        self.step_timer: StepTimer | None = None  # SLM_TRACE_STEPS: each step's phases timed
 
     @property
     def ready(self) -> bool:
@@ -212,8 +214,14 @@ class Worker:
             if request_id in self.active:
                 self._cancel(request_id)
         self._take_new(block=not self.engine.active() and not self.waiting)
-        if self.engine.active():
+        if not self.engine.active():
+            return
+        if self.step_timer is None:
             self._emit(self.engine.step())
+            return
+        self.step_timer.run(self.engine.step, self._emit)
+        if not self.engine.active():
+            self.step_timer.idle()
 
     def _take_new(self, *, block: bool) -> None:
         """Admit what the intake took, while there are free slots; wait a little for it when idle, and

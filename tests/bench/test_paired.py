@@ -5,7 +5,7 @@ from __future__ import annotations
 from typing import Any
 
 from benchmarks.paired import Sample, long_prompt, medians, ratios, summarise, workloads
-from benchmarks.report import GOALS, paired_summary
+from benchmarks.report import GOALS, paired_summary, render
 
 
 def row(tokens_per_s: float, ttft: float, itl99: float, **more: Any) -> dict[str, Any]:
@@ -49,3 +49,16 @@ def test_a_workload_summary_shows_the_kind_it_reports_and_counts_every_token() -
     assert [w.name for w in workloads(4, 2)] == ["short-c1", "short-c4", "short-c8", "long-c4", "mixed"]
     # one client at a time: as many samples a round as four clients get
     assert [w.short_clients * w.short_requests_per_client for w in workloads(4, 2)][:2] == [16, 16]
+
+
+def test_the_decode_loop_phases_are_the_median_over_rounds_of_each_server_that_reported_them() -> None:
+    phases = [{"step": 6.0 + r, "emit": 0.4, "emit_cpu": 0.1 * r, "between": 0.12} for r in range(3)]
+    rounds = {"short-c1": {"ours": [row(150, 12, 11, steps_ms=p) for p in phases],
+                           "llama_server": [row(160, 11, 10)] * 3}}
+    summary = paired_summary(rounds)
+    assert summary["short-c1"]["steps_ms"] == {"ours": {"step": 7.0, "emit": 0.4, "emit_cpu": 0.1, "between": 0.12}}
+    meta = {"date": "d", "cpus": 2, "machine": "m", "loadavg_before": [], "loadavg_after": [], "model": "m",
+            "threads": 2, "max_tokens": 64, "rounds": 3, "requests_per_client": 4, "long_requests_per_client": 2,
+            "long_words": 1100, "llama_cpp_python": "x"}
+    text = render({"meta": meta, "summary": summary, "servers": {}})
+    assert "| short-c1 | slm-server (this repo, `serve`, parallel 8) | 7.000 | 0.400 | 0.100 | 0.120 |" in text

@@ -1,5 +1,6 @@
 """SLM_TRACE_STAGES: a local request's time to first token, stage by stage, from both sides of the
-queue; and every token of a stream reaches the client in a chunk of its own."""
+queue; and every token of a stream reaches the client in a chunk of its own. SLM_TRACE_STEPS: the
+worker's decode steps, phase by phase, on its /metrics."""
 
 from __future__ import annotations
 
@@ -10,7 +11,8 @@ import httpx
 import pytest
 
 from server.serving.stages import STAGES
-from tests.conftest import LiveServer, start_server, stop_server, tiny_registry
+from server.worker.step_timer import PHASES
+from tests.conftest import LiveServer, free_port_block, start_server, stop_server, tiny_registry
 from tests.prometheus_text import scrape, value
 
 pytestmark = pytest.mark.integration
@@ -19,7 +21,7 @@ pytestmark = pytest.mark.integration
 @pytest.fixture(scope="module")
 def traced(tmp_path_factory: pytest.TempPathFactory) -> Iterator[LiveServer]:
     server = start_server(tmp_path_factory.mktemp("traced"), tiny_registry(n_ctx=512, n_threads=2, parallel=2),
-                          env={"SLM_TRACE_STAGES": "true"})
+                          env={"SLM_TRACE_STAGES": "true", "SLM_TRACE_STEPS": "true"}, worker_port=free_port_block(1))
     yield server
     stop_server(server)
 
@@ -70,3 +72,26 @@ def test_every_token_reaches_the_client_in_its_own_chunk(traced: LiveServer) -> 
     chunks, tokens = stream(traced.url, "Count from 1 to 20, separated by commas.", 24)
     assert tokens == 24
     assert chunks == tokens
+
+
+def step_phases(worker_url: str) -> dict[str, tuple[float, float]]:
+    """(count, sum) of each phase of the worker's step histogram."""
+    samples = scrape(worker_url)
+    return {phase: (value(samples, "slm_worker_step_seconds_count", model="tiny", phase=phase),
+                    value(samples, "slm_worker_step_seconds_sum", model="tiny", phase=phase)) for phase in PHASES}
+
+
+def test_a_traced_worker_times_each_step_of_a_request_phase_by_phase(traced: LiveServer) -> None:
+    [worker] = traced.worker_urls
+    stream(traced.url, "Say hi.", 2)  # a request before: the worker was busy, then idle, before this one
+    before = step_phases(worker)
+    _chunks, tokens = stream(traced.url, "Count from 1 to 20, separated by commas.", 16)
+    after = step_phases(worker)
+    counts = {phase: after[phase][0] - before[phase][0] for phase in PHASES}
+    sums = {phase: after[phase][1] - before[phase][1] for phase in PHASES}
+    # alone on the worker, the request took one step per token (the first with its prompt); the loop's time
+    # between steps is timed from its second step on, never across the idle wait before it
+    assert tokens == 16
+    assert counts == {"step": 16, "emit": 16, "emit_cpu": 16, "between": 15}
+    assert sums["step"] > sums["emit"] > 0
+    assert sums["emit_cpu"] <= sums["emit"]  # the thread's own CPU fits inside the wall time it measured
