@@ -205,15 +205,16 @@ STAGE_SERIES = re.compile(r'slm_ttft_stage_seconds_(sum|count)\{model="[^"]*",st
 STEP_SERIES = re.compile(r'slm_worker_step_seconds_(sum|count)\{model="[^"]*",phase="([^"]+)"\} (\S+)')
 
 
-def stage_totals(metrics_url: str, series: re.Pattern[str] = STAGE_SERIES) -> dict[str, tuple[float, float]]:
-    """Per stage (or, with STEP_SERIES, per step phase): (sum of seconds, count) from a /metrics page."""
+def histogram_totals(metrics_url: str, series: re.Pattern[str] = STAGE_SERIES) -> dict[str, tuple[float, float]]:
+    """Per label of a histogram (`series`: the TTFT stages, or STEP_SERIES: the step phases): (sum of seconds,
+    count) from a /metrics page."""
     found: dict[str, dict[str, float]] = {}
     for match in series.finditer(httpx.get(metrics_url, timeout=10).text):
         found.setdefault(match.group(2), {})[match.group(1)] = float(match.group(3))
     return {stage: (v.get("sum", 0.0), v.get("count", 0.0)) for stage, v in found.items()}
 
 
-def stage_means_ms(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
+def histogram_means_ms(before: dict[str, tuple[float, float]], after: dict[str, tuple[float, float]]
                    ) -> dict[str, float]:
     means = {}
     for stage, (total, count) in after.items():
@@ -252,8 +253,8 @@ def measure(server: Server, model: str, work: Workload, prompt: str, long_words:
             numbers: list[int]) -> dict[str, Any]:
     pids = group_pids(server.leader)
     workers = group_pids(server.leader, server.worker_match) if server.worker_match else None
-    stages0 = stage_totals(server.metrics_url) if server.metrics_url else None
-    steps0 = stage_totals(server.worker_metrics_url, STEP_SERIES) if server.worker_metrics_url else None
+    stages0 = histogram_totals(server.metrics_url) if server.metrics_url else None
+    steps0 = histogram_totals(server.worker_metrics_url, STEP_SERIES) if server.worker_metrics_url else None
     cpu0 = cpu_seconds(pids)
     worker0 = cpu_seconds(workers) if workers is not None else None
     samples, duration = asyncio.run(run_workload(server.url, model, work, prompt, long_words, max_tokens, numbers))
@@ -261,9 +262,9 @@ def measure(server: Server, model: str, work: Workload, prompt: str, long_words:
     worker_cpu = cpu_seconds(workers) - worker0 if workers is not None and worker0 is not None else None
     figures = summarise(samples, work.report_kind, duration, cpu, worker_cpu)
     if server.metrics_url and stages0 is not None:  # all requests' stages (mixed: short and long together)
-        figures["stages_ms"] = stage_means_ms(stages0, stage_totals(server.metrics_url))
+        figures["stages_ms"] = histogram_means_ms(stages0, histogram_totals(server.metrics_url))
     if server.worker_metrics_url and steps0 is not None:  # the decode loop's phases, per step
-        figures["steps_ms"] = stage_means_ms(steps0, stage_totals(server.worker_metrics_url, STEP_SERIES))
+        figures["steps_ms"] = histogram_means_ms(steps0, histogram_totals(server.worker_metrics_url, STEP_SERIES))
     return figures
 
 
