@@ -57,9 +57,13 @@ class WorkerMetrics:
                                "(SLM_TRACE_STEPS; server/worker/step_timer.py).", ["model", "phase"],
                                buckets=STEP_BUCKETS, registry=self.registry)
         self.model = model
+        self._step_phases: dict[str, Any] = {}  # each phase's series, looked up once (the trace runs per step)
 
     def observe_step(self, phase: str, seconds: float) -> None:
-        self.steps.labels(self.model, phase).observe(seconds)
+        series = self._step_phases.get(phase)
+        if series is None:
+            series = self._step_phases[phase] = self.steps.labels(self.model, phase)
+        series.observe(seconds)
 
 
 def _serve_http(port: int, host: str, worker: Worker, metrics: WorkerMetrics) -> ThreadingHTTPServer:
